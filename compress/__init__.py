@@ -1,0 +1,1 @@
+"""Training-side stages: each reads data (and an artifact) and writes a new artifact."""

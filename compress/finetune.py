@@ -1,0 +1,134 @@
+"""``vitcompress finetune``: train a timm Vision Transformer on a dataset and write an fp32 artifact."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file
+from timm.data import resolve_data_config
+
+from vitcompress.artifact import ArtifactMeta, library_versions, now_iso, write_artifact
+from vitcompress.augment import BatchTransform
+from vitcompress.data import DataOptions, load_data
+from vitcompress.distributed import DistContext, init_distributed, shutdown_distributed
+from vitcompress.errors import require
+from vitcompress.evaluate import evaluate
+from vitcompress.models import (build_kwargs, check_model_name, count_macs, count_params, create_model,
+                                heads_per_block, load_init_checkpoint, parse_model_kwargs)
+from vitcompress.plots import save_confusion_png
+from vitcompress.stage import StageResult, prepare_staging, publish
+from vitcompress.train import BEST_WEIGHTS_FILE, TrainConfig, Trainer, amp_dtype, seed_everything
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything ``finetune`` needs; the CLI flags are generated from these fields."""
+
+    model: str
+    data: str
+    out: str
+    img_size: int | None = None
+    patch_size: int | None = None
+    model_kwargs: str = ""
+    drop_path: float = 0.1
+    pretrained: bool = False
+    init_checkpoint: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    val_split: float = 0.1
+    cache_dir: str | None = None
+    device: str = "auto"
+    force: bool = False
+    resume: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def default_img_size(model_name: str) -> int:
+    """The input size timm's config gives the model (224 for most ViTs)."""
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    return int(cfg.input_size[-1]) if cfg is not None else 224
+
+
+def finetune(cfg: FinetuneConfig) -> StageResult:
+    """Fine-tune (or train from scratch) ``cfg.model`` on ``cfg.data``; write the artifact to ``cfg.out``.
+
+    Started by ``torchrun``, every process trains its shard (DDP) and rank 0 writes the files.
+    """
+    cfg.train.validate()
+    require(0 <= cfg.drop_path < 1, f"--drop-path {cfg.drop_path} is not in [0, 1)", "pass e.g. 0.1")
+    check_model_name(cfg.model)
+    ctx = init_distributed(cfg.device)
+    try:
+        return _finetune(cfg, ctx)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> StageResult:
+    out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main)
+    seed_everything(cfg.train.seed + ctx.rank)
+    img_size = cfg.img_size or default_img_size(cfg.model)
+    data = _load_data_rank0_first(cfg, img_size, ctx)
+    kwargs = build_kwargs(data.num_classes, img_size, cfg.patch_size, parse_model_kwargs(cfg.model_kwargs))
+    if cfg.drop_path:
+        kwargs.setdefault("drop_path_rate", cfg.drop_path)
+    model = create_model(cfg.model, kwargs, pretrained=cfg.pretrained)
+    if cfg.init_checkpoint:
+        load_init_checkpoint(model, cfg.init_checkpoint)
+    data_cfg = resolve_data_config({}, model=model)
+    mean, std = [float(v) for v in data_cfg["mean"]], [float(v) for v in data_cfg["std"]]
+    transform = BatchTransform(img_size, mean, std, cfg.train.augment)
+
+    trainer = Trainer(model, data, cfg.train, transform, ctx, staging)
+    if cfg.resume:
+        trainer.load_checkpoint()
+    started = time.time()
+    fit = trainer.fit()
+    final = trainer.eval_model()
+    if (staging / BEST_WEIGHTS_FILE).is_file():
+        ctx.barrier()
+        final.load_state_dict(load_file(str(staging / BEST_WEIGHTS_FILE), device=str(ctx.device)))
+    test = evaluate(final, data.test, transform, ctx, amp_dtype=amp_dtype(cfg.train.amp, ctx.device))
+    meta = ArtifactMeta(
+        stage="finetune", model_name=cfg.model, model_kwargs=kwargs, classes=data.classes, img_size=img_size,
+        mean=mean, std=std, heads_per_block=heads_per_block(final),
+        recipe=_recipe(cfg), data=data.description, versions=library_versions(), created=now_iso(),
+        metrics={**test, "params": count_params(final), "macs": count_macs(final, img_size),
+                 "best_epoch": fit.best_epoch, "best_val_top1": fit.best_val_top1, "epochs_run": len(fit.history),
+                 "stopped_early": fit.stopped_early, "train_images_per_s": round(fit.images_per_second, 2),
+                 "train_seconds": round(fit.seconds, 2), "world_size": ctx.world_size,
+                 "device": _device_name(ctx.device), "wall_seconds_this_run": round(time.time() - started, 2)},
+    )
+    if ctx.is_main:
+        write_artifact(staging, final, meta)
+        save_confusion_png(test["confusion_matrix"], data.classes, staging / "confusion.png",
+                           title=f"{cfg.model} on {cfg.data}: top-1 {test['top1']:.3f}")
+        publish(staging, out)
+    ctx.barrier()
+    return StageResult(out, meta)
+
+
+def _load_data_rank0_first(cfg: FinetuneConfig, img_size: int, ctx: DistContext):
+    """Rank 0 builds any decode cache first; the other ranks then read it."""
+    opts = DataOptions(spec=cfg.data, data_dir=cfg.data_dir, download=cfg.download, img_size=img_size,
+                       val_split=cfg.val_split, seed=cfg.train.seed, cache_dir=cfg.cache_dir,
+                       quiet=cfg.train.quiet or not ctx.is_main)
+    data = load_data(opts) if ctx.is_main else None
+    ctx.barrier()
+    return data if data is not None else load_data(opts)
+
+
+def _recipe(cfg: FinetuneConfig) -> dict[str, Any]:
+    recipe = asdict(cfg)
+    recipe["command"] = "finetune"
+    return recipe
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+

@@ -1,0 +1,1 @@
+"""Deployment formats built from an artifact (ONNX, TensorRT, Triton)."""

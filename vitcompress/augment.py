@@ -1,0 +1,127 @@
+"""Augmentation of whole uint8 batches on the training device (GPU or CPU).
+
+Per-sample random crops, flips and colour jitter are tensor operations over the batch;
+RandAugment / AutoAugment / TrivialAugment come from torchvision and are applied per group of
+``AUTO_AUGMENT_GROUP`` images (each group draws its own operations), which keeps them cheap on a GPU.
+MixUp/CutMix are applied afterwards by the training loop (timm's ``Mixup``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+from torchvision.transforms import v2
+
+AUTO_AUGMENT_GROUP = 8
+_AUTO_AUGMENT = {
+    "randaugment": lambda: v2.RandAugment(num_ops=2, magnitude=9),
+    "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
+    "trivialaugment": lambda: v2.TrivialAugmentWide(),
+}
+AUTO_AUGMENT_CHOICES = ("none", *_AUTO_AUGMENT)
+CROP_CHOICES = ("pad", "rrc", "none")
+
+
+@dataclass
+class AugmentOptions:
+    """Training-time augmentation; every switch can be turned off."""
+
+    crop: str = "pad"
+    crop_padding: float = 0.125
+    rrc_min_scale: float = 0.35
+    hflip: bool = True
+    color_jitter: float = 0.0
+    auto_augment: str = "none"
+
+
+class BatchTransform:
+    """uint8 ``N x S x S x 3`` batches to normalised float ``N x 3 x img_size x img_size``."""
+
+    def __init__(self, img_size: int, mean: list[float], std: list[float], options: AugmentOptions | None = None) -> None:
+        self.img_size = img_size
+        self.options = options or AugmentOptions()
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        name = self.options.auto_augment
+        self.auto_augment = _AUTO_AUGMENT[name]() if name != "none" else None
+
+    def train(self, batch: torch.Tensor) -> torch.Tensor:
+        o = self.options
+        x = batch.permute(0, 3, 1, 2)
+        if self.auto_augment is not None:
+            x = torch.cat([self.auto_augment(group) for group in x.split(AUTO_AUGMENT_GROUP)])
+        x = x.float().div_(255)
+        if o.crop == "pad":
+            x = _pad_crop(x, round(o.crop_padding * x.shape[-1]))
+        elif o.crop == "rrc":
+            x = _random_resized_crop(x, self.img_size, o.rrc_min_scale)
+        if o.hflip:
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        if o.color_jitter > 0:
+            x = _color_jitter(x, o.color_jitter)
+        return self._finish(_resize(x, self.img_size))
+
+    def eval(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.permute(0, 3, 1, 2).float().div_(255)
+        side = x.shape[-1]
+        if side > self.img_size:  # stored at img_size / crop_pct: centre crop, the usual eval protocol
+            top = (side - self.img_size) // 2
+            x = x[..., top : top + self.img_size, top : top + self.img_size]
+        return self._finish(_resize(x, self.img_size))
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+
+
+def _pad_crop(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Zero-pad by ``pad`` and take a random crop of the original size from each image."""
+    if pad <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
+    ox = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
+    rows = (oy + torch.arange(h, device=x.device)).view(n, h, 1)
+    cols = (ox + torch.arange(w, device=x.device)).view(n, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1)
+    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)
+
+
+def _random_resized_crop(x: torch.Tensor, out_size: int, min_scale: float) -> torch.Tensor:
+    """Inception-style random-resized crop, one box per image, resampled by ``roi_align``."""
+    n, _, h, w = x.shape
+    dev = x.device
+    area = torch.empty(n, device=dev).uniform_(min_scale, 1.0) * h * w
+    log_ratio = torch.empty(n, device=dev).uniform_(math.log(3 / 4), math.log(4 / 3))
+    bw = torch.sqrt(area * log_ratio.exp()).clamp(1, w)
+    bh = torch.sqrt(area / log_ratio.exp()).clamp(1, h)
+    x0 = torch.rand(n, device=dev) * (w - bw)
+    y0 = torch.rand(n, device=dev) * (h - bh)
+    boxes = torch.stack([torch.arange(n, device=dev, dtype=x.dtype), x0, y0, x0 + bw, y0 + bh], dim=1)
+    return roi_align(x, boxes, output_size=out_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+
+def _color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per-image brightness, contrast and saturation factors drawn from ``[1 - s, 1 + s]``."""
+    n = x.shape[0]
+
+    def factor() -> torch.Tensor:
+        return torch.empty(n, 1, 1, 1, device=x.device).uniform_(1 - strength, 1 + strength)
+
+    x = x * factor()
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = (x - gray.mean(dim=(2, 3), keepdim=True)) * factor() + gray.mean(dim=(2, 3), keepdim=True)
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = (x - gray) * factor() + gray
+    return x.clamp_(0, 1)

@@ -1,0 +1,141 @@
+"""The ``vitcompress`` command: parse, call the library function, print. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+
+from vitcompress import __version__
+from vitcompress.errors import UserError
+
+HELP = {
+    "model": "timm model name, e.g. vit_tiny_patch16_224, deit_small_patch16_224, beitv2_base_patch16_224",
+    "data": "dataset: cifar10 | folder:PATH (ImageFolder tree or .tar/.tar.gz/.tar.xz of one) | shapes",
+    "out": "output artifact directory",
+    "img_size": "input resolution (default: the model's own, e.g. 224)",
+    "patch_size": "patch size passed to timm (default: the model's own)",
+    "model_kwargs": "extra timm kwargs, e.g. depth=2,embed_dim=64,num_heads=2",
+    "drop_path": "stochastic depth rate",
+    "pretrained": "start from the model's pretrained weights on the Hugging Face hub (needs internet or a cache)",
+    "init_checkpoint": "start from local weights (.safetensors or .pth; loaded without unpickling code); "
+                       "the classifier is resized to the dataset's classes",
+    "data_dir": "where cifar10 lives or is downloaded to (default: the cache dir)",
+    "download": "allow torchvision to download cifar10",
+    "val_split": "share of train held out for validation when the data has no val/ split (0: none)",
+    "cache_dir": "cache for extracted archives and decoded images (default: $VITCOMPRESS_CACHE or ~/.cache/vitcompress)",
+    "device": "auto | cpu | cuda | cuda:N (under torchrun each rank uses cuda:LOCAL_RANK)",
+    "force": "replace an existing output directory",
+    "resume": "continue an interrupted run from OUT.tmp-run/last.ckpt",
+    "epochs": "training epochs",
+    "batch_size": "images per step on each process",
+    "lr": "peak learning rate (AdamW)",
+    "min_lr": "learning rate at the end of the cosine decay",
+    "weight_decay": "AdamW weight decay (not applied to norms, biases, tokens)",
+    "warmup_epochs": "linear warmup length in epochs",
+    "layer_decay": "layer-wise LR decay factor (1: off; 0.65-0.75 is usual for fine-tuning)",
+    "freeze_blocks": "freeze the patch embedding and the first N transformer blocks",
+    "head_only": "train only the classifier (linear probe)",
+    "accum_steps": "gradient accumulation steps per optimizer step",
+    "amp": "mixed precision: auto (bf16 on GPUs that have it, off on CPU) | none | bf16 | fp16 (CUDA only)",
+    "clip_grad": "clip the gradient norm to this value (0: off)",
+    "ema": "keep an exponential moving average of the weights and evaluate/save it",
+    "ema_decay": "EMA decay per optimizer step",
+    "label_smoothing": "label smoothing",
+    "mixup": "MixUp alpha (0: off)",
+    "cutmix": "CutMix alpha (0: off)",
+    "patience": "stop after this many epochs without validation improvement (0: off)",
+    "crop": "random crop: pad (pad-and-crop, CIFAR style) | rrc (random-resized crop) | none",
+    "crop_padding": "padding for --crop pad, as a share of the image side (0.125 = 4px at 32px)",
+    "rrc_min_scale": "smallest area share for --crop rrc",
+    "hflip": "random horizontal flips",
+    "color_jitter": "brightness/contrast/saturation jitter strength (0: off)",
+    "auto_augment": "none | randaugment | autoaugment | trivialaugment",
+    "seed": "random seed (data order, augmentation, init)",
+    "quiet": "no progress bars or per-epoch lines (for logs and CI)",
+}
+CHOICES = {"amp": ("auto", "none", "bf16", "fp16"), "crop": ("pad", "rrc", "none"),
+           "auto_augment": ("none", "randaugment", "autoaugment", "trivialaugment")}
+
+
+def _parser() -> argparse.ArgumentParser:
+    from vitcompress.cliargs import add_dataclass_args
+    from vitcompress.compress.finetune import FinetuneConfig
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="vitcompress", formatter_class=fmt,
+                                     description="Fine-tune, compress, export and benchmark Vision Transformers.")
+    parser.add_argument("--version", action="version", version=f"vitcompress {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("finetune", formatter_class=fmt, help="train a timm ViT on a dataset; write an artifact",
+                       description="Fine-tune (or train from scratch) a timm Vision Transformer. "
+                                   "Run under torchrun for several GPUs or machines.")
+    add_dataclass_args(p, FinetuneConfig, HELP, CHOICES)
+
+    p = sub.add_parser("eval", formatter_class=fmt, help="score an artifact on a dataset's test split")
+    p.add_argument("src", help="artifact directory")
+    p.add_argument("--data", required=True, help=HELP["data"])
+    for name in ("data_dir", "cache_dir"):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=HELP[name])
+    p.add_argument("--download", action="store_true", help=HELP["download"])
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch")
+    p.add_argument("--device", default="auto", help=HELP["device"])
+    p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    p.add_argument("--quiet", action="store_true", help=HELP["quiet"])
+
+    p = sub.add_parser("info", formatter_class=fmt, help="describe an artifact")
+    p.add_argument("src", help="artifact directory")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "finetune":
+        from vitcompress.cliargs import dataclass_from_args
+        from vitcompress.compress.finetune import FinetuneConfig, finetune
+        from vitcompress.report import stage_summary
+
+        result = finetune(dataclass_from_args(FinetuneConfig, args))
+        if _is_rank0():
+            print(stage_summary(result.path, result.meta))
+    elif args.command == "eval":
+        from vitcompress.evaluate import evaluate_artifact
+        from vitcompress.report import metrics_table, per_class_table
+
+        report = evaluate_artifact(args.src, args.data, args.data_dir, args.download, args.cache_dir,
+                                   args.batch_size, args.device, quiet=args.quiet or args.json)
+        print(json.dumps(report) if args.json else f"{metrics_table(report)}\n\n{per_class_table(report)}")
+    elif args.command == "info":
+        from vitcompress.report import describe
+
+        print(describe(args.src))
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vitcompress`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        _run(args)
+    except UserError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue a training stage with --resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # out of memory is the one runtime failure a user fixes by changing flags
+        if type(exc).__name__ != "OutOfMemoryError" or args.debug:
+            raise
+        print("error: out of memory; lower --batch-size (keep the effective batch with --accum-steps) "
+              "or use --amp bf16", file=sys.stderr)
+        return 2
+    return 0

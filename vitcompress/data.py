@@ -1,0 +1,61 @@
+"""Dataset specs (``cifar10``, ``folder:PATH``, ``shapes``) to decoded train/val/test splits."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitcompress.datasets.folder import load_folder
+from vitcompress.datasets.imageset import DataSplits, ImageSet, holdout_split
+from vitcompress.datasets.shapes import load_shapes
+from vitcompress.datasets.torchvision_sets import load_cifar10
+from vitcompress.errors import UserError, require
+
+SPEC_HELP = "cifar10 | folder:PATH (ImageFolder tree or .tar/.tar.gz/.tar.xz of one) | shapes"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("VITCOMPRESS_CACHE", Path.home() / ".cache" / "vitcompress"))
+
+
+@dataclass
+class DataOptions:
+    """How to find and split a dataset."""
+
+    spec: str
+    data_dir: str | None = None
+    download: bool = False
+    img_size: int = 32
+    val_split: float = 0.1
+    seed: int = 0
+    cache_dir: str | None = None
+    quiet: bool = False
+
+
+def load_data(opts: DataOptions) -> DataSplits:
+    """Load the dataset named by ``opts.spec``; carve a validation split from train if it has none."""
+    require(0.0 <= opts.val_split < 1.0, f"--val-split {opts.val_split} is not in [0, 1)", "use e.g. 0.1, or 0 for none")
+    cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+    name, _, arg = opts.spec.partition(":")
+    val: ImageSet | None = None
+    if opts.spec == "shapes":
+        train, test = load_shapes()
+        described = {"spec": "shapes"}
+    elif opts.spec == "cifar10":
+        root = Path(opts.data_dir) if opts.data_dir else cache_dir / "cifar10"
+        train, test = load_cifar10(root, opts.download)
+        described = {"spec": "cifar10", "root": str(root)}
+    elif name == "folder" and arg:
+        splits, info = load_folder(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet)
+        train, val = splits["train"], splits.get("val")
+        test = splits.get("test", val)
+        described = {"spec": opts.spec, **info}
+    else:
+        raise UserError(f"unknown data spec {opts.spec!r}", f"use one of: {SPEC_HELP}")
+    if val is None and opts.val_split > 0:
+        train, val = holdout_split(train, opts.val_split, seed=opts.seed)
+        described["val"] = f"{opts.val_split:g} of train, stratified, seed {opts.seed}"
+    require(len(train) > 0, f"dataset {opts.spec} has an empty train split", "check the data path")
+    described.update(train=len(train), val=len(val) if val is not None else 0, test=len(test))
+    return DataSplits(train=train, val=val, test=test, classes=train.classes, description=described)

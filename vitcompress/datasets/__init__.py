@@ -1,0 +1,1 @@
+"""Dataset sources. Each turns a spec into decoded ``ImageSet`` splits (see :mod:`vitcompress.data`)."""

@@ -1,0 +1,47 @@
+"""Safe extraction of ``.tar`` / ``.tar.gz`` / ``.tar.xz`` datasets into a cache directory.
+
+Members are checked by the standard library's ``data`` filter (no absolute paths, no ``..``, no
+links out of the tree, no devices); the archive is extracted into a temporary folder that is
+renamed into place only when complete, so an interrupted extraction is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+from vitcompress.errors import UserError
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
+
+
+def is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def extract_cached(archive: Path, cache_dir: Path, quiet: bool = False) -> Path:
+    """Extract ``archive`` once into ``cache_dir/archives/<key>`` and return that folder."""
+    stat = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir / "archives" / f"{archive.name.split('.')[0]}-{key}"
+    if target.is_dir():
+        return target
+    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    staging.mkdir(parents=True, exist_ok=True)
+    if not quiet:
+        print(f"extracting {archive} into {target} (once)", flush=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(staging, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, tarfile.FilterError):
+            raise UserError(f"archive {archive} has an unsafe member ({exc})",
+                            "rebuild the archive with relative paths only and no links out of it") from None
+        raise UserError(f"archive {archive} could not be read ({exc})",
+                        "it may be truncated or corrupt: copy it again") from None
+    os.replace(staging, target)
+    return target

@@ -1,0 +1,61 @@
+"""Decoded images as one uint8 tensor: the form every source produces and the loader consumes.
+
+Decoding once and keeping ``N x H x W x 3`` uint8 (in RAM, memory-mapped, or on the GPU) is what lets
+training keep a GPU busy: no per-image JPEG decode or PIL augmentation in the hot loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ImageSet:
+    """One split: ``images`` is uint8 ``N x H x W x 3``; ``labels`` is int64 ``N``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def size(self) -> int:
+        """Stored side length in pixels (images are square)."""
+        return int(self.images.shape[1])
+
+    def subset(self, indices: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[indices], self.labels[indices], self.classes)
+
+
+@dataclass
+class DataSplits:
+    """Train / validation / test splits of one dataset, plus where they came from."""
+
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet
+    classes: list[str]
+    description: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def holdout_split(train: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """Split ``fraction`` of ``train`` off as a validation set, stratified by class and seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    val_idx, train_idx = [], []
+    for label in range(len(train.classes)):
+        idx = torch.nonzero(train.labels == label).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_val = int(round(len(idx) * fraction))
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    train_sorted = torch.cat(train_idx).sort().values
+    val_sorted = torch.cat(val_idx).sort().values
+    return train.subset(train_sorted), train.subset(val_sorted)

@@ -1,0 +1,137 @@
+"""Creating timm Vision Transformers, and rebuilding them from an artifact's metadata."""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from vitcompress.checkpoints import read_state_dict
+from vitcompress.errors import UserError
+
+
+def parse_model_kwargs(text: str | dict | None) -> dict[str, Any]:
+    """Parse ``"depth=2,embed_dim=64,qkv_bias=False"`` into typed values (ints, floats, bools, str)."""
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        return dict(text)
+    kwargs: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--model-kwargs item {item!r} is not key=value", "write e.g. depth=2,embed_dim=64")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = value.strip()
+    return kwargs
+
+
+def check_model_name(name: str) -> None:
+    """Fail with suggestions when ``name`` is not a timm model."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "list names with: python -c \"import timm; print(timm.list_models('vit_*'))\""
+    raise UserError(f"unknown model {name!r}", hint)
+
+
+def build_kwargs(num_classes: int, img_size: int, patch_size: int | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments given to ``timm.create_model`` (stored in the artifact as they are)."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "img_size": img_size}
+    if patch_size:
+        kwargs["patch_size"] = patch_size
+    kwargs.update(extra)
+    return kwargs
+
+
+def create_model(name: str, kwargs: dict[str, Any], pretrained: bool = False) -> nn.Module:
+    """``timm.create_model`` with user-facing errors for bad names, kwargs and offline downloads."""
+    check_model_name(name)
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"model {name} does not accept these arguments {kwargs} ({exc})",
+                        "check --model-kwargs / --patch-size against the timm model's signature") from None
+    except Exception as exc:  # noqa: BLE001 - hub/network failures come in many types
+        if not pretrained:
+            raise
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"could not load pretrained weights for {name} ({type(exc).__name__}: {reason})",
+                        "connect to the internet (weights come from the Hugging Face hub), point HF_HOME at a cache "
+                        "that has them, or pass --init-checkpoint FILE") from None
+
+
+def load_init_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load local weights into ``model``; the classifier is re-initialised if its class count differs.
+
+    Position embeddings of another grid size are resampled (timm's helper), so a checkpoint
+    trained at 224px can start a 32px run.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    head_keys = _classifier_keys(model)
+    resized = []
+    for key in list(state):
+        if key in own and state[key].shape != own[key].shape:
+            if key in head_keys:
+                del state[key]
+                resized.append(key)
+            elif key == "pos_embed":
+                state[key] = _resample_pos_embed(model, state[key])
+    missing = [k for k in own if k not in state and k not in resized]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        detail = "; ".join(
+            f"{label}: {len(keys)} (e.g. {keys[0]})"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
+            if keys
+        )
+        raise UserError(f"checkpoint {path} does not match model {type(model).__name__} ({detail})",
+                        "pass weights saved from the same --model and --model-kwargs")
+    model.load_state_dict(state, strict=False)
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        return set()
+    prefix = next((n for n, m in model.named_modules() if m is head), None)
+    return {f"{prefix}.{k}" for k in head.state_dict()} if prefix else set()
+
+
+def _resample_pos_embed(model: nn.Module, pos_embed: torch.Tensor) -> torch.Tensor:
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+    grid = model.patch_embed.grid_size
+    return resample_abs_pos_embed(pos_embed, new_size=list(grid), num_prefix_tokens=prefix)
+
+
+def heads_per_block(model: nn.Module) -> list[int]:
+    """Attention heads in each transformer block (empty for models without ``blocks[i].attn``)."""
+    return [int(b.attn.num_heads) for b in getattr(model, "blocks", []) if hasattr(getattr(b, "attn", None), "num_heads")]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, img_size: int) -> int:
+    """Multiply-accumulates of one forward pass on one image (matmul, conv and attention ops)."""
+    param = next(model.parameters())
+    x = torch.zeros(1, 3, img_size, img_size, device=param.device, dtype=param.dtype)
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops() // 2

@@ -1,0 +1,58 @@
+"""The staging directory every training stage writes into before publishing its artifact.
+
+A stage works in ``OUT.tmp-run/`` (which also holds ``last.ckpt`` for ``--resume``) and renames it
+to ``OUT`` only when the artifact is complete, so a crash or a kill never leaves a broken ``OUT``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitcompress.artifact import ArtifactMeta
+from vitcompress.errors import UserError
+from vitcompress.fsutil import check_output_dir, publish_dir
+from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE
+
+STAGING_SUFFIX = ".tmp-run"
+
+
+@dataclass
+class StageResult:
+    """What a stage hands back: where its artifact is and what the artifact says about itself."""
+
+    path: Path
+    meta: ArtifactMeta
+
+
+def staging_dir(out: Path) -> Path:
+    return out.with_name(out.name + STAGING_SUFFIX)
+
+
+def prepare_staging(out: str | Path, force: bool, resume: bool, is_main: bool = True) -> tuple[Path, Path]:
+    """Check ``out`` and the staging dir against ``--force``/``--resume``; return ``(out, staging)``."""
+    out = Path(out)
+    staging = staging_dir(out)
+    if resume:
+        if not (staging / CHECKPOINT_FILE).is_file():
+            raise UserError(f"nothing to resume: {staging / CHECKPOINT_FILE} does not exist",
+                            "run the same command without --resume")
+        return out, staging
+    check_output_dir(out, force)
+    if staging.exists():
+        if not force:
+            raise UserError(f"an interrupted run left {staging}",
+                            "pass --resume to continue it, or --force to start over")
+        if is_main:
+            shutil.rmtree(staging)
+    if is_main:
+        staging.mkdir(parents=True)
+    return out, staging
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Drop the resume files and move the finished staging dir onto ``out``."""
+    for name in (CHECKPOINT_FILE, BEST_WEIGHTS_FILE):
+        (staging / name).unlink(missing_ok=True)
+    publish_dir(staging, out)

@@ -1,0 +1,330 @@
+"""The one training loop that finetune (and later prune-recovery and QAT) use.
+
+It owns optimisation only: AdamW with layer-wise LR decay (timm), warmup + cosine schedule,
+gradient accumulation, AMP, clipping, EMA, MixUp/CutMix, early stopping, DDP, and a resumable
+``last.ckpt`` (model, optimizer, scheduler, scaler, EMA, RNG) written atomically after every epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from vitcompress.augment import AUTO_AUGMENT_CHOICES, CROP_CHOICES, AugmentOptions, BatchTransform
+from vitcompress.datasets.imageset import DataSplits
+from vitcompress.distributed import DistContext
+from vitcompress.errors import UserError, require
+from vitcompress.evaluate import evaluate
+from vitcompress.fsutil import atomic_file
+from vitcompress.loader import BatchLoader
+
+CHECKPOINT_FILE = "last.ckpt"
+BEST_WEIGHTS_FILE = "best.safetensors"
+LOG_FILE = "train_log.csv"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of the training loop (shared by every stage that trains)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    layer_decay: float = 1.0
+    freeze_blocks: int = 0
+    head_only: bool = False
+    accum_steps: int = 1
+    amp: str = "auto"
+    clip_grad: float = 1.0
+    ema: bool = False
+    ema_decay: float = 0.999
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    patience: int = 0
+    augment: AugmentOptions = field(default_factory=AugmentOptions)
+    seed: int = 0
+    quiet: bool = False
+
+    def validate(self) -> None:
+        require(self.epochs >= 1, f"--epochs {self.epochs} must be at least 1", "pass --epochs 1 or more")
+        require(self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1", "pass --batch-size 1 or more")
+        require(self.lr > 0, f"--lr {self.lr} must be positive", "pass e.g. --lr 1e-3")
+        require(self.min_lr >= 0, f"--min-lr {self.min_lr} must not be negative", "pass e.g. --min-lr 1e-6")
+        require(self.weight_decay >= 0, f"--weight-decay {self.weight_decay} must not be negative", "pass e.g. 0.05")
+        require(self.warmup_epochs >= 0, f"--warmup-epochs {self.warmup_epochs} must not be negative", "pass e.g. 1")
+        require(0 < self.layer_decay <= 1, f"--layer-decay {self.layer_decay} is not in (0, 1]", "pass e.g. 0.75, or 1 to turn it off")
+        require(self.accum_steps >= 1, f"--accum-steps {self.accum_steps} must be at least 1", "pass 1 for no accumulation")
+        require(self.amp in ("auto", "none", "bf16", "fp16"), f"--amp {self.amp!r} is unknown", "use auto, none, bf16 or fp16")
+        require(self.clip_grad >= 0, f"--clip-grad {self.clip_grad} must not be negative", "pass 0 to turn clipping off")
+        require(0 < self.ema_decay < 1, f"--ema-decay {self.ema_decay} is not in (0, 1)", "pass e.g. 0.999")
+        require(0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing} is not in [0, 1)", "pass e.g. 0.1")
+        require(self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix must not be negative", "pass alpha values like 0.8 and 1.0, or 0")
+        require(self.patience >= 0, f"--patience {self.patience} must not be negative", "pass 0 to turn early stopping off")
+        require(self.freeze_blocks >= 0, f"--freeze-blocks {self.freeze_blocks} must not be negative", "pass 0 to train all blocks")
+        a = self.augment
+        require(a.crop in CROP_CHOICES, f"--crop {a.crop!r} is unknown", f"use one of {', '.join(CROP_CHOICES)}")
+        require(a.auto_augment in AUTO_AUGMENT_CHOICES, f"--auto-augment {a.auto_augment!r} is unknown",
+                f"use one of {', '.join(AUTO_AUGMENT_CHOICES)}")
+        require(0 <= a.crop_padding < 1 and 0 < a.rrc_min_scale <= 1 and a.color_jitter >= 0,
+                "crop padding must be in [0, 1), rrc min scale in (0, 1], colour jitter >= 0", "fix the augmentation options")
+
+
+@dataclass
+class FitResult:
+    """What training leaves behind: the weights to keep and the history that led to them."""
+
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_top1: float | None
+    stopped_early: bool
+    seconds: float
+    images_per_second: float
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """``auto`` is bf16 on GPUs that support it and full precision on CPUs."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if amp == "none":
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("--amp fp16 needs a CUDA device", "use --amp bf16 or none on the CPU")
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
+    """Freeze everything but the classifier, or the embeddings and the first N blocks."""
+    if cfg.head_only:
+        head = model.get_classifier()
+        for p in model.parameters():
+            p.requires_grad = False
+        for p in head.parameters():
+            p.requires_grad = True
+        return
+    if cfg.freeze_blocks:
+        blocks = getattr(model, "blocks", None)
+        require(blocks is not None and cfg.freeze_blocks <= len(blocks),
+                f"--freeze-blocks {cfg.freeze_blocks} is more than the model's {len(blocks or [])} blocks",
+                "pass a smaller number")
+        frozen = [model.patch_embed, *blocks[: cfg.freeze_blocks]]
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad = False
+        for name in ("cls_token", "pos_embed", "reg_token"):
+            if isinstance(getattr(model, name, None), nn.Parameter):
+                getattr(model, name).requires_grad = False
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [int(x) for x in np.random.get_state()[1]], "numpy_pos": int(np.random.get_state()[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    np.random.set_state(("MT19937", np.asarray(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+class Trainer:
+    """Trains ``model`` on ``data.train``, selecting the best epoch on ``data.val``.
+
+    Files live in ``workdir`` (the stage's staging directory): ``last.ckpt``, ``best.safetensors``
+    and ``train_log.csv``. Only rank 0 writes them.
+    """
+
+    def __init__(self, model: nn.Module, data: DataSplits, cfg: TrainConfig, transform: BatchTransform,
+                 ctx: DistContext, workdir: Path) -> None:
+        self.cfg, self.data, self.ctx, self.workdir, self.transform = cfg, data, ctx, workdir, transform
+        self.model = model.to(ctx.device)
+        apply_freezing(self.model, cfg)
+        self.amp = amp_dtype(cfg.amp, ctx.device)
+        self.train_loader = BatchLoader(data.train, cfg.batch_size, ctx.device, shuffle=True, drop_last=True,
+                                        seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
+        require(len(self.train_loader) >= cfg.accum_steps,
+                f"--batch-size {cfg.batch_size} x --accum-steps {cfg.accum_steps} is more than the "
+                f"{len(data.train)} training images per rank", "use a smaller --batch-size")
+        self.steps_per_epoch = len(self.train_loader) // cfg.accum_steps
+        self.optimizer = create_optimizer_v2(self.model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                             layer_decay=cfg.layer_decay if cfg.layer_decay < 1 else None)
+        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=cfg.epochs * self.steps_per_epoch,
+                                           lr_min=cfg.min_lr, warmup_t=int(cfg.warmup_epochs * self.steps_per_epoch),
+                                           warmup_lr_init=cfg.lr * 1e-3, warmup_prefix=True, t_in_epochs=False)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp == torch.float16)
+        self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema else None
+        self.mixup = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                            num_classes=data.num_classes) if cfg.mixup > 0 or cfg.cutmix > 0 else None)
+        self.criterion = SoftTargetCrossEntropy() if self.mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+                    if ctx.distributed else self.model)
+        self.start_epoch, self.history = 0, []
+        self.best_val, self.best_epoch, self.bad_epochs = None, -1, 0
+        self.train_seconds, self.train_images = 0.0, 0
+
+    # ---------------------------------------------------------------- resume
+    def save_checkpoint(self, epoch: int) -> None:
+        state = {
+            "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None, "history": self.history,
+            "best_val": self.best_val, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "train_seconds": self.train_seconds, "train_images": self.train_images,
+            "config": asdict(self.cfg), "rng": _rng_state(),
+        }
+        with atomic_file(self.workdir / CHECKPOINT_FILE) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> None:
+        path = self.workdir / CHECKPOINT_FILE
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.history, self.best_val = state["history"], state["best_val"]
+        self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
+        self.train_seconds, self.train_images = state["train_seconds"], state["train_images"]
+        self.start_epoch = state["epoch"] + 1
+        _set_rng_state(state["rng"])
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> FitResult:
+        stopped_early = False
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            row = self._train_epoch(epoch)
+            row.update(self._validate())
+            self._select(epoch, row)
+            self.history.append(row)
+            if self.ctx.is_main:
+                self.save_checkpoint(epoch)
+                self._write_log()
+            self.ctx.barrier()
+            if self.cfg.patience and self.data.val is not None and self.bad_epochs >= self.cfg.patience:
+                stopped_early = True
+                if self.ctx.is_main and not self.cfg.quiet:
+                    print(f"early stopping: no val improvement for {self.cfg.patience} epochs", flush=True)
+                break
+        ips = self.train_images / self.train_seconds if self.train_seconds else 0.0
+        return FitResult(self.history, self.best_epoch, self.best_val, stopped_early, self.train_seconds, ips)
+
+    def eval_model(self) -> nn.Module:
+        """The weights validation scores: the EMA copy when EMA is on."""
+        return self.ema.module if self.ema else self.model
+
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg, model = self.cfg, self.ddp
+        model.train()
+        self.train_loader.set_epoch(epoch)
+        totals = torch.zeros(3, device=self.ctx.device)  # loss sum, correct, count
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=cfg.quiet or not self.ctx.is_main, dynamic_ncols=True)
+        start = time.perf_counter()
+        update = epoch * self.steps_per_epoch
+        for step, (images, labels) in enumerate(bar):
+            x = self.transform.train(images)
+            targets = labels
+            if self.mixup:
+                x, targets = self.mixup(x, labels)
+            last_micro = (step + 1) % cfg.accum_steps == 0
+            sync = nullcontext() if (last_micro or not self.ctx.distributed) else model.no_sync()
+            with sync:
+                with torch.autocast(self.ctx.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                    logits = model(x)
+                    loss = self.criterion(logits.float(), targets)
+                self.scaler.scale(loss / cfg.accum_steps).backward()
+            if last_micro:
+                if cfg.clip_grad > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                update += 1
+                self.scheduler.step_update(update)
+                if self.ema:
+                    self.ema.update(self.model, step=update)
+            with torch.no_grad():
+                totals += torch.stack([loss.detach() * len(labels), (logits.argmax(1) == labels).sum(),
+                                       torch.tensor(len(labels), device=self.ctx.device)]).float()
+            if step % 10 == 0 and not bar.disable:
+                seen = float(totals[2])
+                bar.set_postfix(loss=f"{float(totals[0]) / seen:.3f}", acc=f"{float(totals[1]) / seen:.3f}",
+                                img_s=f"{seen * self.ctx.world_size / (time.perf_counter() - start):.0f}",
+                                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        if self.ctx.device.type == "cuda":
+            torch.cuda.synchronize(self.ctx.device)
+        seconds = time.perf_counter() - start
+        if self.ctx.distributed:
+            torch.distributed.all_reduce(totals)
+        self.train_seconds += seconds
+        self.train_images += int(totals[2])
+        return {"epoch": epoch + 1, "lr": self.optimizer.param_groups[-1]["lr"], "train_loss": float(totals[0] / totals[2]),
+                "train_acc": float(totals[1] / totals[2]), "images_per_s": float(totals[2]) / seconds, "seconds": seconds}
+
+    def _validate(self) -> dict[str, Any]:
+        if self.data.val is None:
+            return {}
+        report = evaluate(self.eval_model(), self.data.val, self.transform, self.ctx, amp_dtype=self.amp)
+        return {"val_loss": report["loss"], "val_top1": report["top1"]}
+
+    def _select(self, epoch: int, row: dict[str, Any]) -> None:
+        """Keep the weights of the best validation epoch (or of the last epoch without a val split)."""
+        score = row.get("val_top1")
+        improved = score is None or self.best_val is None or score > self.best_val
+        if improved:
+            self.best_val, self.best_epoch, self.bad_epochs = score, epoch + 1, 0
+            if self.ctx.is_main:
+                state = {k: v.detach().cpu().contiguous() for k, v in self.eval_model().state_dict().items()}
+                with atomic_file(self.workdir / BEST_WEIGHTS_FILE) as tmp:
+                    save_file(state, str(tmp))
+        else:
+            self.bad_epochs += 1
+        if self.ctx.is_main and not self.cfg.quiet:
+            val = f" val_top1 {score:.4f}" if score is not None else ""
+            print(f"epoch {epoch + 1}/{self.cfg.epochs}: loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f}"
+                  f"{val} ({row['images_per_s']:.0f} img/s){' *' if improved and score is not None else ''}", flush=True)
+
+    def _write_log(self) -> None:
+        keys = list(dict.fromkeys(k for row in self.history for k in row))
+        with atomic_file(self.workdir / LOG_FILE) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.history)
