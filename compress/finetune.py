@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 from safetensors.torch import load_file
 from timm.data import resolve_data_config
+from torch import nn
 
 from vitcompress.artifact import ArtifactMeta, library_versions, now_iso, write_artifact
 from vitcompress.augment import BatchTransform
 from vitcompress.data import DataOptions, load_data
+from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext, init_distributed, shutdown_distributed
 from vitcompress.errors import require
 from vitcompress.evaluate import evaluate
 from vitcompress.models import (build_kwargs, check_model_name, count_macs, count_params, create_model,
                                 heads_per_block, load_init_checkpoint, parse_model_kwargs)
 from vitcompress.plots import save_confusion_png
-from vitcompress.stage import StageResult, prepare_staging, publish
+from vitcompress.stage import StageResult, prepare_staging, publish, staging_guard
 from vitcompress.train import BEST_WEIGHTS_FILE, TrainConfig, Trainer, amp_dtype, seed_everything
 
 
@@ -80,9 +83,13 @@ def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> StageResult:
     if cfg.init_checkpoint:
         load_init_checkpoint(model, cfg.init_checkpoint)
     data_cfg = resolve_data_config({}, model=model)
-    mean, std = [float(v) for v in data_cfg["mean"]], [float(v) for v in data_cfg["std"]]
-    transform = BatchTransform(img_size, mean, std, cfg.train.augment)
+    transform = BatchTransform(img_size, data_cfg["mean"], data_cfg["std"], cfg.train.augment)
+    with staging_guard(staging, ctx.is_main):
+        return _train_and_publish(cfg, ctx, model, data, transform, kwargs, out, staging)
 
+
+def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, data: DataSplits,
+                       transform: BatchTransform, kwargs: dict[str, Any], out: Path, staging: Path) -> StageResult:
     trainer = Trainer(model, data, cfg.train, transform, ctx, staging)
     if cfg.resume:
         trainer.load_checkpoint()
@@ -94,10 +101,10 @@ def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> StageResult:
         final.load_state_dict(load_file(str(staging / BEST_WEIGHTS_FILE), device=str(ctx.device)))
     test = evaluate(final, data.test, transform, ctx, amp_dtype=amp_dtype(cfg.train.amp, ctx.device))
     meta = ArtifactMeta(
-        stage="finetune", model_name=cfg.model, model_kwargs=kwargs, classes=data.classes, img_size=img_size,
-        mean=mean, std=std, heads_per_block=heads_per_block(final),
+        stage="finetune", model_name=cfg.model, model_kwargs=kwargs, classes=data.classes, img_size=transform.img_size,
+        mean=transform.mean_rgb, std=transform.std_rgb, heads_per_block=heads_per_block(final),
         recipe=_recipe(cfg), data=data.description, versions=library_versions(), created=now_iso(),
-        metrics={**test, "params": count_params(final), "macs": count_macs(final, img_size),
+        metrics={**test, "params": count_params(final), "macs": count_macs(final, transform.img_size),
                  "best_epoch": fit.best_epoch, "best_val_top1": fit.best_val_top1, "epochs_run": len(fit.history),
                  "stopped_early": fit.stopped_early, "train_images_per_s": round(fit.images_per_second, 2),
                  "train_seconds": round(fit.seconds, 2), "world_size": ctx.world_size,

@@ -43,6 +43,7 @@ class BatchTransform:
 
     def __init__(self, img_size: int, mean: list[float], std: list[float], options: AugmentOptions | None = None) -> None:
         self.img_size = img_size
+        self.mean_rgb, self.std_rgb = [float(v) for v in mean], [float(v) for v in std]
         self.options = options or AugmentOptions()
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)

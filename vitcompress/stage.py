@@ -6,9 +6,11 @@ to ``OUT`` only when the artifact is complete, so a crash or a kill never leaves
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from vitcompress.artifact import ArtifactMeta
 from vitcompress.errors import UserError
@@ -31,7 +33,10 @@ def staging_dir(out: Path) -> Path:
 
 
 def prepare_staging(out: str | Path, force: bool, resume: bool, is_main: bool = True) -> tuple[Path, Path]:
-    """Check ``out`` and the staging dir against ``--force``/``--resume``; return ``(out, staging)``."""
+    """Check ``out`` and the staging dir against ``--force``/``--resume``; return ``(out, staging)``.
+
+    Nothing is created here: see :func:`staging_guard`.
+    """
     out = Path(out)
     staging = staging_dir(out)
     if resume:
@@ -46,9 +51,23 @@ def prepare_staging(out: str | Path, force: bool, resume: bool, is_main: bool = 
                             "pass --resume to continue it, or --force to start over")
         if is_main:
             shutil.rmtree(staging)
-    if is_main:
-        staging.mkdir(parents=True)
     return out, staging
+
+
+@contextlib.contextmanager
+def staging_guard(staging: Path, is_main: bool = True) -> Iterator[Path]:
+    """Create ``staging``; if the stage fails before its first checkpoint, remove it again.
+
+    A failure after a checkpoint keeps the directory, so ``--resume`` can continue from it.
+    """
+    if is_main:
+        staging.mkdir(parents=True, exist_ok=True)
+    try:
+        yield staging
+    except BaseException:
+        if is_main and not (staging / CHECKPOINT_FILE).is_file():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def publish(staging: Path, out: Path) -> None:

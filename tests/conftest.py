@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny ViT config, one trained artifact, and an ImageFolder tree made on the fly."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitcompress.cli import main
+from vitcompress.datasets.shapes import generate
+
+# Two blocks of two heads at 32px with 8px patches: trains in seconds on a CPU.
+TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "8",
+        "--model-kwargs", "depth=2,embed_dim=64,num_heads=2", "--drop-path", "0", "--lr", "3e-3",
+        "--batch-size", "64", "--quiet"]
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ.setdefault("VITCOMPRESS_CACHE", str(tmp_path_factory.mktemp("cache")))
+    os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the hub; --pretrained must fail cleanly
+
+
+def run_cli(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def shapes_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ViT trained 8 epochs on `shapes` (about 10 s)."""
+    out = tmp_path_factory.mktemp("artifacts") / "shapes"
+    assert run_cli("finetune", *TINY, "--data", "shapes", "--epochs", "8", "--out", out) == 0
+    return out
+
+
+def write_image_folder(root: Path, per_class: int = 6, classes: int = 3, splits: tuple[str, ...] = ("train", "test"),
+                       fmt: str = "png", seed: int = 0) -> Path:
+    """An ImageFolder tree of `shapes` images: root/<split>/<class>/<n>.<fmt>."""
+    data = generate(per_class, seed=seed)
+    for split in splits:
+        for i in range(len(data)):
+            label = int(data.labels[i])
+            if label >= classes:
+                continue
+            folder = root / split / data.classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(data.images[i].numpy()).save(folder / f"{i:04d}.{fmt}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "imgs")
+
+
+def make_tar(folder: Path, archive: Path) -> Path:
+    mode = "w:xz" if archive.name.endswith(".xz") else "w:gz" if archive.name.endswith(".gz") else "w"
+    with tarfile.open(archive, mode) as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive
+
+
+def random_image(path: Path, size: int = 48) -> None:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)

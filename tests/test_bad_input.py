@@ -1,0 +1,155 @@
+"""Mistakes a user can make: one clear line on stderr, exit status 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.conftest import TINY, random_image, run_cli, write_image_folder
+
+
+def assert_clean_failure(capsys: pytest.CaptureFixture, args: list, *needles: str) -> str:
+    code = run_cli(*args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def finetune_args(out: Path, *extra: str, data: str = "shapes") -> list:
+    return ["finetune", *TINY, "--data", data, "--epochs", "1", "--out", out, *extra]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--epochs", "0"], "--epochs 0"),
+    (["--lr", "-0.1"], "--lr -0.1"),
+    (["--batch-size", "0"], "--batch-size 0"),
+    (["--val-split", "1.5"], "--val-split"),
+    (["--layer-decay", "0"], "--layer-decay"),
+    (["--model", "vit_tinyy_patch16_224"], "unknown model"),
+    (["--model-kwargs", "depth"], "key=value"),
+    (["--model-kwargs", "no_such_kwarg=1"], "does not accept"),
+    (["--freeze-blocks", "5"], "more than the model's 2 blocks"),
+    (["--amp", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
+    (["--resume"], "nothing to resume"),
+    (["--batch-size", "100000"], "more than the"),
+])
+def test_bad_numbers_and_names(tmp_path: Path, capsys: pytest.CaptureFixture, extra: list, needle: str) -> None:
+    out = tmp_path / "out"
+    assert_clean_failure(capsys, finetune_args(out, *extra), needle)
+    assert not out.exists()
+
+
+def test_cuda_requested_without_cuda(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_clean_failure(capsys, finetune_args(tmp_path / "out", "--device", "cuda"), "CUDA is not available")
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("folder:/no/such/dir", "does not exist"),
+    ("imagenet", "unknown data spec"),
+    ("cifar10", "CIFAR-10 not found"),
+])
+def test_bad_data_specs(tmp_path: Path, capsys: pytest.CaptureFixture, spec: str, needle: str) -> None:
+    out = tmp_path / "out"
+    assert_clean_failure(capsys, finetune_args(out, "--data-dir", str(tmp_path / "nocifar"), data=spec), needle)
+    assert not out.exists()
+
+
+def test_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    assert_clean_failure(capsys, finetune_args(tmp_path / "out", data=f"folder:{tmp_path / 'empty'}"), "no train/")
+    (tmp_path / "empty" / "train").mkdir()
+    (tmp_path / "empty" / "test").mkdir()
+    assert_clean_failure(capsys, finetune_args(tmp_path / "out", data=f"folder:{tmp_path / 'empty'}"), "no class folders")
+
+
+def test_folder_without_eval_split(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_image_folder(tmp_path / "d", splits=("train",))
+    assert_clean_failure(capsys, finetune_args(tmp_path / "out", data=f"folder:{root}"), "neither val/ nor test/")
+
+
+def test_train_and_test_classes_differ(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_image_folder(tmp_path / "d")
+    shutil.rmtree(root / "test" / "square")
+    (root / "test" / "hexagon").mkdir()
+    random_image(root / "test" / "hexagon" / "a.png")
+    line = assert_clean_failure(capsys, finetune_args(tmp_path / "out", data=f"folder:{root}"), "classes differ")
+    assert "square" in line and "hexagon" in line
+
+
+def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert_clean_failure(capsys, finetune_args(out), "already exists", "--force")
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_checkpoint_that_is_not_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bogus = tmp_path / "notes.pth"
+    bogus.write_text("these are not weights")
+    assert_clean_failure(capsys, finetune_args(tmp_path / "out", "--init-checkpoint", bogus), "notes.pth")
+    missing = tmp_path / "missing.safetensors"
+    assert_clean_failure(capsys, finetune_args(tmp_path / "out", "--init-checkpoint", missing), "does not exist")
+
+
+def test_truncated_checkpoints(tmp_path: Path, capsys: pytest.CaptureFixture, shapes_artifact: Path) -> None:
+    data = (shapes_artifact / "model.safetensors").read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    assert_clean_failure(capsys, finetune_args(tmp_path / "out", "--init-checkpoint", cut), "cut.safetensors")
+    pth = tmp_path / "full.pth"
+    torch.save({"w": torch.randn(1000)}, pth)
+    cut_pth = tmp_path / "cut.pth"
+    cut_pth.write_bytes(pth.read_bytes()[:600])
+    assert_clean_failure(capsys, finetune_args(tmp_path / "out", "--init-checkpoint", cut_pth), "truncated")
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_for_another_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    other = tmp_path / "other.safetensors"
+    save_file({"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}, str(other))
+    assert_clean_failure(capsys, finetune_args(tmp_path / "out", "--init-checkpoint", other), "does not match")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(_Payload.marker),))
+
+
+def test_pickle_is_never_executed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _Payload.marker = str(tmp_path / "pwned")
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"state_dict": _Payload()}))
+    assert_clean_failure(capsys, finetune_args(tmp_path / "out", "--init-checkpoint", evil), "refused")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_pretrained_offline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert_clean_failure(capsys, finetune_args(tmp_path / "out", "--pretrained"),
+                         "could not load pretrained weights", "--init-checkpoint")
+
+
+def test_eval_and_info_on_non_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert_clean_failure(capsys, ["info", tmp_path], "not a vitcompress artifact")
+    assert_clean_failure(capsys, ["eval", tmp_path / "nope", "--data", "shapes"], "not a vitcompress artifact")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "vitcompress.json").write_text("{not json")
+    assert_clean_failure(capsys, ["info", broken], "corrupt")
+
+
+def test_eval_class_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture, shapes_artifact: Path) -> None:
+    root = write_image_folder(tmp_path / "d", classes=3)
+    assert_clean_failure(capsys, ["eval", shapes_artifact, "--data", f"folder:{root}"], "10 classes", "3 classes")
