@@ -1,0 +1,101 @@
+"""Dataset specs: generated shapes, ImageFolder trees and archives of them, splits, corrupt files."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import SHARED_CIFAR, make_tar, write_image_folder
+from vitcompress.data import DataOptions, load_data
+from vitcompress.datasets.imageset import holdout_split
+from vitcompress.datasets.shapes import CLASSES, generate
+from vitcompress.errors import UserError
+
+
+def test_shapes_is_deterministic_and_balanced() -> None:
+    a, b = generate(5, seed=1), generate(5, seed=1)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, generate(5, seed=2).images)
+    assert a.images.dtype == torch.uint8 and a.images.shape == (50, 32, 32, 3)
+    assert torch.bincount(a.labels).tolist() == [5] * len(CLASSES)
+
+
+def test_holdout_split_is_stratified_and_disjoint() -> None:
+    train, val = holdout_split(generate(20, seed=0), 0.25, seed=0)
+    assert len(train) == 150 and len(val) == 50
+    assert torch.bincount(val.labels).tolist() == [5] * 10
+    train_px = {bytes(img.numpy()) for img in train.images}
+    assert not any(bytes(img.numpy()) in train_px for img in val.images)
+
+
+def test_folder_with_corrupt_and_non_image_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_image_folder(tmp_path / "d", per_class=4, classes=3)
+    (root / "train" / "circle" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "train" / "circle" / "notes.txt").write_text("ignored: not an image extension")
+    data = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0.0, cache_dir=str(tmp_path / "c")))
+    assert "skipped 1 unreadable image" in capsys.readouterr().out
+    assert len(data.train) == 12 and len(data.test) == 12 and data.classes == ["circle", "square", "triangle"]
+    assert data.description["skipped_files"][0].endswith("broken.jpg")
+    assert data.train.images.shape[1:] == (32, 32, 3)
+
+
+def test_folder_val_split_is_used_for_validation(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "d", per_class=4, classes=2, splits=("train", "val"))
+    data = load_data(DataOptions(spec=f"folder:{root}", img_size=32, cache_dir=str(tmp_path / "c")))
+    assert len(data.val) == 8 and len(data.train) == 8  # no hold-out carved from train when val/ exists
+    assert data.test is data.val or len(data.test) == 8
+
+
+def test_large_images_are_cached_at_crop_size(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "d", per_class=2, classes=2)
+    from PIL import Image
+    for path in root.rglob("*.png"):
+        Image.open(path).resize((80, 60)).save(path)
+    data = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0, cache_dir=str(tmp_path / "c")))
+    assert data.train.size == 37  # ceil(32 / 0.875): the eval centre crop takes 32 of it
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tar.xz"])
+def test_archives_match_the_folder(tmp_path: Path, suffix: str) -> None:
+    root = write_image_folder(tmp_path / "mydata", per_class=3, classes=3)
+    archive = make_tar(root, tmp_path / f"mydata{suffix}")
+    cache = str(tmp_path / "c")
+    from_folder = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0, cache_dir=cache))
+    from_archive = load_data(DataOptions(spec=f"folder:{archive}", img_size=32, val_split=0, cache_dir=cache))
+    assert torch.equal(from_folder.train.images, from_archive.train.images)
+    assert from_folder.classes == from_archive.classes
+    assert len(list((tmp_path / "c" / "archives").iterdir())) == 1  # extracted once, into the cache
+
+
+def test_unsafe_archive_member_is_rejected(tmp_path: Path) -> None:
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        payload = b"owned"
+        info = tarfile.TarInfo("../../escaped.txt")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(UserError, match="unsafe member"):
+        load_data(DataOptions(spec=f"folder:{archive}", cache_dir=str(tmp_path / "c")))
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path.parent / "escaped.txt").exists()
+    assert not any((tmp_path / "c" / "archives").iterdir())  # nothing half-extracted is left to reuse
+
+
+def test_truncated_archive(tmp_path: Path) -> None:
+    archive = make_tar(write_image_folder(tmp_path / "d", per_class=2, classes=2), tmp_path / "d.tar.gz")
+    archive.write_bytes(archive.read_bytes()[:200])
+    with pytest.raises(UserError, match="could not be read"):
+        load_data(DataOptions(spec=f"folder:{archive}", cache_dir=str(tmp_path / "c")))
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason="the CIFAR-10 archive is not in ../shared/data")
+def test_real_cifar10_archive(tmp_path: Path) -> None:
+    data = load_data(DataOptions(spec=f"folder:{SHARED_CIFAR}", img_size=32, val_split=0.1,
+                                 cache_dir=str(tmp_path / "c"), quiet=True))
+    assert data.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert len(data.train) == 45_000 and len(data.val) == 5_000 and len(data.test) == 10_000
+    assert data.train.images.shape[1:] == (32, 32, 3) and data.description["skipped_files"] == []
+    assert torch.bincount(data.test.labels).tolist() == [1000] * 10

@@ -1,0 +1,27 @@
+"""torchrun with two CPU processes (gloo): DDP trains, rank 0 alone writes the artifact."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import TINY
+from vitcompress.artifact import read_meta
+
+
+def test_torchrun_two_processes(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "vitcompress", "finetune", *TINY, "--data", "shapes", "--epochs", "6", "--batch-size", "32",
+           "--device", "cpu", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = read_meta(out)
+    assert meta.metrics["world_size"] == 2
+    assert meta.metrics["samples"] == 1000  # every test image scored once across the two shards
+    assert meta.metrics["top1"] > 0.3, meta.metrics["top1"]
+    assert result.stdout.count("artifact:") == 1  # one summary, from rank 0
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "model.safetensors", "train_log.csv", "vitcompress.json"]
