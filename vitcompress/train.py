@@ -213,7 +213,11 @@ class Trainer:
     def load_checkpoint(self) -> None:
         path = self.workdir / CHECKPOINT_FILE
         state = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise UserError(f"{path} was written for another model",
+                            "resume with the same --model, --model-kwargs and --img-size, or pass --force to start over") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

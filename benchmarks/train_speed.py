@@ -1,0 +1,123 @@
+"""Training-speed benchmark: images/second of `vitcompress finetune` on CIFAR-10 (32px).
+
+Measures in one run, on one machine:
+  train_ips     full training steps (device augmentation + forward + backward + AdamW) through the
+                real Trainer, vit_small_patch16_224 at 32px with 4px patches (65 tokens)
+  pipeline_ips  our data path alone: uint8 tensor (decoded once) -> BatchLoader -> BatchTransform.train
+  classic_ips   the usual torchvision path on the same JPEG files: ImageFolder + PIL transforms + DataLoader
+and records two ratios: pipeline_ips / train_ips (>1: the data path cannot starve the model) and
+pipeline_ips / classic_ips (what decoding once and augmenting batches on the device buys).
+
+Usage:  python benchmarks/train_speed.py [--device cpu|cuda] [--steps 10] [--batch-size 64]
+Writes: benchmarks/results/train_speed_<device>.json (with hardware and the exact command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from timm.data import resolve_data_config
+
+from vitcompress.augment import AugmentOptions, BatchTransform
+from vitcompress.data import DataOptions, load_data
+from vitcompress.datasets.imageset import DataSplits
+from vitcompress.distributed import DistContext, resolve_device
+from vitcompress.loader import BatchLoader
+from vitcompress.models import build_kwargs, create_model
+from vitcompress.train import TrainConfig, Trainer
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+
+
+def hardware(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def train_ips(data: DataSplits, args: argparse.Namespace, ctx: DistContext, workdir: Path) -> float:
+    """Images/s of the real training loop over ``steps`` batches (after one warm-up epoch)."""
+    kwargs = build_kwargs(len(data.classes), 32, 4, {})
+    model = create_model(args.model, kwargs)
+    data_cfg = resolve_data_config({}, model=model)
+    transform = BatchTransform(32, data_cfg["mean"], data_cfg["std"], AugmentOptions())
+    subset = data.train.subset(torch.arange(args.steps * args.batch_size))
+    splits = DataSplits(subset, None, data.test, data.classes, {})
+    trainer = Trainer(model, splits, TrainConfig(epochs=2, batch_size=args.batch_size, quiet=True, amp=args.amp),
+                      transform, ctx, workdir)
+    result = trainer.fit()
+    return result.history[-1]["images_per_s"]  # epoch 2: compiled kernels and allocator warm
+
+
+def pipeline_ips(data: DataSplits, args: argparse.Namespace, ctx: DistContext) -> float:
+    loader = BatchLoader(data.train, args.batch_size, ctx.device, shuffle=True, drop_last=True)
+    transform = BatchTransform(32, [0.5] * 3, [0.5] * 3, AugmentOptions())
+    return _time_batches(((transform.train(x), y) for x, y in loader), args.pipeline_batches, args.batch_size, ctx.device)
+
+
+def classic_ips(root: Path, args: argparse.Namespace, ctx: DistContext) -> float:
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                             transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    ds = datasets.ImageFolder(str(root / "train"), transform=tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                         pin_memory=ctx.device.type == "cuda", drop_last=True, persistent_workers=False)
+    batches = ((x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)) for x, y in loader)
+    return _time_batches(batches, args.pipeline_batches, args.batch_size, ctx.device)
+
+
+def _time_batches(batches, count: int, batch_size: int, device: torch.device) -> float:
+    it = iter(batches)
+    next(it)  # warm-up: worker start-up, first allocation
+    start = time.perf_counter()
+    for _ in range(count):
+        next(it)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return count * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 ImageFolder archive or folder")
+    parser.add_argument("--model", default="vit_small_patch16_224")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", default="auto")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=8, help="training steps timed")
+    parser.add_argument("--pipeline-batches", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    ctx = DistContext(device=resolve_device(args.device))
+    data = load_data(DataOptions(spec=f"folder:{args.data}", img_size=32, val_split=0))
+    workdir = HERE / "results" / ".scratch"
+    workdir.mkdir(parents=True, exist_ok=True)
+    measured = {"train_ips": train_ips(data, args, ctx, workdir), "pipeline_ips": pipeline_ips(data, args, ctx),
+                "classic_ips": classic_ips(Path(data.description["root"]), args, ctx)}
+    measured["pipeline_over_train"] = measured["pipeline_ips"] / measured["train_ips"]
+    measured["pipeline_over_classic"] = measured["pipeline_ips"] / measured["classic_ips"]
+    record = {"benchmark": "train_speed", "model": args.model, "img_size": 32, "patch_size": 4,
+              "batch_size": args.batch_size, "amp": args.amp, "device": str(ctx.device), "hardware": hardware(ctx.device),
+              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+              "date": time.strftime("%Y-%m-%d"), "results": {k: round(v, 2) for k, v in measured.items()}}
+    out = HERE / "results" / f"train_speed_{ctx.device.type}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    for key, value in record["results"].items():
+        print(f"{key:24s} {value:>10.2f}")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Every `vitcompress` command shown in README.md and docs/ is accepted by the real parser."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from vitcompress.cli import _parser
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def shown_commands() -> list[tuple[str, list[str]]]:
+    found = []
+    for doc in DOCS:
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split("  #")[0].strip()
+                words = shlex.split(line) if line else []
+                if "vitcompress" not in words or "..." in line:
+                    continue
+                found.append((f"{doc.name}: {line}", words[words.index("vitcompress") + 1 :]))
+    return found
+
+
+@pytest.mark.parametrize("where, argv", shown_commands(), ids=lambda v: v if isinstance(v, str) else "")
+def test_documented_command_parses(where: str, argv: list[str]) -> None:
+    _parser().parse_args(argv)
+
+
+def test_docs_show_commands() -> None:
+    assert len(shown_commands()) >= 4
