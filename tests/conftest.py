@@ -6,12 +6,14 @@ import os
 import tarfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+os.environ["HF_HUB_OFFLINE"] = "1"  # read at import by huggingface_hub: tests never reach the hub
 
-from vitcompress.cli import main
-from vitcompress.datasets.shapes import generate
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from vitcompress.cli import main  # noqa: E402
+from vitcompress.datasets.shapes import generate  # noqa: E402
 
 # Two blocks of two heads at 32px with 8px patches: trains in seconds on a CPU.
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "8",
@@ -24,7 +26,6 @@ SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("VITCOMPRESS_CACHE", str(tmp_path_factory.mktemp("cache")))
-    os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the hub; --pretrained must fail cleanly
 
 
 def run_cli(*args: str) -> int:
