@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -132,7 +133,9 @@ def test_pickle_is_never_executed(tmp_path: Path, capsys: pytest.CaptureFixture)
     _Payload.marker = str(tmp_path / "pwned")
     evil = tmp_path / "evil.pth"
     evil.write_bytes(pickle.dumps({"state_dict": _Payload()}))
-    assert_clean_failure(capsys, finetune_args(tmp_path / "out", "--init-checkpoint", evil), "refused")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no warning printed beside the one error line
+        assert_clean_failure(capsys, finetune_args(tmp_path / "out", "--init-checkpoint", evil), "refused")
     assert not (tmp_path / "pwned").exists()
 
 

@@ -48,6 +48,8 @@ def test_pos_embed_resampled_for_another_resolution(shapes_artifact: Path) -> No
     assert out.shape == (1, 10)
 
 
-def test_read_state_dict_safetensors(shapes_artifact: Path) -> None:
+def test_read_state_dict_from_file_or_artifact_dir(shapes_artifact: Path) -> None:
     state = read_state_dict(shapes_artifact / "model.safetensors")
     assert "pos_embed" in state and state["head.weight"].shape == (10, 64)
+    from_dir = read_state_dict(shapes_artifact)
+    assert all(torch.equal(state[k], from_dir[k]) for k in state)

@@ -8,6 +8,7 @@ containers. A pickle that tries to import or call anything is rejected, not exec
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,12 +22,14 @@ _PREFIXES = ("module.", "model.", "_orig_mod.")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a flat ``{name: tensor}`` dict from a weights file, safely.
+    """Load a flat ``{name: tensor}`` dict from a weights file (or an artifact directory), safely.
 
     Raises:
         UserError: the file is missing, not a weights file, truncated, or holds pickled code.
     """
     path = Path(path)
+    if path.is_dir() and (path / "model.safetensors").is_file():  # an artifact directory
+        path = path / "model.safetensors"
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist", "pass the path of a .safetensors or .pth weights file")
     if path.suffix == ".safetensors":
@@ -42,7 +45,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _torch_load_weights_only(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; one line is enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
         if "weights_only" in str(exc) or "Unsupported" in str(exc) or "global" in str(exc).lower():

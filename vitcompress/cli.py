@@ -19,7 +19,7 @@ HELP = {
     "model_kwargs": "extra timm kwargs, e.g. depth=2,embed_dim=64,num_heads=2",
     "drop_path": "stochastic depth rate",
     "pretrained": "start from the model's pretrained weights on the Hugging Face hub (needs internet or a cache)",
-    "init_checkpoint": "start from local weights (.safetensors or .pth; loaded without unpickling code); "
+    "init_checkpoint": "start from local weights (.safetensors, .pth, or an artifact directory; never unpickles code); "
                        "the classifier is resized to the dataset's classes",
     "data_dir": "where cifar10 lives or is downloaded to (default: the cache dir)",
     "download": "allow torchvision to download cifar10",

@@ -56,10 +56,9 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for chunk in self._indices().split(self.batch_size):
+        for chunk in self._indices().to(self.images.device).split(self.batch_size):
             if self.drop_last and len(chunk) < self.batch_size:
                 return
-            chunk = chunk.to(self.images.device)
             images, labels = self.images[chunk], self.labels[chunk]
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 

@@ -173,6 +173,8 @@ class Trainer:
                  ctx: DistContext, workdir: Path) -> None:
         self.cfg, self.data, self.ctx, self.workdir, self.transform = cfg, data, ctx, workdir, transform
         self.model = model.to(ctx.device)
+        if ctx.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         apply_freezing(self.model, cfg)
         self.amp = amp_dtype(cfg.amp, ctx.device)
         self.train_loader = BatchLoader(data.train, cfg.batch_size, ctx.device, shuffle=True, drop_last=True,
