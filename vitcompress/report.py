@@ -23,12 +23,12 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     keys = ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "loss", "samples", "params", "macs",
             "best_epoch", "epochs_run", "train_images_per_s", "train_seconds", "device")
     rows = [(k, _fmt(metrics[k])) for k in keys if metrics.get(k) is not None]
-    return tabulate(rows, headers=("metric", "value"), tablefmt="simple")
+    return tabulate(rows, headers=("metric", "value"), tablefmt="simple", disable_numparse=True)
 
 
 def per_class_table(metrics: dict[str, Any]) -> str:
     rows = [(c, _fmt(a)) for c, a in metrics.get("per_class_accuracy", {}).items()]
-    return tabulate(rows, headers=("class", "accuracy"), tablefmt="simple")
+    return tabulate(rows, headers=("class", "accuracy"), tablefmt="simple", disable_numparse=True)
 
 
 def stage_summary(path: Path, meta: ArtifactMeta) -> str:
@@ -55,5 +55,5 @@ def describe(path: str | Path) -> str:
         ("created", meta.created),
         ("versions", ", ".join(f"{k} {v}" for k, v in meta.versions.items())),
     ]
-    table = tabulate(rows, tablefmt="plain")
+    table = tabulate(rows, tablefmt="plain", disable_numparse=True)
     return f"{table}\n\n{metrics_table(meta.metrics)}" if meta.metrics else table

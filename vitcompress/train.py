@@ -189,12 +189,13 @@ class Trainer:
                                            lr_min=cfg.min_lr, warmup_t=int(cfg.warmup_epochs * self.steps_per_epoch),
                                            warmup_lr_init=cfg.lr * 1e-3, warmup_prefix=True, t_in_epochs=False)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp == torch.float16)
+        # DDP broadcasts rank 0's weights when wrapping, so the EMA copy must be taken after it.
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+                    if ctx.distributed else self.model)
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema else None
         self.mixup = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
                             num_classes=data.num_classes) if cfg.mixup > 0 or cfg.cutmix > 0 else None)
         self.criterion = SoftTargetCrossEntropy() if self.mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.ddp = (DistributedDataParallel(self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-                    if ctx.distributed else self.model)
         self.start_epoch, self.history = 0, []
         self.best_val, self.best_epoch, self.bad_epochs = None, -1, 0
         self.train_seconds, self.train_images = 0.0, 0
@@ -261,10 +262,14 @@ class Trainer:
         self.train_loader.set_epoch(epoch)
         totals = torch.zeros(3, device=self.ctx.device)  # loss sum, correct, count
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   total=self.steps_per_epoch * cfg.accum_steps,
                    disable=cfg.quiet or not self.ctx.is_main, dynamic_ncols=True)
         start = time.perf_counter()
         update = epoch * self.steps_per_epoch
+        micro_steps = self.steps_per_epoch * cfg.accum_steps  # whole optimizer steps only: no gradient leaks
         for step, (images, labels) in enumerate(bar):
+            if step == micro_steps:
+                break
             x = self.transform.train(images)
             targets = labels
             if self.mixup:
@@ -317,7 +322,7 @@ class Trainer:
         improved = score is None or self.best_val is None or score > self.best_val
         if improved:
             self.best_val, self.best_epoch, self.bad_epochs = score, epoch + 1, 0
-            if self.ctx.is_main:
+            if self.ctx.is_main and score is not None:  # without validation the last epoch is kept as is
                 state = {k: v.detach().cpu().contiguous() for k, v in self.eval_model().state_dict().items()}
                 with atomic_file(self.workdir / BEST_WEIGHTS_FILE) as tmp:
                     save_file(state, str(tmp))

@@ -1,0 +1,37 @@
+"""The training loop's edges: whole accumulation steps only, runs without validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests.conftest import TINY, run_cli
+from vitcompress.artifact import read_meta
+from vitcompress.augment import BatchTransform
+from vitcompress.datasets.imageset import DataSplits
+from vitcompress.datasets.shapes import generate
+from vitcompress.distributed import DistContext
+from vitcompress.models import create_model
+from vitcompress.train import TrainConfig, Trainer
+
+
+def test_no_gradient_left_over_from_partial_accumulation(tmp_path: Path) -> None:
+    data = generate(4, seed=0)  # 40 images: 5 batches of 8, accumulation 3 -> 1 optimizer step per epoch
+    splits = DataSplits(data, None, data, data.classes, {})
+    model = create_model("vit_tiny_patch16_224", {"num_classes": 10, "img_size": 32, "patch_size": 8,
+                                                  "depth": 1, "embed_dim": 32, "num_heads": 2})
+    cfg = TrainConfig(epochs=1, batch_size=8, accum_steps=3, quiet=True)
+    trainer = Trainer(model, splits, cfg, BatchTransform(32, [0.5] * 3, [0.5] * 3), DistContext(), tmp_path)
+    trainer.fit()
+    assert trainer.steps_per_epoch == 1
+    assert all(p.grad is None for p in model.parameters())
+    assert trainer.history[0]["train_loss"] > 0
+
+
+def test_without_validation_the_last_epoch_is_kept(tmp_path: Path) -> None:
+    out = tmp_path / "noval"
+    assert run_cli("finetune", *TINY, "--data", "shapes", "--epochs", "2", "--val-split", "0", "--out", out) == 0
+    metrics = read_meta(out).metrics
+    assert metrics["best_epoch"] == 2 and metrics["best_val_top1"] is None
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
