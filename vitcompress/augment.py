@@ -76,7 +76,9 @@ class BatchTransform:
         return self._finish(_resize(x, self.img_size))
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:  # moved once, on the first batch
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - self.mean) / self.std
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
