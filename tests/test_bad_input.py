@@ -39,6 +39,7 @@ def finetune_args(out: Path, *extra: str, data: str = "shapes") -> list:
     (["--model", "vit_tinyy_patch16_224"], "unknown model"),
     (["--model-kwargs", "depth"], "key=value"),
     (["--model-kwargs", "no_such_kwarg=1"], "does not accept"),
+    (["--model-kwargs", "depth=2,img_size=64"], "comes from --img-size"),
     (["--freeze-blocks", "5"], "more than the model's 2 blocks"),
     (["--amp", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
     (["--resume"], "nothing to resume"),

@@ -45,6 +45,9 @@ def check_model_name(name: str) -> None:
 
 def build_kwargs(num_classes: int, img_size: int, patch_size: int | None, extra: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments given to ``timm.create_model`` (stored in the artifact as they are)."""
+    for key, flag in (("num_classes", "the dataset's classes"), ("img_size", "--img-size"), ("patch_size", "--patch-size")):
+        if key in extra:
+            raise UserError(f"--model-kwargs sets {key}, which comes from {flag}", f"drop {key} from --model-kwargs")
     kwargs: dict[str, Any] = {"num_classes": num_classes, "img_size": img_size}
     if patch_size:
         kwargs["patch_size"] = patch_size
