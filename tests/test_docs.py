@@ -34,3 +34,12 @@ def test_documented_command_parses(where: str, argv: list[str]) -> None:
 
 def test_docs_show_commands() -> None:
     assert len(shown_commands()) >= 4
+
+
+def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "runs" / "api-demo" / "model.safetensors").is_file()

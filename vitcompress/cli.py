@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", formatter_class=fmt, help="describe an artifact")
     p.add_argument("src", help="artifact directory")
+    p.add_argument("--json", action="store_true", help="print the artifact's metadata as JSON")
     return parser
 
 
@@ -108,9 +109,10 @@ def _run(args: argparse.Namespace) -> None:
                                    args.batch_size, args.device, quiet=args.quiet or args.json)
         print(json.dumps(report) if args.json else f"{metrics_table(report)}\n\n{per_class_table(report)}")
     elif args.command == "info":
+        from vitcompress.artifact import read_meta
         from vitcompress.report import describe
 
-        print(describe(args.src))
+        print(json.dumps(read_meta(args.src).to_json(), indent=2) if args.json else describe(args.src))
 
 
 def _is_rank0() -> bool:
@@ -129,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted; continue a training stage with --resume", file=sys.stderr)
         return 130
