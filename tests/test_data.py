@@ -37,7 +37,7 @@ def test_folder_with_corrupt_and_non_image_files(tmp_path: Path, capsys: pytest.
     (root / "train" / "circle" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (root / "train" / "circle" / "notes.txt").write_text("ignored: not an image extension")
     data = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0.0, cache_dir=str(tmp_path / "c")))
-    assert "skipped 1 unreadable image" in capsys.readouterr().out
+    assert "skipped 1 unreadable image" in capsys.readouterr().err
     assert len(data.train) == 12 and len(data.test) == 12 and data.classes == ["circle", "square", "triangle"]
     assert data.description["skipped_files"][0].endswith("broken.jpg")
     assert data.train.images.shape[1:] == (32, 32, 3)

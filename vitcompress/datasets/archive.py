@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import shutil
 import tarfile
 from pathlib import Path
@@ -32,7 +33,7 @@ def extract_cached(archive: Path, cache_dir: Path, quiet: bool = False) -> Path:
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     staging.mkdir(parents=True, exist_ok=True)
     if not quiet:
-        print(f"extracting {archive} into {target} (once)", flush=True)
+        print(f"extracting {archive} into {target} (once)", file=sys.stderr, flush=True)
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(staging, filter="data")

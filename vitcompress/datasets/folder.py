@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import shutil
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False)
     if manifest["skipped"] and not quiet:
         first = manifest["skipped"][0]
         print(f"warning: skipped {len(manifest['skipped'])} unreadable image(s) in {root} (first: {first}); "
-              f"the full list is in {target / 'manifest.json'}", flush=True)
+              f"the full list is in {target / 'manifest.json'}", file=sys.stderr, flush=True)
     splits = {split: _open_split(target / split, classes) for split in samples}
     return splits, {"root": str(root), "storage_size": size, "skipped_files": manifest["skipped"]}
 
@@ -156,7 +157,7 @@ def _build_cache(samples: dict, classes: list[str], size: int, target: Path, qui
     workers = min(8, os.cpu_count() or 1)
     if not quiet:
         total = sum(len(v) for v in samples.values())
-        print(f"decoding {total} images once at {size}x{size} into {target}", flush=True)
+        print(f"decoding {total} images once at {size}x{size} into {target}", file=sys.stderr, flush=True)
     skipped: list[str] = []
     for split, split_samples in samples.items():
         (staging / split).mkdir(parents=True)
