@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from safetensors.torch import load_file
 from timm.data import resolve_data_config
@@ -20,8 +19,8 @@ from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext, init_distributed, shutdown_distributed
 from vitcompress.errors import require
 from vitcompress.evaluate import evaluate
-from vitcompress.models import (build_kwargs, check_model_name, count_macs, count_params, create_model,
-                                heads_per_block, load_init_checkpoint, parse_model_kwargs)
+from vitcompress.models import (build_kwargs, check_geometry, check_model_name, count_macs, count_params, create_model,
+                                default_img_size, heads_per_block, load_init_checkpoint, parse_model_kwargs)
 from vitcompress.plots import save_confusion_png
 from vitcompress.stage import StageResult, prepare_staging, publish, staging_guard
 from vitcompress.train import BEST_WEIGHTS_FILE, TrainConfig, Trainer, amp_dtype, seed_everything
@@ -50,12 +49,6 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def default_img_size(model_name: str) -> int:
-    """The input size timm's config gives the model (224 for most ViTs)."""
-    cfg = timm.models.get_pretrained_cfg(model_name)
-    return int(cfg.input_size[-1]) if cfg is not None else 224
-
-
 def finetune(cfg: FinetuneConfig) -> StageResult:
     """Fine-tune (or train from scratch) ``cfg.model`` on ``cfg.data``; write the artifact to ``cfg.out``.
 
@@ -64,6 +57,7 @@ def finetune(cfg: FinetuneConfig) -> StageResult:
     cfg.train.validate()
     require(0 <= cfg.drop_path < 1, f"--drop-path {cfg.drop_path} is not in [0, 1)", "pass e.g. 0.1")
     check_model_name(cfg.model)
+    check_geometry(_img_size(cfg), cfg.patch_size)
     ctx = init_distributed(cfg.device)
     try:
         return _finetune(cfg, ctx)
@@ -74,7 +68,7 @@ def finetune(cfg: FinetuneConfig) -> StageResult:
 def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> StageResult:
     out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main)
     seed_everything(cfg.train.seed + ctx.rank)
-    img_size = cfg.img_size or default_img_size(cfg.model)
+    img_size = _img_size(cfg)
     data = _load_data_rank0_first(cfg, img_size, ctx)
     kwargs = build_kwargs(data.num_classes, img_size, cfg.patch_size, parse_model_kwargs(cfg.model_kwargs))
     if cfg.drop_path:
@@ -117,6 +111,10 @@ def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, 
         publish(staging, out)
     ctx.barrier()
     return StageResult(out, meta)
+
+
+def _img_size(cfg: FinetuneConfig) -> int:
+    return cfg.img_size if cfg.img_size is not None else default_img_size(cfg.model)
 
 
 def _load_data_rank0_first(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> DataSplits:

@@ -38,6 +38,8 @@ def finetune_args(out: Path, *extra: str, data: str = "shapes") -> list:
     (["--layer-decay", "0"], "--layer-decay"),
     (["--model", "vit_tinyy_patch16_224"], "unknown model"),
     (["--model-kwargs", "depth"], "key=value"),
+    (["--img-size", "0"], "--img-size 0"),
+    (["--patch-size", "64"], "does not fit --img-size 32"),
     (["--model-kwargs", "no_such_kwarg=1"], "does not accept"),
     (["--model-kwargs", "depth=2,img_size=64"], "comes from --img-size"),
     (["--freeze-blocks", "5"], "more than the model's 2 blocks"),

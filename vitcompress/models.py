@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitcompress.checkpoints import read_state_dict
-from vitcompress.errors import UserError
+from vitcompress.errors import UserError, require
 
 
 def parse_model_kwargs(text: str | dict | None) -> dict[str, Any]:
@@ -41,6 +41,20 @@ def check_model_name(name: str) -> None:
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}?" if close else "list names with: python -c \"import timm; print(timm.list_models('vit_*'))\""
     raise UserError(f"unknown model {name!r}", hint)
+
+
+def default_img_size(model_name: str) -> int:
+    """The input size timm's config gives the model (224 for most ViTs)."""
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    return int(cfg.input_size[-1]) if cfg is not None else 224
+
+
+def check_geometry(img_size: int, patch_size: int | None) -> None:
+    """Image and patch sizes that give at least one whole patch."""
+    require(img_size >= 1, f"--img-size {img_size} must be positive", "pass e.g. --img-size 224 (or 32 for CIFAR)")
+    if patch_size is not None:
+        require(1 <= patch_size <= img_size, f"--patch-size {patch_size} does not fit --img-size {img_size}",
+                "pass a patch size between 1 and the image size, e.g. 4 at 32px or 16 at 224px")
 
 
 def build_kwargs(num_classes: int, img_size: int, patch_size: int | None, extra: dict[str, Any]) -> dict[str, Any]:
