@@ -99,3 +99,17 @@ def test_real_cifar10_archive(tmp_path: Path) -> None:
     assert len(data.train) == 45_000 and len(data.val) == 5_000 and len(data.test) == 10_000
     assert data.train.images.shape[1:] == (32, 32, 3) and data.description["skipped_files"] == []
     assert torch.bincount(data.test.labels).tolist() == [1000] * 10
+
+
+def test_split_too_big_for_ram_stays_memory_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vitcompress.datasets import folder
+    from vitcompress.loader import BatchLoader
+
+    root = write_image_folder(tmp_path / "d", per_class=4, classes=2)
+    opts = DataOptions(spec=f"folder:{root}", img_size=32, val_split=0, cache_dir=str(tmp_path / "c"))
+    in_ram = load_data(opts)
+    monkeypatch.setattr(folder, "available_memory", lambda: 0)
+    mapped = load_data(opts)
+    assert torch.equal(in_ram.train.images, mapped.train.images)
+    batches = [x for x, _ in BatchLoader(mapped.train, 3, torch.device("cpu"), shuffle=True, drop_last=False)]
+    assert sum(len(x) for x in batches) == 8 and batches[0].dtype == torch.uint8

@@ -1,7 +1,8 @@
 """``folder:PATH``: an ImageFolder tree (``train/`` plus ``val/`` and/or ``test/``), or an archive of one.
 
 Images are decoded once, resized (shorter side) and centre-cropped to a square storage size, and
-cached as uint8 ``.npy`` files that are memory-mapped on later runs. Unreadable images are
+cached as uint8 ``.npy`` files; a split is read into RAM when it fits comfortably, else batches are
+gathered straight from the memory map (the page cache keeps hot pages). Unreadable images are
 *skipped with a warning and a count*; their names are kept in the cache and in the artifact.
 """
 
@@ -27,6 +28,7 @@ from vitcompress.errors import UserError
 
 SPLITS = ("train", "val", "test")
 CROP_PCT = 0.875  # the usual resize-then-centre-crop ratio for evaluation
+RAM_SHARE = 0.3  # a decoded split larger than this share of free RAM stays memory-mapped
 
 
 def locate_root(path: Path, cache_dir: Path, quiet: bool) -> Path:
@@ -171,7 +173,18 @@ def _build_cache(samples: dict, classes: list[str], size: int, target: Path, qui
 
 
 def _open_split(folder: Path, classes: list[str]) -> ImageSet:
+    """Read a decoded split into RAM, or leave it memory-mapped when it would not fit comfortably."""
     count = int((folder / "count.txt").read_text())
-    images = np.load(folder / "images.npy", mmap_mode="r")[:count]
+    images = np.load(folder / "images.npy", mmap_mode="c")[:count]  # copy-on-write: the cache is never modified
+    if images.nbytes <= RAM_SHARE * available_memory():
+        images = np.array(images)
     labels = np.load(folder / "labels.npy")
-    return ImageSet(torch.from_numpy(np.array(images)), torch.from_numpy(labels), classes)  # read into RAM
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), classes)
+
+
+def available_memory() -> int:
+    """Bytes of RAM not in use (Linux/macOS); unlimited where the OS does not say."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
