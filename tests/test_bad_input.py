@@ -159,3 +159,19 @@ def test_eval_and_info_on_non_artifacts(tmp_path: Path, capsys: pytest.CaptureFi
 def test_eval_class_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture, shapes_artifact: Path) -> None:
     root = write_image_folder(tmp_path / "d", classes=3)
     assert_clean_failure(capsys, ["eval", shapes_artifact, "--data", f"folder:{root}"], "10 classes", "3 classes")
+
+
+def test_cifar10_download_without_network(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    import torchvision.datasets.cifar as tv_cifar
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", offline)
+    out = tmp_path / "out"
+    assert_clean_failure(capsys, finetune_args(out, "--download", "--data-dir", str(tmp_path / "cifar"), data="cifar10"),
+                         "could not download CIFAR-10", "folder:PATH")
+    assert not out.exists()
