@@ -34,7 +34,11 @@ def test_finetune_help_shows_every_option_with_default(capsys: pytest.CaptureFix
     assert "(default: 0.1)" in out  # --label-smoothing / --val-split
 
 
-def test_missing_required_option_exits_2(capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("missing", ["--model", "--data", "--epochs", "--out"])
+def test_required_options(capsys: pytest.CaptureFixture, missing: str) -> None:
+    given = {"--model": "vit_tiny_patch16_224", "--data": "shapes", "--epochs": "1", "--out": "x"}
+    argv = ["finetune", *[w for flag, value in given.items() if flag != missing for w in (flag, value)]]
     with pytest.raises(SystemExit) as exit_info:
-        main(["finetune", "--data", "shapes"])
+        main(argv)
     assert exit_info.value.code == 2
+    assert missing in capsys.readouterr().err

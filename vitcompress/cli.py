@@ -60,10 +60,10 @@ CHOICES = {"amp": ("auto", "none", "bf16", "fp16"), "crop": ("pad", "rrc", "none
 
 
 def _parser() -> argparse.ArgumentParser:
-    from vitcompress.cliargs import add_dataclass_args
+    from vitcompress.cliargs import HelpFormatter, add_dataclass_args
     from vitcompress.compress.finetune import FinetuneConfig
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     parser = argparse.ArgumentParser(prog="vitcompress", formatter_class=fmt,
                                      description="Fine-tune, compress, export and benchmark Vision Transformers.")
     parser.add_argument("--version", action="version", version=f"vitcompress {__version__}")
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", formatter_class=fmt, help="train a timm ViT on a dataset; write an artifact",
                        description="Fine-tune (or train from scratch) a timm Vision Transformer. "
                                    "Run under torchrun for several GPUs or machines.")
-    add_dataclass_args(p, FinetuneConfig, HELP, CHOICES)
+    add_dataclass_args(p, FinetuneConfig, HELP, CHOICES, required=("epochs",))
 
     p = sub.add_parser("eval", formatter_class=fmt, help="score an artifact on a dataset's test split")
     p.add_argument("src", help="artifact directory")
