@@ -9,7 +9,7 @@ and records two ratios: pipeline_ips / train_ips (>1: the data path cannot starv
 pipeline_ips / classic_ips (what decoding once and augmenting batches on the device buys).
 
 Usage:  python benchmarks/train_speed.py [--device cpu|cuda] [--steps 10] [--batch-size 64]
-Writes: benchmarks/results/train_speed_<device>.json (with hardware and the exact command).
+Writes: benchmarks/results/train_speed_<device>_<precision>.json (with hardware and the exact command).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext, resolve_device
 from vitcompress.loader import BatchLoader
 from vitcompress.models import build_kwargs, create_model
-from vitcompress.train import TrainConfig, Trainer
+from vitcompress.train import TrainConfig, Trainer, amp_dtype
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
@@ -112,7 +112,9 @@ def main() -> None:
               "batch_size": args.batch_size, "amp": args.amp, "device": str(ctx.device), "hardware": hardware(ctx.device),
               "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
               "date": time.strftime("%Y-%m-%d"), "results": {k: round(v, 2) for k, v in measured.items()}}
-    out = HERE / "results" / f"train_speed_{ctx.device.type}.json"
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype(args.amp, ctx.device)]
+    record["precision"] = precision
+    out = HERE / "results" / f"train_speed_{ctx.device.type}_{precision}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     for key, value in record["results"].items():
         print(f"{key:24s} {value:>10.2f}")

@@ -29,8 +29,8 @@ class DistContext:
         return self.world_size > 1
 
     def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
+        if self.distributed:  # NCCL wants the device named, or it guesses (and warns)
+            dist.barrier(device_ids=[self.device.index]) if self.device.type == "cuda" else dist.barrier()
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
