@@ -158,6 +158,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _hms(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
 def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
@@ -235,9 +240,12 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def fit(self) -> FitResult:
         stopped_early = False
+        started = time.perf_counter()
         for epoch in range(self.start_epoch, self.cfg.epochs):
             row = self._train_epoch(epoch)
             row.update(self._validate())
+            per_epoch = (time.perf_counter() - started) / (epoch + 1 - self.start_epoch)
+            row["eta_seconds"] = round(per_epoch * (self.cfg.epochs - epoch - 1), 1)
             self._select(epoch, row)
             self.history.append(row)
             if self.ctx.is_main:
@@ -331,7 +339,8 @@ class Trainer:
         if self.ctx.is_main and not self.cfg.quiet:
             val = f" val_top1 {score:.4f}" if score is not None else ""
             print(f"epoch {epoch + 1}/{self.cfg.epochs}: loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f}"
-                  f"{val} ({row['images_per_s']:.0f} img/s){' *' if improved and score is not None else ''}", flush=True)
+                  f"{val} ({row['images_per_s']:.0f} img/s, eta {_hms(row['eta_seconds'])})"
+                  f"{' *' if improved and score is not None else ''}", flush=True)
 
     def _write_log(self) -> None:
         keys = list(dict.fromkeys(k for row in self.history for k in row))

@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from tqdm import tqdm
 
 from vitcompress.datasets.archive import extract_cached, is_archive
 from vitcompress.datasets.imageset import ImageSet
@@ -108,12 +109,12 @@ def _square(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _decode_split(samples: list[tuple[str, int]], size: int, out: Path, workers: int) -> list[str]:
+def _decode_split(samples: list[tuple[str, int]], size: int, out: Path, workers: int, quiet: bool) -> list[str]:
     """Decode into ``out/images.npy`` + ``labels.npy``; return the files that could not be read."""
     images = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(len(samples), size, size, 3))
     labels, bad, kept = [], [], 0
     loader = DataLoader(_DecodeDataset(samples, size), batch_size=256, num_workers=workers, collate_fn=list)
-    for batch in loader:
+    for batch in tqdm(loader, desc=f"decoding {out.name}", unit="batch", disable=quiet, leave=False):
         for i, arr in batch:
             if arr is None:
                 bad.append(samples[i][0])
@@ -163,7 +164,7 @@ def _build_cache(samples: dict, classes: list[str], size: int, target: Path, qui
     skipped: list[str] = []
     for split, split_samples in samples.items():
         (staging / split).mkdir(parents=True)
-        skipped += _decode_split(split_samples, size, staging / split, workers)
+        skipped += _decode_split(split_samples, size, staging / split, workers, quiet)
     for split in samples:
         if int((staging / split / "count.txt").read_text()) == 0:
             shutil.rmtree(staging, ignore_errors=True)
