@@ -30,6 +30,9 @@ def extract_cached(archive: Path, cache_dir: Path, quiet: bool = False) -> Path:
     target = cache_dir / "archives" / f"{archive.name.split('.')[0]}-{key}"
     if target.is_dir():
         return target
+    if not hasattr(tarfile, "data_filter"):  # extraction filters arrived in 3.10.12 / 3.11.4 / 3.12
+        raise UserError(f"this Python ({sys.version.split()[0]}) cannot extract {archive} safely",
+                        "upgrade to Python 3.10.12+ / 3.11.4+, or extract it yourself and pass folder:DIR")
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     staging.mkdir(parents=True, exist_ok=True)
     if not quiet:
