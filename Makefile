@@ -23,6 +23,7 @@ demo: setup
 	$(BIN)/vitcompress eval $(DEMO_OUT) --data shapes
 
 test: setup
+	$(BIN)/ruff check vitcompress compress export benchmarks tests
 	$(BIN)/python -m pytest -q
 
 # Training-speed benchmark (images/s of finetune, vit_small at 32px on the CIFAR-10 archive in ../shared).

@@ -19,8 +19,18 @@ from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext, init_distributed, shutdown_distributed
 from vitcompress.errors import require
 from vitcompress.evaluate import evaluate
-from vitcompress.models import (build_kwargs, check_geometry, check_model_name, count_macs, count_params, create_model,
-                                default_img_size, heads_per_block, load_init_checkpoint, parse_model_kwargs)
+from vitcompress.models import (
+    build_kwargs,
+    check_geometry,
+    check_model_name,
+    count_macs,
+    count_params,
+    create_model,
+    default_img_size,
+    heads_per_block,
+    load_init_checkpoint,
+    parse_model_kwargs,
+)
 from vitcompress.plots import save_confusion_png
 from vitcompress.stage import StageResult, prepare_staging, publish, staging_guard
 from vitcompress.train import BEST_WEIGHTS_FILE, TrainConfig, Trainer, amp_dtype, seed_everything

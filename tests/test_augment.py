@@ -47,7 +47,7 @@ def test_flip_mirrors_some_images(batch: torch.Tensor) -> None:
     x, ref = t.train(batch), t.eval(batch)
     flipped = [torch.equal(x[i], ref[i].flip(-1)) for i in range(len(batch))]
     kept = [torch.equal(x[i], ref[i]) for i in range(len(batch))]
-    assert all(f or k for f, k in zip(flipped, kept)) and 3 <= sum(flipped) <= 17
+    assert all(f or k for f, k in zip(flipped, kept, strict=True)) and 3 <= sum(flipped) <= 17
 
 
 def test_eval_centre_crops_larger_storage() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import warnings
@@ -158,7 +159,11 @@ def test_eval_and_info_on_non_artifacts(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_eval_class_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture, shapes_artifact: Path) -> None:
     root = write_image_folder(tmp_path / "d", classes=3)
+    decoded = Path(os.environ["VITCOMPRESS_CACHE"]) / "decoded"
+    before = set(decoded.iterdir()) if decoded.exists() else set()
     assert_clean_failure(capsys, ["eval", shapes_artifact, "--data", f"folder:{root}"], "10 classes", "3 classes")
+    after = set(decoded.iterdir()) if decoded.exists() else set()
+    assert after == before  # refused after the directory scan, before decoding anything
 
 
 def test_cifar10_download_without_network(tmp_path: Path, capsys: pytest.CaptureFixture,

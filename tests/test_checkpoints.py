@@ -29,7 +29,7 @@ def test_pth_formats(tmp_path: Path, wrap: str) -> None:
     torch.save(state, tmp_path / "w.pth")
     dst = _model()
     load_init_checkpoint(dst, tmp_path / "w.pth")
-    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True))
 
 
 def test_head_is_resized_to_new_classes(shapes_artifact: Path) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from vitcompress.compress.finetune import FinetuneConfig, finetune
 
 from tests.conftest import TINY, run_cli
 from vitcompress.artifact import load_model, read_meta
-from vitcompress.compress.finetune import FinetuneConfig, finetune
 from vitcompress.train import TrainConfig
 
 

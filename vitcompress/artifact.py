@@ -65,7 +65,7 @@ class ArtifactMeta:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "ArtifactMeta":
+    def from_json(cls, obj: dict[str, Any]) -> ArtifactMeta:
         return cls(
             format=obj["format"],
             stage=obj["stage"],

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitcompress.datasets.folder import load_folder
-from vitcompress.datasets.imageset import DataSplits, ImageSet, holdout_split
+from vitcompress.datasets.imageset import DataSplits, ImageSet, check_classes, holdout_split
 from vitcompress.datasets.shapes import load_shapes
 from vitcompress.datasets.torchvision_sets import load_cifar10
 from vitcompress.errors import UserError, require
@@ -31,6 +31,7 @@ class DataOptions:
     seed: int = 0
     cache_dir: str | None = None
     quiet: bool = False
+    expected_classes: list[str] | None = None  # e.g. a trained model's; checked before any decoding
 
 
 def load_data(opts: DataOptions) -> DataSplits:
@@ -47,12 +48,15 @@ def load_data(opts: DataOptions) -> DataSplits:
         train, test = load_cifar10(root, opts.download)
         described = {"spec": "cifar10", "root": str(root)}
     elif name == "folder" and arg:
-        splits, info = load_folder(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet)
+        splits, info = load_folder(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet,
+                                   expected_classes=opts.expected_classes)
         train, val = splits["train"], splits.get("val")
         test = splits.get("test", val)
         described = {"spec": opts.spec, **info}
     else:
         raise UserError(f"unknown data spec {opts.spec!r}", f"use one of: {SPEC_HELP}")
+    if opts.expected_classes is not None:
+        check_classes(opts.expected_classes, train.classes, opts.spec)
     if val is None and opts.val_split > 0:
         train, val = holdout_split(train, opts.val_split, seed=opts.seed)
         described["val"] = f"{opts.val_split:g} of train, stratified, seed {opts.seed}"

@@ -46,17 +46,13 @@ def evaluate_artifact(src: str, data: str, data_dir: str | None = None, download
     from vitcompress.artifact import load_model
     from vitcompress.data import DataOptions, load_data
     from vitcompress.distributed import resolve_device
-    from vitcompress.errors import UserError, require
+    from vitcompress.errors import require
 
     require(batch_size >= 1, f"--batch-size {batch_size} must be at least 1", "pass --batch-size 1 or more")
     ctx = DistContext(device=resolve_device(device))
     model, meta = load_model(src, ctx.device)
     splits = load_data(DataOptions(spec=data, data_dir=data_dir, download=download, img_size=meta.img_size,
-                                   val_split=0.0, cache_dir=cache_dir, quiet=quiet))
-    if splits.classes != meta.classes:
-        raise UserError(f"{src} was trained on {len(meta.classes)} classes {meta.classes[:5]}... but {data} has "
-                        f"{len(splits.classes)} classes {splits.classes[:5]}...",
-                        "evaluate on the dataset the model was trained for")
+                                   val_split=0.0, cache_dir=cache_dir, quiet=quiet, expected_classes=meta.classes))
     transform = BatchTransform(meta.img_size, meta.mean, meta.std)
     report = evaluate(model, splits.test, transform, ctx, batch_size=batch_size)
     return {"artifact": str(src), "data": data, "model": meta.model_name, "stage": meta.stage, **report}

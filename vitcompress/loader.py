@@ -7,7 +7,7 @@ one index operation on the device: no worker processes, no host-to-device copy p
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -6,8 +6,13 @@ from typing import Any
 
 import torch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score,
-                                         MulticlassPrecision, MulticlassRecall)
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
 
 def metric_collection(num_classes: int, device: torch.device) -> MetricCollection:
@@ -25,7 +30,9 @@ def metric_collection(num_classes: int, device: torch.device) -> MetricCollectio
 
 def to_report(values: dict[str, torch.Tensor], classes: list[str]) -> dict[str, Any]:
     """Plain-JSON form of :func:`metric_collection` results."""
-    report: dict[str, Any] = {k: round(float(values[k]), 6) for k in ("top1", "top5", "precision_macro", "recall_macro", "f1_macro")}
-    report["per_class_accuracy"] = {c: round(float(a), 6) for c, a in zip(classes, values["per_class_accuracy"].tolist())}
+    headline = ("top1", "top5", "precision_macro", "recall_macro", "f1_macro")
+    report: dict[str, Any] = {k: round(float(values[k]), 6) for k in headline}
+    per_class = values["per_class_accuracy"].tolist()
+    report["per_class_accuracy"] = {c: round(float(a), 6) for c, a in zip(classes, per_class, strict=True)}
     report["confusion_matrix"] = values["confusion"].long().tolist()
     return report

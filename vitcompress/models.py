@@ -39,7 +39,8 @@ def check_model_name(name: str) -> None:
     if timm.is_model(name):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else "list names with: python -c \"import timm; print(timm.list_models('vit_*'))\""
+    listing = "list names with: python -c \"import timm; print(timm.list_models('vit_*'))\""
+    hint = f"did you mean {', '.join(close)}?" if close else listing
     raise UserError(f"unknown model {name!r}", hint)
 
 

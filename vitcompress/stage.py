@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from vitcompress.artifact import ArtifactMeta
 from vitcompress.errors import UserError

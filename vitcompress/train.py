@@ -73,15 +73,18 @@ class TrainConfig:
         require(self.min_lr >= 0, f"--min-lr {self.min_lr} must not be negative", "pass e.g. --min-lr 1e-6")
         require(self.weight_decay >= 0, f"--weight-decay {self.weight_decay} must not be negative", "pass e.g. 0.05")
         require(self.warmup_epochs >= 0, f"--warmup-epochs {self.warmup_epochs} must not be negative", "pass e.g. 1")
-        require(0 < self.layer_decay <= 1, f"--layer-decay {self.layer_decay} is not in (0, 1]", "pass e.g. 0.75, or 1 to turn it off")
+        require(0 < self.layer_decay <= 1, f"--layer-decay {self.layer_decay} is not in (0, 1]",
+                "pass e.g. 0.75, or 1 to turn it off")
         require(self.accum_steps >= 1, f"--accum-steps {self.accum_steps} must be at least 1", "pass 1 for no accumulation")
         require(self.amp in ("auto", "none", "bf16", "fp16"), f"--amp {self.amp!r} is unknown", "use auto, none, bf16 or fp16")
         require(self.clip_grad >= 0, f"--clip-grad {self.clip_grad} must not be negative", "pass 0 to turn clipping off")
         require(0 < self.ema_decay < 1, f"--ema-decay {self.ema_decay} is not in (0, 1)", "pass e.g. 0.999")
         require(0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing} is not in [0, 1)", "pass e.g. 0.1")
-        require(self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix must not be negative", "pass alpha values like 0.8 and 1.0, or 0")
+        require(self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix must not be negative",
+                "pass alpha values like 0.8 and 1.0, or 0")
         require(self.patience >= 0, f"--patience {self.patience} must not be negative", "pass 0 to turn early stopping off")
-        require(self.freeze_blocks >= 0, f"--freeze-blocks {self.freeze_blocks} must not be negative", "pass 0 to train all blocks")
+        require(self.freeze_blocks >= 0, f"--freeze-blocks {self.freeze_blocks} must not be negative",
+                "pass 0 to train all blocks")
         a = self.augment
         require(a.crop in CROP_CHOICES, f"--crop {a.crop!r} is unknown", f"use one of {', '.join(CROP_CHOICES)}")
         require(a.auto_augment in AUTO_AUGMENT_CHOICES, f"--auto-augment {a.auto_augment!r} is unknown",
@@ -225,7 +228,8 @@ class Trainer:
             self.model.load_state_dict(state["model"])
         except RuntimeError:
             raise UserError(f"{path} was written for another model",
-                            "resume with the same --model, --model-kwargs and --img-size, or pass --force to start over") from None
+                            "resume with the same --model, --model-kwargs and --img-size, "
+                            "or pass --force to start over") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 

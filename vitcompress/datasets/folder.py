@@ -12,8 +12,8 @@ import hashlib
 import json
 import math
 import os
-import sys
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from tqdm import tqdm
 
 from vitcompress.datasets.archive import extract_cached, is_archive
-from vitcompress.datasets.imageset import ImageSet
+from vitcompress.datasets.imageset import ImageSet, check_classes
 from vitcompress.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -35,7 +35,8 @@ RAM_SHARE = 0.3  # a decoded split larger than this share of free RAM stays memo
 def locate_root(path: Path, cache_dir: Path, quiet: bool) -> Path:
     """The folder that holds ``train/``: ``path`` itself, its single subfolder, or an extracted archive."""
     if not path.exists():
-        raise UserError(f"data path {path} does not exist", "pass folder:PATH with PATH an image folder or a .tar[.gz|.xz] of one")
+        raise UserError(f"data path {path} does not exist",
+                        "pass folder:PATH with PATH an image folder or a .tar[.gz|.xz] of one")
     if is_archive(path):
         path = extract_cached(path, cache_dir, quiet)
     if not path.is_dir():
@@ -45,7 +46,8 @@ def locate_root(path: Path, cache_dir: Path, quiet: bool) -> Path:
     children = [c for c in path.iterdir() if c.is_dir()]
     if len(children) == 1 and (children[0] / "train").is_dir():
         return children[0]
-    raise UserError(f"{path} has no train/ folder", "lay the data out as train/<class>/*.jpg with val/<class>/ or test/<class>/ beside it")
+    raise UserError(f"{path} has no train/ folder",
+                    "lay the data out as train/<class>/*.jpg with val/<class>/ or test/<class>/ beside it")
 
 
 def _scan(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
@@ -137,10 +139,13 @@ def _cache_key(root: Path, samples: dict[str, list[tuple[str, int]]], size: int)
     return digest.hexdigest()[:20]
 
 
-def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False) -> tuple[dict[str, ImageSet], dict]:
+def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
+                expected_classes: list[str] | None = None) -> tuple[dict[str, ImageSet], dict]:
     """Decoded splits of an ImageFolder tree, keyed ``train``/``val``/``test`` (those present)."""
     root = locate_root(path, cache_dir, quiet)
     classes, samples = _scan(root)
+    if expected_classes is not None:
+        check_classes(expected_classes, classes, str(path))
     size = storage_size(samples["train"][0][0], img_size)
     target = cache_dir / "decoded" / _cache_key(root, samples, size)
     if not (target / "manifest.json").is_file():

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vitcompress.errors import UserError
+
 
 @dataclass
 class ImageSet:
@@ -27,7 +29,7 @@ class ImageSet:
         """Stored side length in pixels (images are square)."""
         return int(self.images.shape[1])
 
-    def subset(self, indices: torch.Tensor) -> "ImageSet":
+    def subset(self, indices: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[indices], self.labels[indices], self.classes)
 
 
@@ -44,6 +46,17 @@ class DataSplits:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def check_classes(expected: list[str], found: list[str], source: str) -> None:
+    """A model trained on ``expected`` classes can only be scored on data with the same classes."""
+    if expected != found:
+        raise UserError(f"the model was trained on {len(expected)} classes {_preview(expected)} but {source} has "
+                        f"{len(found)} classes {_preview(found)}", "evaluate on the dataset the model was trained for")
+
+
+def _preview(names: list[str]) -> str:
+    return "[" + ", ".join(names[:5]) + (", ...]" if len(names) > 5 else "]")
 
 
 def holdout_split(train: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
