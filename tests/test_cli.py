@@ -42,3 +42,10 @@ def test_required_options(capsys: pytest.CaptureFixture, missing: str) -> None:
         main(argv)
     assert exit_info.value.code == 2
     assert missing in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--debug", "info", "/no/such/artifact"], ["info", "/no/such/artifact", "--debug"]])
+def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture, argv: list[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")

@@ -68,14 +68,18 @@ def _parser() -> argparse.ArgumentParser:
                                      description="Fine-tune, compress, export and benchmark Vision Transformers.")
     parser.add_argument("--version", action="version", version=f"vitcompress {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    # --debug also after the command; SUPPRESS keeps a subcommand from resetting the top-level flag
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("finetune", formatter_class=fmt, help="train a timm ViT on a dataset; write an artifact",
+    p = sub.add_parser("finetune", formatter_class=fmt, parents=[common],
+                       help="train a timm ViT on a dataset; write an artifact",
                        description="Fine-tune (or train from scratch) a timm Vision Transformer. "
                                    "Run under torchrun for several GPUs or machines.")
     add_dataclass_args(p, FinetuneConfig, HELP, CHOICES, required=("epochs",))
 
-    p = sub.add_parser("eval", formatter_class=fmt, help="score an artifact on a dataset's test split")
+    p = sub.add_parser("eval", formatter_class=fmt, parents=[common], help="score an artifact on a dataset's test split")
     p.add_argument("src", help="artifact directory")
     p.add_argument("--data", required=True, help=HELP["data"])
     for name in ("data_dir", "cache_dir"):
@@ -86,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     p.add_argument("--quiet", action="store_true", help=HELP["quiet"])
 
-    p = sub.add_parser("info", formatter_class=fmt, help="describe an artifact")
+    p = sub.add_parser("info", formatter_class=fmt, parents=[common], help="describe an artifact")
     p.add_argument("src", help="artifact directory")
     p.add_argument("--json", action="store_true", help="print the artifact's metadata as JSON")
     return parser
