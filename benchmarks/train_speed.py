@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 from timm.data import resolve_data_config
 
-from vitcompress.augment import AugmentOptions, BatchTransform
+from vitcompress.augment import BatchTransform
+from vitcompress.config import AugmentOptions, TrainConfig
 from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext, resolve_device
 from vitcompress.loader import BatchLoader
 from vitcompress.models import build_kwargs, create_model
-from vitcompress.train import TrainConfig, Trainer, amp_dtype
+from vitcompress.train import Trainer, amp_dtype
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"

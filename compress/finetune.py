@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from torch import nn
 
 from vitcompress.artifact import ArtifactMeta, library_versions, now_iso, write_artifact
 from vitcompress.augment import BatchTransform
+from vitcompress.config import FinetuneConfig
 from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext, init_distributed, shutdown_distributed
@@ -33,30 +34,7 @@ from vitcompress.models import (
 )
 from vitcompress.plots import save_confusion_png
 from vitcompress.stage import StageResult, prepare_staging, publish, staging_guard
-from vitcompress.train import BEST_WEIGHTS_FILE, TrainConfig, Trainer, amp_dtype, seed_everything
-
-
-@dataclass
-class FinetuneConfig:
-    """Everything ``finetune`` needs; the CLI flags are generated from these fields."""
-
-    model: str
-    data: str
-    out: str
-    img_size: int | None = None
-    patch_size: int | None = None
-    model_kwargs: str = ""
-    drop_path: float = 0.1
-    pretrained: bool = False
-    init_checkpoint: str | None = None
-    data_dir: str | None = None
-    download: bool = False
-    val_split: float = 0.1
-    cache_dir: str | None = None
-    device: str = "auto"
-    force: bool = False
-    resume: bool = False
-    train: TrainConfig = field(default_factory=TrainConfig)
+from vitcompress.train import BEST_WEIGHTS_FILE, Trainer, amp_dtype, seed_everything
 
 
 def finetune(cfg: FinetuneConfig) -> StageResult:

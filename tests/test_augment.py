@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitcompress.augment import AugmentOptions, BatchTransform
+from vitcompress.augment import BatchTransform
+from vitcompress.config import AugmentOptions
 from vitcompress.datasets.shapes import generate
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from vitcompress.compress.finetune import FinetuneConfig, finetune
+from vitcompress.compress.finetune import finetune
 
 from tests.conftest import TINY, run_cli
 from vitcompress.artifact import load_model, read_meta
-from vitcompress.train import TrainConfig
+from vitcompress.config import FinetuneConfig, TrainConfig
 
 
 def test_artifact_files_and_metadata(shapes_artifact: Path) -> None:

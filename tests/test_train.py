@@ -9,11 +9,12 @@ import torch
 from tests.conftest import TINY, run_cli
 from vitcompress.artifact import read_meta
 from vitcompress.augment import BatchTransform
+from vitcompress.config import TrainConfig
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.datasets.shapes import generate
 from vitcompress.distributed import DistContext
 from vitcompress.models import create_model
-from vitcompress.train import TrainConfig, Trainer
+from vitcompress.train import Trainer
 
 
 def test_no_gradient_left_over_from_partial_accumulation(tmp_path: Path) -> None:

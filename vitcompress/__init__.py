@@ -19,9 +19,9 @@ __version__ = "0.1.0"
 # Imported on first use, so `vitcompress --help` does not pay for torch and timm.
 _API = {
     "finetune": "vitcompress.compress.finetune",
-    "FinetuneConfig": "vitcompress.compress.finetune",
-    "TrainConfig": "vitcompress.train",
-    "AugmentOptions": "vitcompress.augment",
+    "FinetuneConfig": "vitcompress.config",
+    "TrainConfig": "vitcompress.config",
+    "AugmentOptions": "vitcompress.config",
     "load_model": "vitcompress.artifact",
     "read_meta": "vitcompress.artifact",
     "evaluate_artifact": "vitcompress.evaluate",

@@ -9,12 +9,13 @@ MixUp/CutMix are applied afterwards by the training loop (timm's ``Mixup``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
+
+from vitcompress.config import AugmentOptions
 
 AUTO_AUGMENT_GROUP = 8
 _AUTO_AUGMENT = {
@@ -22,20 +23,6 @@ _AUTO_AUGMENT = {
     "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
     "trivialaugment": lambda: v2.TrivialAugmentWide(),
 }
-AUTO_AUGMENT_CHOICES = ("none", *_AUTO_AUGMENT)
-CROP_CHOICES = ("pad", "rrc", "none")
-
-
-@dataclass
-class AugmentOptions:
-    """Training-time augmentation; every switch can be turned off."""
-
-    crop: str = "pad"
-    crop_padding: float = 0.125
-    rrc_min_scale: float = 0.35
-    hflip: bool = True
-    color_jitter: float = 0.0
-    auto_augment: str = "none"
 
 
 class BatchTransform:

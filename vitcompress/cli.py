@@ -55,13 +55,11 @@ HELP = {
     "seed": "random seed (data order, augmentation, init)",
     "quiet": "no progress bars or per-epoch lines (for logs and CI)",
 }
-CHOICES = {"amp": ("auto", "none", "bf16", "fp16"), "crop": ("pad", "rrc", "none"),
-           "auto_augment": ("none", "randaugment", "autoaugment", "trivialaugment")}
 
 
 def _parser() -> argparse.ArgumentParser:
     from vitcompress.cliargs import HelpFormatter, add_dataclass_args
-    from vitcompress.compress.finetune import FinetuneConfig
+    from vitcompress.config import AMP_CHOICES, AUTO_AUGMENT_CHOICES, CROP_CHOICES, FinetuneConfig
 
     fmt = HelpFormatter
     parser = argparse.ArgumentParser(prog="vitcompress", formatter_class=fmt,
@@ -77,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="train a timm ViT on a dataset; write an artifact",
                        description="Fine-tune (or train from scratch) a timm Vision Transformer. "
                                    "Run under torchrun for several GPUs or machines.")
-    add_dataclass_args(p, FinetuneConfig, HELP, CHOICES, required=("epochs",))
+    choices = {"amp": AMP_CHOICES, "crop": CROP_CHOICES, "auto_augment": AUTO_AUGMENT_CHOICES}
+    add_dataclass_args(p, FinetuneConfig, HELP, choices, required=("epochs",))
 
     p = sub.add_parser("eval", formatter_class=fmt, parents=[common], help="score an artifact on a dataset's test split")
     p.add_argument("src", help="artifact directory")
@@ -99,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
     if args.command == "finetune":
         from vitcompress.cliargs import dataclass_from_args
-        from vitcompress.compress.finetune import FinetuneConfig, finetune
+        from vitcompress.compress.finetune import finetune
+        from vitcompress.config import FinetuneConfig
         from vitcompress.report import stage_summary
 
         result = finetune(dataclass_from_args(FinetuneConfig, args))

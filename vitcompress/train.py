@@ -11,7 +11,7 @@ import csv
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vitcompress.augment import AUTO_AUGMENT_CHOICES, CROP_CHOICES, AugmentOptions, BatchTransform
+from vitcompress.augment import BatchTransform
+from vitcompress.config import TrainConfig
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext
 from vitcompress.errors import UserError, require
@@ -38,59 +39,6 @@ from vitcompress.loader import BatchLoader
 CHECKPOINT_FILE = "last.ckpt"
 BEST_WEIGHTS_FILE = "best.safetensors"
 LOG_FILE = "train_log.csv"
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of the training loop (shared by every stage that trains)."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    layer_decay: float = 1.0
-    freeze_blocks: int = 0
-    head_only: bool = False
-    accum_steps: int = 1
-    amp: str = "auto"
-    clip_grad: float = 1.0
-    ema: bool = False
-    ema_decay: float = 0.999
-    label_smoothing: float = 0.1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    patience: int = 0
-    augment: AugmentOptions = field(default_factory=AugmentOptions)
-    seed: int = 0
-    quiet: bool = False
-
-    def validate(self) -> None:
-        require(self.epochs >= 1, f"--epochs {self.epochs} must be at least 1", "pass --epochs 1 or more")
-        require(self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1", "pass --batch-size 1 or more")
-        require(self.lr > 0, f"--lr {self.lr} must be positive", "pass e.g. --lr 1e-3")
-        require(self.min_lr >= 0, f"--min-lr {self.min_lr} must not be negative", "pass e.g. --min-lr 1e-6")
-        require(self.weight_decay >= 0, f"--weight-decay {self.weight_decay} must not be negative", "pass e.g. 0.05")
-        require(self.warmup_epochs >= 0, f"--warmup-epochs {self.warmup_epochs} must not be negative", "pass e.g. 1")
-        require(0 < self.layer_decay <= 1, f"--layer-decay {self.layer_decay} is not in (0, 1]",
-                "pass e.g. 0.75, or 1 to turn it off")
-        require(self.accum_steps >= 1, f"--accum-steps {self.accum_steps} must be at least 1", "pass 1 for no accumulation")
-        require(self.amp in ("auto", "none", "bf16", "fp16"), f"--amp {self.amp!r} is unknown", "use auto, none, bf16 or fp16")
-        require(self.clip_grad >= 0, f"--clip-grad {self.clip_grad} must not be negative", "pass 0 to turn clipping off")
-        require(0 < self.ema_decay < 1, f"--ema-decay {self.ema_decay} is not in (0, 1)", "pass e.g. 0.999")
-        require(0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing} is not in [0, 1)", "pass e.g. 0.1")
-        require(self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix must not be negative",
-                "pass alpha values like 0.8 and 1.0, or 0")
-        require(self.patience >= 0, f"--patience {self.patience} must not be negative", "pass 0 to turn early stopping off")
-        require(self.freeze_blocks >= 0, f"--freeze-blocks {self.freeze_blocks} must not be negative",
-                "pass 0 to train all blocks")
-        a = self.augment
-        require(a.crop in CROP_CHOICES, f"--crop {a.crop!r} is unknown", f"use one of {', '.join(CROP_CHOICES)}")
-        require(a.auto_augment in AUTO_AUGMENT_CHOICES, f"--auto-augment {a.auto_augment!r} is unknown",
-                f"use one of {', '.join(AUTO_AUGMENT_CHOICES)}")
-        require(0 <= a.crop_padding < 1 and 0 < a.rrc_min_scale <= 1 and a.color_jitter >= 0,
-                "crop padding must be in [0, 1), rrc min scale in (0, 1], colour jitter >= 0", "fix the augmentation options")
 
 
 @dataclass

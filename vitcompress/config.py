@@ -1,0 +1,103 @@
+"""The stages' configurations: plain dataclasses, no torch, so the CLI can build its options fast.
+
+The CLI generates one option per field (``vitcompress.cliargs``); the Python API takes the same
+objects. Each config checks its own values (``validate``) and raises ``UserError`` with the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vitcompress.errors import require
+
+CROP_CHOICES = ("pad", "rrc", "none")
+AUTO_AUGMENT_CHOICES = ("none", "randaugment", "autoaugment", "trivialaugment")
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+
+
+@dataclass
+class AugmentOptions:
+    """Training-time augmentation; every switch can be turned off."""
+
+    crop: str = "pad"
+    crop_padding: float = 0.125
+    rrc_min_scale: float = 0.35
+    hflip: bool = True
+    color_jitter: float = 0.0
+    auto_augment: str = "none"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of the training loop (shared by every stage that trains)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    layer_decay: float = 1.0
+    freeze_blocks: int = 0
+    head_only: bool = False
+    accum_steps: int = 1
+    amp: str = "auto"
+    clip_grad: float = 1.0
+    ema: bool = False
+    ema_decay: float = 0.999
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    patience: int = 0
+    augment: AugmentOptions = field(default_factory=AugmentOptions)
+    seed: int = 0
+    quiet: bool = False
+
+    def validate(self) -> None:
+        require(self.epochs >= 1, f"--epochs {self.epochs} must be at least 1", "pass --epochs 1 or more")
+        require(self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1", "pass --batch-size 1 or more")
+        require(self.lr > 0, f"--lr {self.lr} must be positive", "pass e.g. --lr 1e-3")
+        require(self.min_lr >= 0, f"--min-lr {self.min_lr} must not be negative", "pass e.g. --min-lr 1e-6")
+        require(self.weight_decay >= 0, f"--weight-decay {self.weight_decay} must not be negative", "pass e.g. 0.05")
+        require(self.warmup_epochs >= 0, f"--warmup-epochs {self.warmup_epochs} must not be negative", "pass e.g. 1")
+        require(0 < self.layer_decay <= 1, f"--layer-decay {self.layer_decay} is not in (0, 1]",
+                "pass e.g. 0.75, or 1 to turn it off")
+        require(self.accum_steps >= 1, f"--accum-steps {self.accum_steps} must be at least 1", "pass 1 for no accumulation")
+        require(self.amp in AMP_CHOICES, f"--amp {self.amp!r} is unknown", "use auto, none, bf16 or fp16")
+        require(self.clip_grad >= 0, f"--clip-grad {self.clip_grad} must not be negative", "pass 0 to turn clipping off")
+        require(0 < self.ema_decay < 1, f"--ema-decay {self.ema_decay} is not in (0, 1)", "pass e.g. 0.999")
+        require(0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing} is not in [0, 1)", "pass e.g. 0.1")
+        require(self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix must not be negative",
+                "pass alpha values like 0.8 and 1.0, or 0")
+        require(self.patience >= 0, f"--patience {self.patience} must not be negative", "pass 0 to turn early stopping off")
+        require(self.freeze_blocks >= 0, f"--freeze-blocks {self.freeze_blocks} must not be negative",
+                "pass 0 to train all blocks")
+        a = self.augment
+        require(a.crop in CROP_CHOICES, f"--crop {a.crop!r} is unknown", f"use one of {', '.join(CROP_CHOICES)}")
+        require(a.auto_augment in AUTO_AUGMENT_CHOICES, f"--auto-augment {a.auto_augment!r} is unknown",
+                f"use one of {', '.join(AUTO_AUGMENT_CHOICES)}")
+        require(0 <= a.crop_padding < 1 and 0 < a.rrc_min_scale <= 1 and a.color_jitter >= 0,
+                "crop padding must be in [0, 1), rrc min scale in (0, 1], colour jitter >= 0", "fix the augmentation options")
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything ``finetune`` needs; the CLI flags are generated from these fields."""
+
+    model: str
+    data: str
+    out: str
+    img_size: int | None = None
+    patch_size: int | None = None
+    model_kwargs: str = ""
+    drop_path: float = 0.1
+    pretrained: bool = False
+    init_checkpoint: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    val_split: float = 0.1
+    cache_dir: str | None = None
+    device: str = "auto"
+    force: bool = False
+    resume: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
