@@ -36,3 +36,32 @@ def test_without_validation_the_last_epoch_is_kept(tmp_path: Path) -> None:
     metrics = read_meta(out).metrics
     assert metrics["best_epoch"] == 2 and metrics["best_val_top1"] is None
     assert torch.isfinite(torch.tensor(metrics["loss"]))
+
+
+def _tiny_trainer(tmp_path: Path, **overrides) -> Trainer:
+    data = generate(4, seed=0)
+    model = create_model("vit_tiny_patch16_224", {"num_classes": 10, "img_size": 32, "patch_size": 8,
+                                                  "depth": 3, "embed_dim": 32, "num_heads": 2})
+    cfg = TrainConfig(epochs=1, batch_size=8, quiet=True, **overrides)
+    splits = DataSplits(data, None, data, data.classes, {})
+    return Trainer(model, splits, cfg, BatchTransform(32, [0.5] * 3, [0.5] * 3), DistContext(), tmp_path)
+
+
+def test_layer_decay_scales_learning_rates_by_depth(tmp_path: Path) -> None:
+    trainer = _tiny_trainer(tmp_path, layer_decay=0.5)
+    head = trainer.model.head.weight
+    scale_of = {id(p): g["lr_scale"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    patch = trainer.model.patch_embed.proj.weight
+    last_block = trainer.model.blocks[-1].attn.qkv.weight
+    assert scale_of[id(head)] == 1.0
+    assert scale_of[id(patch)] < scale_of[id(last_block)] < scale_of[id(head)]
+    assert scale_of[id(patch)] == 0.5 ** 4  # 3 blocks + embedding + head: the embedding is 4 layers below the head
+
+
+def test_freeze_blocks(tmp_path: Path) -> None:
+    model = _tiny_trainer(tmp_path, freeze_blocks=2).model
+    assert not any(p.requires_grad for p in model.patch_embed.parameters())
+    assert not model.pos_embed.requires_grad and not model.cls_token.requires_grad
+    assert not any(p.requires_grad for b in model.blocks[:2] for p in b.parameters())
+    assert all(p.requires_grad for p in model.blocks[2].parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
