@@ -34,7 +34,7 @@ from vitcompress.models import (
 )
 from vitcompress.plots import save_confusion_png
 from vitcompress.stage import StageResult, prepare_staging, publish, staging_guard
-from vitcompress.train import BEST_WEIGHTS_FILE, Trainer, amp_dtype, seed_everything
+from vitcompress.train import BEST_WEIGHTS_FILE, Trainer, seed_everything
 
 
 def finetune(cfg: FinetuneConfig) -> StageResult:
@@ -81,7 +81,7 @@ def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, 
     if (staging / BEST_WEIGHTS_FILE).is_file():
         ctx.barrier()
         final.load_state_dict(load_file(str(staging / BEST_WEIGHTS_FILE), device=str(ctx.device)))
-    test = evaluate(final, data.test, transform, ctx, amp_dtype=amp_dtype(cfg.train.amp, ctx.device))
+    test = evaluate(final, data.test, transform, ctx)  # full precision, as `vitcompress eval` scores the artifact
     meta = ArtifactMeta(
         stage="finetune", model_name=cfg.model, model_kwargs=kwargs, classes=data.classes, img_size=transform.img_size,
         mean=transform.mean_rgb, std=transform.std_rgb, heads_per_block=heads_per_block(final),

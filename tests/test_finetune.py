@@ -13,6 +13,7 @@ from vitcompress.compress.finetune import finetune
 from tests.conftest import TINY, run_cli
 from vitcompress.artifact import load_model, read_meta
 from vitcompress.config import FinetuneConfig, TrainConfig
+from vitcompress.evaluate import evaluate_artifact
 
 
 def test_artifact_files_and_metadata(shapes_artifact: Path) -> None:
@@ -83,6 +84,9 @@ def test_python_api_with_recipe_switches(tmp_path: Path) -> None:
     result = finetune(cfg)
     assert result.path.is_dir() and result.meta.metrics["epochs_run"] >= 1
     assert result.meta.model_name == "deit_tiny_patch16_224"
+    # trained under bf16 autocast, yet the stored metrics are the full-precision ones eval reproduces
+    report = evaluate_artifact(str(result.path), "shapes")
+    assert report["top1"] == result.meta.metrics["top1"] and report["loss"] == result.meta.metrics["loss"]
 
 
 def test_head_only_trains_only_the_classifier(tmp_path: Path) -> None:
