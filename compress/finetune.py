@@ -18,7 +18,6 @@ from vitcompress.config import FinetuneConfig
 from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext, init_distributed, shutdown_distributed
-from vitcompress.errors import require
 from vitcompress.evaluate import evaluate
 from vitcompress.models import (
     build_kwargs,
@@ -42,8 +41,7 @@ def finetune(cfg: FinetuneConfig) -> StageResult:
 
     Started by ``torchrun``, every process trains its shard (DDP) and rank 0 writes the files.
     """
-    cfg.train.validate()
-    require(0 <= cfg.drop_path < 1, f"--drop-path {cfg.drop_path} is not in [0, 1)", "pass e.g. 0.1")
+    cfg.validate()
     check_model_name(cfg.model)
     check_geometry(_img_size(cfg), cfg.patch_size)
     ctx = init_distributed(cfg.device)

@@ -101,3 +101,8 @@ class FinetuneConfig:
     force: bool = False
     resume: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.train.validate()
+        require(0 <= self.drop_path < 1, f"--drop-path {self.drop_path} is not in [0, 1)", "pass e.g. 0.1")
+        require(0.0 <= self.val_split < 1.0, f"--val-split {self.val_split} is not in [0, 1)", "use e.g. 0.1, or 0 for none")
