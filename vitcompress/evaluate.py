@@ -8,9 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitcompress.artifact import load_model
 from vitcompress.augment import BatchTransform
+from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import ImageSet
-from vitcompress.distributed import DistContext
+from vitcompress.distributed import DistContext, resolve_device
+from vitcompress.errors import require
 from vitcompress.loader import BatchLoader
 from vitcompress.metrics import metric_collection, to_report
 
@@ -28,7 +31,8 @@ def evaluate(model: nn.Module, data: ImageSet, transform: BatchTransform, ctx: D
     for images, labels in loader:
         with torch.autocast(ctx.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(transform.eval(images)).float()
-        loss_sum += torch.stack([F.cross_entropy(logits, labels, reduction="sum"), torch.tensor(len(labels), device=ctx.device)])
+        count = torch.full((), len(labels), device=ctx.device, dtype=logits.dtype)
+        loss_sum += torch.stack([F.cross_entropy(logits, labels, reduction="sum"), count])
         metrics.update(logits, labels)
     model.train(was_training)
     if ctx.distributed:
@@ -43,11 +47,6 @@ def evaluate_artifact(src: str, data: str, data_dir: str | None = None, download
                       cache_dir: str | None = None, batch_size: int = 256, device: str = "auto",
                       quiet: bool = False) -> dict[str, Any]:
     """Rebuild the model in artifact ``src`` and score it on the test split of ``data``."""
-    from vitcompress.artifact import load_model
-    from vitcompress.data import DataOptions, load_data
-    from vitcompress.distributed import resolve_device
-    from vitcompress.errors import require
-
     require(batch_size >= 1, f"--batch-size {batch_size} must be at least 1", "pass --batch-size 1 or more")
     ctx = DistContext(device=resolve_device(device))
     model, meta = load_model(src, ctx.device)

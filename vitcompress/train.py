@@ -253,8 +253,8 @@ class Trainer:
                 if self.ema:
                     self.ema.update(self.model, step=update)
             with torch.no_grad():
-                totals += torch.stack([loss.detach() * len(labels), (logits.argmax(1) == labels).sum(),
-                                       torch.tensor(len(labels), device=self.ctx.device)]).float()
+                count = torch.full((), len(labels), device=self.ctx.device)  # filled on the device: no host copy
+                totals += torch.stack([loss.detach() * len(labels), (logits.argmax(1) == labels).sum(), count]).float()
             if step % 10 == 0 and not bar.disable:
                 seen = float(totals[2])
                 bar.set_postfix(loss=f"{float(totals[0]) / seen:.3f}", acc=f"{float(totals[1]) / seen:.3f}",
