@@ -43,18 +43,18 @@ def finetune(cfg: FinetuneConfig) -> StageResult:
     """
     cfg.validate()
     check_model_name(cfg.model)
-    check_geometry(_img_size(cfg), cfg.patch_size)
+    img_size = cfg.img_size if cfg.img_size is not None else default_img_size(cfg.model)
+    check_geometry(img_size, cfg.patch_size)
     ctx = init_distributed(cfg.device)
     try:
-        return _finetune(cfg, ctx)
+        return _finetune(cfg, img_size, ctx)
     finally:
         shutdown_distributed(ctx)
 
 
-def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> StageResult:
+def _finetune(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> StageResult:
     out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main)
     seed_everything(cfg.train.seed + ctx.rank)
-    img_size = _img_size(cfg)
     data = _load_data_rank0_first(cfg, img_size, ctx)
     kwargs = build_kwargs(data.num_classes, img_size, cfg.patch_size, parse_model_kwargs(cfg.model_kwargs))
     if cfg.drop_path:
@@ -97,10 +97,6 @@ def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, 
         publish(staging, out)
     ctx.barrier()
     return StageResult(out, meta)
-
-
-def _img_size(cfg: FinetuneConfig) -> int:
-    return cfg.img_size if cfg.img_size is not None else default_img_size(cfg.model)
 
 
 def _load_data_rank0_first(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> DataSplits:

@@ -105,4 +105,3 @@ class FinetuneConfig:
     def validate(self) -> None:
         self.train.validate()
         require(0 <= self.drop_path < 1, f"--drop-path {self.drop_path} is not in [0, 1)", "pass e.g. 0.1")
-        require(0.0 <= self.val_split < 1.0, f"--val-split {self.val_split} is not in [0, 1)", "use e.g. 0.1, or 0 for none")

@@ -221,12 +221,11 @@ class Trainer:
         model.train()
         self.train_loader.set_epoch(epoch)
         totals = torch.zeros(3, device=self.ctx.device)  # loss sum, correct, count
+        micro_steps = self.steps_per_epoch * cfg.accum_steps  # whole optimizer steps only: no gradient leaks
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                   total=self.steps_per_epoch * cfg.accum_steps,
-                   disable=cfg.quiet or not self.ctx.is_main, dynamic_ncols=True)
+                   total=micro_steps, disable=cfg.quiet or not self.ctx.is_main, dynamic_ncols=True)
         start = time.perf_counter()
         update = epoch * self.steps_per_epoch
-        micro_steps = self.steps_per_epoch * cfg.accum_steps  # whole optimizer steps only: no gradient leaks
         for step, (images, labels) in enumerate(bar):
             if step == micro_steps:
                 break
