@@ -41,6 +41,8 @@ class ArtifactMeta:
     mean: list[float]
     std: list[float]
     heads_per_block: list[int] = field(default_factory=list)
+    mlp_per_block: list[int] = field(default_factory=list)  # MLP hidden width per block, after pruning
+    quantization: dict[str, Any] | None = None  # set by qat: method, config, skipped layers
     parent: dict[str, str] | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -54,7 +56,8 @@ class ArtifactMeta:
             "format": self.format,
             "stage": self.stage,
             "created": self.created,
-            "model": {"name": self.model_name, "kwargs": self.model_kwargs, "heads_per_block": self.heads_per_block},
+            "model": {"name": self.model_name, "kwargs": self.model_kwargs, "heads_per_block": self.heads_per_block,
+                      "mlp_per_block": self.mlp_per_block, "quantization": self.quantization},
             "input": {"size": [3, self.img_size, self.img_size], "mean": self.mean, "std": self.std},
             "classes": self.classes,
             "parent": self.parent,
@@ -73,6 +76,8 @@ class ArtifactMeta:
             model_name=obj["model"]["name"],
             model_kwargs=obj["model"]["kwargs"],
             heads_per_block=obj["model"].get("heads_per_block", []),
+            mlp_per_block=obj["model"].get("mlp_per_block", []),
+            quantization=obj["model"].get("quantization"),
             img_size=obj["input"]["size"][-1],
             mean=obj["input"]["mean"],
             std=obj["input"]["std"],
@@ -139,6 +144,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     path = Path(path)
     meta = read_meta(path)
     model = create_model(meta.model_name, meta.model_kwargs)
+    _reshape_pruned(model, meta)
     try:
         state = load_file(str(path / WEIGHTS_FILE), device="cpu")
     except (SafetensorError, OSError) as exc:
@@ -149,3 +155,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         raise UserError(f"weights in {path} do not match its metadata ({str(exc).splitlines()[0]})",
                         "re-create the artifact") from None
     return model.to(device).eval(), meta
+
+
+def _reshape_pruned(model: nn.Module, meta: ArtifactMeta) -> None:
+    """A pruned artifact records heads and MLP widths per block; give the fresh model that shape."""
+    from vitcompress.models import heads_per_block
+
+    if meta.heads_per_block and (meta.heads_per_block != heads_per_block(model) or meta.mlp_per_block):
+        from vitcompress.compress.surgery import reshape_to
+
+        try:
+            reshape_to(model, meta.heads_per_block, meta.mlp_per_block, meta.img_size)
+        except (ValueError, RuntimeError, UserError) as exc:
+            raise UserError(f"the pruned shape in {meta.model_name}'s metadata does not fit the model ({exc})",
+                            "re-create the artifact") from None

@@ -54,12 +54,35 @@ HELP = {
     "auto_augment": "none | randaugment | autoaugment | trivialaugment",
     "seed": "random seed (data order, augmentation, init)",
     "quiet": "no progress bars or per-epoch lines (for logs and CI)",
+    "src": "source artifact directory",
+    "heads": "share of attention heads to remove, in [0, 1)",
+    "mlp": "share of MLP hidden channels to remove, in [0, 1)",
+    "criterion": "importance: l1 | l2 (weight magnitude) | taylor (first order, from data) | "
+                 "attention (per-head output norm on data) | random (control)",
+    "ranking": "uniform: the same share from every block; global: rank across blocks (see --global/--uniform)",
+    "iterative": "prune in K steps towards the ratio, recovering after each",
+    "finetune_epochs": "recovery fine-tuning epochs in total (0: none)",
+    "distill": "recovery distillation from the unpruned model: soft (KL, temperature) | hard (teacher top-1) | none",
+    "kd_temperature": "softmax temperature of soft distillation",
+    "kd_alpha": "weight of the distillation loss ((1 - alpha) for the labels)",
+    "score_batches": "batches of training data for the data-driven criteria (taylor, attention)",
+    "dry_run": "print which heads would go and the params/MACs left; write nothing",
 }
 
 
 def _parser() -> argparse.ArgumentParser:
     from vitcompress.cliargs import HelpFormatter, add_dataclass_args
-    from vitcompress.config import AMP_CHOICES, AUTO_AUGMENT_CHOICES, CROP_CHOICES, FinetuneConfig
+    from vitcompress.config import (
+        AMP_CHOICES,
+        AUTO_AUGMENT_CHOICES,
+        CROP_CHOICES,
+        KD_CHOICES,
+        PRUNE_CRITERIA,
+        PRUNE_RANKINGS,
+        FinetuneConfig,
+        PruneConfig,
+        recovery_train_config,
+    )
 
     fmt = HelpFormatter
     parser = argparse.ArgumentParser(prog="vitcompress", formatter_class=fmt,
@@ -77,6 +100,19 @@ def _parser() -> argparse.ArgumentParser:
                                    "Run under torchrun for several GPUs or machines.")
     choices = {"amp": AMP_CHOICES, "crop": CROP_CHOICES, "auto_augment": AUTO_AUGMENT_CHOICES}
     add_dataclass_args(p, FinetuneConfig, HELP, choices, required=("epochs",))
+
+    p = sub.add_parser("prune", formatter_class=fmt, parents=[common],
+                       help="remove attention heads (and MLP channels); recover by distillation; write an artifact",
+                       description="Structured pruning of a ViT/DeiT/BEiT artifact: whole heads go, the model gets "
+                                   "physically smaller, and fine-tuning with the unpruned model as teacher recovers "
+                                   "accuracy. Data defaults to the artifact's own.")
+    prune_choices = {**choices, "criterion": PRUNE_CRITERIA, "ranking": PRUNE_RANKINGS, "distill": KD_CHOICES}
+    add_dataclass_args(p, PruneConfig, {**HELP, "data": HELP["data"] + " (default: the artifact's own)"},
+                       prune_choices, positional=("src",), skip=("epochs",), defaults=PruneConfig("", train=recovery_train_config()))
+    p.add_argument("--global", dest="ranking", action="store_const", const="global", default=argparse.SUPPRESS,
+                   help="same as --ranking global")
+    p.add_argument("--uniform", dest="ranking", action="store_const", const="uniform", default=argparse.SUPPRESS,
+                   help="same as --ranking uniform (the default)")
 
     p = sub.add_parser("eval", formatter_class=fmt, parents=[common], help="score an artifact on a dataset's test split")
     p.add_argument("src", help="artifact directory")
@@ -105,6 +141,14 @@ def _run(args: argparse.Namespace) -> None:
         result = finetune(dataclass_from_args(FinetuneConfig, args))
         if _is_rank0():
             print(stage_summary(result.path, result.meta))
+    elif args.command == "prune":
+        from vitcompress.cliargs import dataclass_from_args
+        from vitcompress.compress.prune import PrunePreview, prune
+        from vitcompress.config import PruneConfig
+        from vitcompress.report import prune_preview, prune_summary
+
+        result = prune(dataclass_from_args(PruneConfig, args))
+        print(prune_preview(result) if isinstance(result, PrunePreview) else prune_summary(result.path, result.meta))
     elif args.command == "eval":
         from vitcompress.evaluate import evaluate_artifact
         from vitcompress.report import metrics_table, per_class_table

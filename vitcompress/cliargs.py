@@ -28,18 +28,25 @@ def _base_type(hint: Any) -> type:
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, help_text: dict[str, str],
                        choices: dict[str, tuple] | None = None, positional: tuple[str, ...] = (),
-                       required: tuple[str, ...] = ()) -> None:
+                       required: tuple[str, ...] = (), skip: tuple[str, ...] = (), defaults: Any = None) -> None:
     """Add one option per field of ``cls`` (recursing into nested config dataclasses).
 
     Fields without a default are required options; ``required`` names more (defaults kept for the API).
+    ``skip`` names fields the command sets itself. Defaults come from ``defaults`` (an instance of
+    ``cls``) when given, so a stage can ship its own defaults for a shared config (e.g. a small LR).
     """
     choices = choices or {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         hint = _base_type(hints[f.name])
         if dataclasses.is_dataclass(hint):
-            add_dataclass_args(parser, hint, help_text, choices, required=required)
+            nested = getattr(defaults, f.name) if defaults is not None else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            add_dataclass_args(parser, hint, help_text, choices, required=required, skip=skip, defaults=nested)
             continue
+        default = getattr(defaults, f.name) if defaults is not None else f.default
         help_ = help_text.get(f.name, "")
         if f.name in positional:
             parser.add_argument(f.name, help=help_)
@@ -47,19 +54,22 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, help_text: di
         flag = "--" + f.name.replace("_", "-")
         is_required = f.name in required or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
         if hint is bool:
-            action = argparse.BooleanOptionalAction if f.default else "store_true"
-            parser.add_argument(flag, dest=f.name, action=action, default=f.default, help=help_)
+            action = argparse.BooleanOptionalAction if default else "store_true"
+            parser.add_argument(flag, dest=f.name, action=action, default=default, help=help_)
         else:
             parser.add_argument(flag, dest=f.name, type=hint, required=is_required, choices=choices.get(f.name),
-                                default=None if is_required else f.default,
+                                default=None if is_required else default,
                                 help=help_ + (" (required)" if is_required else ""))
 
 
 def dataclass_from_args(cls: type, namespace: argparse.Namespace) -> Any:
-    """Build ``cls`` (and its nested config dataclasses) from parsed options."""
+    """Build ``cls`` (and its nested config dataclasses) from parsed options; skipped fields keep their defaults."""
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
         hint = _base_type(hints[f.name])
-        values[f.name] = dataclass_from_args(hint, namespace) if dataclasses.is_dataclass(hint) else getattr(namespace, f.name)
+        if dataclasses.is_dataclass(hint):
+            values[f.name] = dataclass_from_args(hint, namespace)
+        elif hasattr(namespace, f.name):
+            values[f.name] = getattr(namespace, f.name)
     return cls(**values)

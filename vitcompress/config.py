@@ -105,3 +105,58 @@ class FinetuneConfig:
     def validate(self) -> None:
         self.train.validate()
         require(0 <= self.drop_path < 1, f"--drop-path {self.drop_path} is not in [0, 1)", "pass e.g. 0.1")
+
+
+PRUNE_CRITERIA = ("l1", "l2", "taylor", "attention", "random")
+PRUNE_RANKINGS = ("uniform", "global")
+KD_CHOICES = ("soft", "hard", "none")
+
+
+def recovery_train_config() -> TrainConfig:
+    """Recovery fine-tuning defaults: a pruned model starts close to a good solution (small LR, short warmup)."""
+    return TrainConfig(epochs=5, lr=2e-4, min_lr=1e-6, warmup_epochs=0.5)
+
+
+@dataclass
+class PruneConfig:
+    """Everything ``prune`` needs; the CLI flags are generated from these fields."""
+
+    src: str
+    out: str = ""
+    heads: float = 0.0
+    mlp: float = 0.0
+    criterion: str = "l1"
+    ranking: str = "uniform"
+    iterative: int = 1
+    finetune_epochs: int = 5
+    distill: str = "soft"
+    kd_temperature: float = 2.0
+    kd_alpha: float = 0.5
+    score_batches: int = 4
+    data: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    val_split: float = 0.1
+    cache_dir: str | None = None
+    device: str = "auto"
+    dry_run: bool = False
+    force: bool = False
+    train: TrainConfig = field(default_factory=recovery_train_config)
+
+    def validate(self) -> None:
+        for flag, ratio in (("--heads", self.heads), ("--mlp", self.mlp)):
+            require(0 <= ratio < 1, f"{flag} {ratio:g} is not in [0, 1)", f"pass the share to remove, e.g. {flag} 0.5")
+        require(self.criterion in PRUNE_CRITERIA, f"--criterion {self.criterion!r} is unknown",
+                f"use one of {', '.join(PRUNE_CRITERIA)}")
+        require(self.ranking in PRUNE_RANKINGS, f"--ranking {self.ranking!r} is unknown", "use --uniform or --global")
+        require(self.iterative >= 1, f"--iterative {self.iterative} must be at least 1", "pass 1 for one-shot pruning")
+        require(self.finetune_epochs >= 0, f"--finetune-epochs {self.finetune_epochs} must not be negative",
+                "pass 0 for no recovery")
+        require(self.distill in KD_CHOICES, f"--distill {self.distill!r} is unknown", "use soft, hard or none")
+        require(self.kd_temperature > 0, f"--kd-temperature {self.kd_temperature} must be positive", "pass e.g. 2")
+        require(0 <= self.kd_alpha <= 1, f"--kd-alpha {self.kd_alpha} is not in [0, 1]", "pass e.g. 0.5")
+        require(self.score_batches >= 1, f"--score-batches {self.score_batches} must be at least 1", "pass e.g. 4")
+        require(bool(self.out) or self.dry_run, "--out is required", "pass --out DIR (or --dry-run to only look)")
+        if self.finetune_epochs:
+            self.train.epochs = self.finetune_epochs
+            self.train.validate()

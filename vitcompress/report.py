@@ -48,6 +48,7 @@ def describe(path: str | Path) -> str:
         ("classes", f"{len(meta.classes)}: {', '.join(meta.classes[:12])}{' ...' if len(meta.classes) > 12 else ''}"),
         ("input", f"3x{meta.img_size}x{meta.img_size}, mean {meta.mean}, std {meta.std}"),
         ("heads per block", f"{heads} (total {sum(heads)})" if heads else "n/a"),
+        ("MLP width per block", str(meta.mlp_per_block) if meta.mlp_per_block else "unpruned"),
         ("params", _fmt(meta.metrics.get("params", "?"))),
         ("MACs", _fmt(meta.metrics.get("macs", "?"))),
         ("data", meta.data.get("spec", "?")),
@@ -57,3 +58,49 @@ def describe(path: str | Path) -> str:
     ]
     table = tabulate(rows, tablefmt="plain", disable_numparse=True)
     return f"{table}\n\n{metrics_table(meta.metrics)}" if meta.metrics else table
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def prune_table(pruning: dict[str, Any]) -> str:
+    """Before/after of a pruning run: accuracy at each point, size, and torch latency."""
+    before, after = pruning["before"], pruning["after"]
+    rows = [
+        ("test top-1", _pct(pruning["top1_before"]), _pct(pruning["top1_after_surgery"]), _pct(pruning["top1_after_recovery"])),
+        ("heads", sum(pruning["heads_before"]), sum(pruning["heads_after"]), ""),
+        ("MLP channels", sum(pruning["mlp_before"]), sum(pruning["mlp_after"]), ""),
+        ("params", f"{before['params']:,}", f"{after['params']:,}", f"x{after['params'] / before['params']:.3f}"),
+        ("MACs", f"{before['macs']:,}", f"{after['macs']:,}", f"x{after['macs'] / before['macs']:.3f}"),
+    ]
+    for batch, ms in before["latency_ms"].items():
+        new = after["latency_ms"][batch]
+        rows.append((f"latency b{batch} ({pruning['device']})", f"{ms:.2f} ms", f"{new:.2f} ms", f"{ms / new:.2f}x faster"))
+    table = tabulate(rows, headers=("", "before", "after surgery", "after recovery / ratio"), tablefmt="simple",
+                     disable_numparse=True)
+    per_block = tabulate([(i, hb, ha, removed, mb, ma) for i, (hb, ha, removed, mb, ma) in enumerate(zip(
+        pruning["heads_before"], pruning["heads_after"], pruning["removed_heads"], pruning["mlp_before"],
+        pruning["mlp_after"], strict=True))], headers=("block", "heads", "kept", "removed heads", "MLP", "kept"),
+        tablefmt="simple", disable_numparse=True)
+    return f"{table}\n\n{per_block}"
+
+
+def prune_summary(path: Path, meta: ArtifactMeta) -> str:
+    """Printed at the end of ``prune``."""
+    return f"\n{prune_table(meta.metrics['pruning'])}\n\nartifact: {path}"
+
+
+def prune_preview(preview: Any) -> str:
+    """What ``prune --dry-run`` prints (``preview`` is a ``PrunePreview``)."""
+    rows = [(i, hb, ha, removed or "-", mb, ma) for i, (hb, ha, removed, mb, ma) in enumerate(zip(
+        preview.heads_before, preview.heads_after, preview.removed_heads, preview.mlp_before, preview.mlp_after,
+        strict=True))]
+    blocks = tabulate(rows, headers=("block", "heads", "kept", "heads that would go", "MLP", "kept"),
+                      tablefmt="simple", disable_numparse=True)
+    size = tabulate([("params", f"{preview.params_before:,}", f"{preview.params_after:,}",
+                      f"x{preview.params_after / preview.params_before:.3f}"),
+                     ("MACs", f"{preview.macs_before:,}", f"{preview.macs_after:,}",
+                      f"x{preview.macs_after / preview.macs_before:.3f}")],
+                    headers=("", "now", "would remain", "ratio"), tablefmt="simple", disable_numparse=True)
+    return f"dry run ({preview.model_name}, criterion {preview.criterion}): nothing written\n\n{blocks}\n\n{size}"

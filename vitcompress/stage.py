@@ -55,17 +55,18 @@ def prepare_staging(out: str | Path, force: bool, resume: bool, is_main: bool = 
 
 
 @contextlib.contextmanager
-def staging_guard(staging: Path, is_main: bool = True) -> Iterator[Path]:
+def staging_guard(staging: Path, is_main: bool = True, resumable: bool = True) -> Iterator[Path]:
     """Create ``staging``; if the stage fails before its first checkpoint, remove it again.
 
-    A failure after a checkpoint keeps the directory, so ``--resume`` can continue from it.
+    A failure after a checkpoint keeps the directory, so ``--resume`` can continue from it; a stage
+    that cannot resume (``resumable=False``) always removes it.
     """
     if is_main:
         staging.mkdir(parents=True, exist_ok=True)
     try:
         yield staging
     except BaseException:
-        if is_main and not (staging / CHECKPOINT_FILE).is_file():
+        if is_main and (not resumable or not (staging / CHECKPOINT_FILE).is_file()):
             shutil.rmtree(staging, ignore_errors=True)
         raise
 

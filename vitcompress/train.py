@@ -1,7 +1,8 @@
-"""The one training loop that finetune (and later prune-recovery and QAT) use.
+"""The one training loop that finetune, prune-recovery and QAT use.
 
 It owns optimisation only: AdamW with layer-wise LR decay (timm), warmup + cosine schedule,
-gradient accumulation, AMP, clipping, EMA, MixUp/CutMix, early stopping, DDP, and a resumable
+gradient accumulation, AMP, clipping, EMA, MixUp/CutMix, an optional distillation loss, early
+stopping, DDP, and a resumable
 ``last.ckpt`` (model, optimizer, scheduler, scaler, EMA, RNG) written atomically after every epoch.
 """
 
@@ -126,8 +127,10 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, data: DataSplits, cfg: TrainConfig, transform: BatchTransform,
-                 ctx: DistContext, workdir: Path) -> None:
+                 ctx: DistContext, workdir: Path, distill: nn.Module | None = None) -> None:
         self.cfg, self.data, self.ctx, self.workdir, self.transform = cfg, data, ctx, workdir, transform
+        # distill(inputs, logits, task_loss) -> loss, e.g. compress.distill.DistillationLoss
+        self.distill = distill.to(ctx.device) if distill is not None else None
         self.model = model.to(ctx.device)
         if ctx.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -239,6 +242,8 @@ class Trainer:
                 with torch.autocast(self.ctx.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                     logits = model(x)
                     loss = self.criterion(logits.float(), targets)
+                    if self.distill is not None:
+                        loss = self.distill(x, logits.float(), loss)
                 self.scaler.scale(loss / cfg.accum_steps).backward()
             if last_micro:
                 if cfg.clip_grad > 0:

@@ -1,0 +1,82 @@
+"""Importance criteria for attention heads and MLP channels: a small registry of named classes.
+
+Every criterion scores *units* (the heads of one block, or its MLP hidden channels) from the same
+:class:`UnitStats`: each unit's parameters as one row, their gradients from a few batches of data
+(when the criterion needs them), and the mean L2 norm of each unit's output on data (the input of
+``attn.proj`` is the heads side by side; the input of ``fc2`` is the hidden channels). Higher means
+keep. A new criterion is one class here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class UnitStats:
+    """What the criteria see of one group of units."""
+
+    weights: torch.Tensor  # units x params
+    grads: torch.Tensor | None = None  # units x params, summed over the scoring batches
+    activations: torch.Tensor | None = None  # units: mean L2 norm of each unit's output
+    seed: int = 0
+
+
+class Criterion:
+    """Scores units; ``needs_grads`` / ``needs_activations`` say what data must be run first."""
+
+    needs_grads = False
+    needs_activations = False
+    help = ""
+
+    def score(self, stats: UnitStats) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class L1(Criterion):
+    help = "sum of absolute weights of the unit"
+
+    def score(self, stats: UnitStats) -> torch.Tensor:
+        return stats.weights.abs().sum(1)
+
+
+class L2(Criterion):
+    help = "L2 norm of the unit's weights"
+
+    def score(self, stats: UnitStats) -> torch.Tensor:
+        return stats.weights.pow(2).sum(1).sqrt()
+
+
+class Taylor(Criterion):
+    help = "first-order Taylor estimate of the loss change, |w * dL/dw| summed over the unit (needs data)"
+    needs_grads = True
+
+    def score(self, stats: UnitStats) -> torch.Tensor:
+        return (stats.weights * stats.grads).abs().sum(1)
+
+
+class AttentionOutput(Criterion):
+    help = "mean L2 norm of the unit's output on data (per head: the input of attn.proj)"
+    needs_activations = True
+
+    def score(self, stats: UnitStats) -> torch.Tensor:
+        return stats.activations
+
+
+class Random(Criterion):
+    help = "random scores (the control)"
+
+    def score(self, stats: UnitStats) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(stats.seed)
+        return torch.rand(stats.weights.shape[0], generator=gen)
+
+
+CRITERIA: dict[str, type[Criterion]] = {
+    "l1": L1,
+    "l2": L2,
+    "taylor": Taylor,
+    "attention": AttentionOutput,
+    "random": Random,
+}

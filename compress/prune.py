@@ -1,0 +1,249 @@
+"""``vitcompress prune``: remove whole attention heads (and MLP channels), then recover by distillation.
+
+One step scores every head and MLP channel (``importance.py``), chooses what goes (``plan.py``),
+cuts it out (``surgery.py``) and fine-tunes with the unpruned model as teacher (``distill.py``,
+through the one ``Trainer``). ``--iterative K`` repeats the step K times towards the final ratio.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta, write_artifact
+from vitcompress.augment import BatchTransform
+from vitcompress.compress.distill import DistillationLoss
+from vitcompress.compress.importance import CRITERIA
+from vitcompress.compress.plan import PrunePlan, choose
+from vitcompress.compress.scoring import score_blocks
+from vitcompress.compress.surgery import blocks_of, check_prunable, dependency_graph, mlp_widths, remove_heads, remove_mlp_channels
+from vitcompress.config import PruneConfig
+from vitcompress.data import DataOptions, load_data
+from vitcompress.datasets.imageset import DataSplits
+from vitcompress.distributed import DistContext, resolve_device
+from vitcompress.errors import UserError, require
+from vitcompress.evaluate import evaluate
+from vitcompress.latency import torch_latency_ms
+from vitcompress.loader import BatchLoader
+from vitcompress.models import count_macs, count_params, heads_per_block
+from vitcompress.stage import StageResult, prepare_staging, publish, staging_guard
+from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, Trainer, seed_everything
+
+LATENCY_BATCHES = (1, 64)
+
+
+@dataclass
+class PruneStep:
+    """One scoring-surgery-recovery round, with what it removed (indices of the original model)."""
+
+    ratio_heads: float
+    ratio_mlp: float
+    removed_heads: list[list[int]]
+    removed_mlp: int
+    top1_after_surgery: float | None = None
+    top1_after_recovery: float | None = None
+
+
+@dataclass
+class PrunePreview:
+    """What ``--dry-run`` reports: the plan and the size of the model it would leave."""
+
+    model_name: str
+    heads_before: list[int]
+    heads_after: list[int]
+    removed_heads: list[list[int]]
+    mlp_before: list[int]
+    mlp_after: list[int]
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    criterion: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Alive:
+    """Maps current head indices back to the original model's, across iterative steps."""
+
+    def __init__(self, heads: list[int]) -> None:
+        self.heads = [list(range(n)) for n in heads]
+
+    def remove(self, drops: list[list[int]]) -> list[list[int]]:
+        removed = []
+        for alive, drop in zip(self.heads, drops, strict=True):
+            removed.append([alive[i] for i in drop])
+            for i in sorted(drop, reverse=True):
+                del alive[i]
+        return removed
+
+
+def prune(cfg: PruneConfig) -> StageResult | PrunePreview:
+    """Prune the model in artifact ``cfg.src``; write the pruned artifact to ``cfg.out``.
+
+    With ``cfg.dry_run`` nothing is written and a :class:`PrunePreview` is returned instead.
+    """
+    cfg.validate()
+    meta = read_meta(cfg.src)
+    if meta.quantization:
+        raise UserError(f"{cfg.src} is already quantized ({meta.quantization.get('method', 'int8')})",
+                        "prune the FP32 artifact it came from, then quantize the pruned one")
+    ctx = DistContext(device=resolve_device(cfg.device))
+    model, meta = load_model(cfg.src, ctx.device)
+    check_prunable(model, meta.model_name)
+    if cfg.dry_run:
+        return _preview(cfg, model, meta, ctx)
+    out, staging = prepare_staging(cfg.out, cfg.force, resume=False)
+    seed_everything(cfg.train.seed)
+    data = _load_data(cfg, meta)
+    transform = BatchTransform(meta.img_size, meta.mean, meta.std, cfg.train.augment)
+    with staging_guard(staging, resumable=False):
+        return _prune_and_publish(cfg, model, meta, data, transform, ctx, out, staging)
+
+
+def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, data: DataSplits,
+                       transform: BatchTransform, ctx: DistContext, out: Path, staging: Path) -> StageResult:
+    before = _measure(model, data, transform, ctx, meta.img_size)
+    teacher = copy.deepcopy(model) if cfg.distill != "none" and cfg.finetune_epochs else None
+    heads0, mlp0 = heads_per_block(model), mlp_widths(model)
+    alive = _Alive(heads0)
+    epochs = _epochs_per_step(cfg.finetune_epochs, cfg.iterative)
+    steps: list[PruneStep] = []
+    for k in range(1, cfg.iterative + 1):
+        step = _prune_step(cfg, model, data, transform, ctx, heads0, mlp0, alive, k, meta.img_size)
+        step.top1_after_surgery = evaluate(model, data.test, transform, ctx)["top1"]
+        if epochs[k - 1]:
+            _recover(cfg, model, teacher, data, transform, ctx, staging, epochs[k - 1], k)
+            step.top1_after_recovery = evaluate(model, data.test, transform, ctx)["top1"]
+        steps.append(step)
+    after = _measure(model, data, transform, ctx, meta.img_size)
+    test = after.pop("report")
+    before_top1 = before.pop("report")["top1"]
+    pruning = {
+        "criterion": cfg.criterion, "ranking": cfg.ranking, "iterative": cfg.iterative,
+        "heads_ratio": cfg.heads, "mlp_ratio": cfg.mlp,
+        "heads_before": heads0, "heads_after": heads_per_block(model),
+        "mlp_before": mlp0, "mlp_after": mlp_widths(model),
+        "removed_heads": [sorted(sum((s.removed_heads[b] for s in steps), [])) for b in range(len(heads0))],
+        "top1_before": before_top1, "top1_after_surgery": steps[-1].top1_after_surgery,
+        "top1_after_recovery": steps[-1].top1_after_recovery,
+        "steps": [asdict(s) for s in steps], "before": before, "after": after,
+        "device": str(ctx.device),
+    }
+    new_meta = ArtifactMeta(
+        stage="prune", model_name=meta.model_name, model_kwargs=meta.model_kwargs, classes=meta.classes,
+        img_size=meta.img_size, mean=meta.mean, std=meta.std, heads_per_block=heads_per_block(model),
+        mlp_per_block=mlp_widths(model), parent=parent_ref(cfg.src), recipe={**asdict(cfg), "command": "prune"},
+        data=data.description, versions=library_versions(), created=now_iso(),
+        metrics={**test, "params": after["params"], "macs": after["macs"], "pruning": pruning},
+    )
+    write_artifact(staging, model, new_meta)
+    publish(staging, out)
+    return StageResult(out, new_meta)
+
+
+def _prune_step(cfg: PruneConfig, model: nn.Module, data: DataSplits, transform: BatchTransform, ctx: DistContext,
+                heads0: list[int], mlp0: list[int], alive: _Alive, k: int, img_size: int) -> PruneStep:
+    """Score, choose and cut towards ``k / iterative`` of the final ratios."""
+    ratio_heads, ratio_mlp = cfg.heads * k / cfg.iterative, cfg.mlp * k / cfg.iterative
+    plan = _plan(cfg, model, data, transform, ctx, heads0, mlp0, ratio_heads, ratio_mlp, seed=cfg.train.seed + k)
+    removed = alive.remove(plan.heads)
+    apply_plan(model, plan, img_size)
+    return PruneStep(ratio_heads, ratio_mlp, removed, sum(len(m) for m in plan.mlp))
+
+
+def apply_plan(model: nn.Module, plan: PrunePlan, img_size: int) -> None:
+    """Cut out what ``plan`` names: heads first, then MLP channels (through the dependency graph)."""
+    blocks = blocks_of(model)
+    for block, drop in zip(blocks, plan.heads, strict=True):
+        remove_heads(block.attn, drop)
+    if any(plan.mlp):
+        graph = dependency_graph(model, img_size)
+        for block, drop in zip(blocks, plan.mlp, strict=True):
+            remove_mlp_channels(model, graph, block.mlp.fc1, drop)
+
+
+def _plan(cfg: PruneConfig, model: nn.Module, data: DataSplits | None, transform: BatchTransform | None,
+          ctx: DistContext, heads0: list[int], mlp0: list[int], ratio_heads: float, ratio_mlp: float,
+          seed: int) -> PrunePlan:
+    criterion = CRITERIA[cfg.criterion]()
+    needs_data = criterion.needs_grads or criterion.needs_activations
+    batches = _score_batches(cfg, data, transform, ctx) if needs_data else []
+    scores = score_blocks(model, criterion, batches, seed=seed)
+    heads = choose(scores.heads, heads0, ratio_heads, cfg.ranking, "heads")
+    mlp = choose(scores.mlp, mlp0, ratio_mlp, cfg.ranking, "MLP channels") if cfg.mlp else [[] for _ in heads]
+    return PrunePlan(heads, mlp)
+
+
+def _score_batches(cfg: PruneConfig, data: DataSplits, transform: BatchTransform,
+                   ctx: DistContext) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``score_batches`` batches of a seeded shuffle of train, as the model sees them in eval."""
+    loader = BatchLoader(data.train, min(cfg.train.batch_size, 64), ctx.device, shuffle=True, drop_last=False,
+                         seed=cfg.train.seed)
+    batches = []
+    for images, labels in loader:
+        batches.append((transform.eval(images), labels))
+        if len(batches) == cfg.score_batches:
+            break
+    return batches
+
+
+def _recover(cfg: PruneConfig, model: nn.Module, teacher: nn.Module | None, data: DataSplits,
+             transform: BatchTransform, ctx: DistContext, staging: Path, epochs: int, k: int) -> None:
+    """Fine-tune the pruned model (distilling from the unpruned one); keep its best validation weights."""
+    distill = (DistillationLoss(teacher, cfg.distill, cfg.kd_temperature, cfg.kd_alpha) if teacher is not None else None)
+    train_cfg = copy.deepcopy(cfg.train)
+    train_cfg.epochs = epochs
+    trainer = Trainer(model, data, train_cfg, transform, ctx, staging, distill=distill)
+    trainer.fit()
+    best = staging / BEST_WEIGHTS_FILE
+    if best.is_file():
+        model.load_state_dict(load_file(str(best), device=str(ctx.device)))
+    else:
+        model.load_state_dict(trainer.eval_model().state_dict())
+    for name in (BEST_WEIGHTS_FILE, CHECKPOINT_FILE):
+        (staging / name).unlink(missing_ok=True)
+    if cfg.iterative > 1 and (staging / LOG_FILE).is_file():
+        (staging / LOG_FILE).rename(staging / f"train_log_step{k}.csv")
+    model.eval()
+
+
+def _epochs_per_step(total: int, steps: int) -> list[int]:
+    """Split the recovery epochs over the steps, the later steps taking any remainder."""
+    base, extra = divmod(total, steps)
+    return [base + (1 if i >= steps - extra else 0) for i in range(steps)]
+
+
+def _measure(model: nn.Module, data: DataSplits, transform: BatchTransform, ctx: DistContext,
+             img_size: int) -> dict[str, Any]:
+    return {"report": evaluate(model, data.test, transform, ctx), "params": count_params(model),
+            "macs": count_macs(model, img_size),
+            "latency_ms": {str(b): torch_latency_ms(model, img_size, b, ctx.device, max_seconds=1.5) for b in LATENCY_BATCHES}}
+
+
+def _load_data(cfg: PruneConfig, meta: ArtifactMeta) -> DataSplits:
+    spec = cfg.data or meta.data.get("spec")
+    require(bool(spec), f"{cfg.src} does not say which data it was trained on", "pass --data")
+    seed = meta.recipe.get("train", {}).get("seed", cfg.train.seed)  # the parent's validation split
+    return load_data(DataOptions(spec=spec, data_dir=cfg.data_dir, download=cfg.download, img_size=meta.img_size,
+                                 val_split=cfg.val_split, seed=seed, cache_dir=cfg.cache_dir, quiet=cfg.train.quiet,
+                                 expected_classes=meta.classes))
+
+
+def _preview(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, ctx: DistContext) -> PrunePreview:
+    """The plan of a one-shot run, and the params/MACs it would leave; nothing is written."""
+    criterion = CRITERIA[cfg.criterion]()
+    needs_data = criterion.needs_grads or criterion.needs_activations
+    data = _load_data(cfg, meta) if needs_data else None
+    transform = BatchTransform(meta.img_size, meta.mean, meta.std) if needs_data else None
+    heads0, mlp0 = heads_per_block(model), mlp_widths(model)
+    params0, macs0 = count_params(model), count_macs(model, meta.img_size)
+    plan = _plan(cfg, model, data, transform, ctx, heads0, mlp0, cfg.heads, cfg.mlp, seed=cfg.train.seed + cfg.iterative)
+    apply_plan(model, plan, meta.img_size)
+    return PrunePreview(meta.model_name, heads0, heads_per_block(model), plan.heads, mlp0, mlp_widths(model),
+                        params0, count_params(model), macs0, count_macs(model, meta.img_size), cfg.criterion)

@@ -1,0 +1,116 @@
+"""Collect what the importance criteria need (weights, gradients, unit outputs) and score every block."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitcompress.compress.importance import Criterion, UnitStats
+from vitcompress.compress.surgery import blocks_of, head_dim
+
+Getter = Callable[[torch.Tensor], torch.Tensor | None]
+
+
+@dataclass
+class BlockScores:
+    """Importance of each head and each MLP hidden channel, per block (higher: keep)."""
+
+    heads: list[torch.Tensor]
+    mlp: list[torch.Tensor]
+
+
+def _rows(parts: Iterable[torch.Tensor | None]) -> torch.Tensor:
+    return torch.cat([p.detach().float().cpu() for p in parts if p is not None], dim=1)
+
+
+def head_rows(attn: nn.Module, get: Getter) -> torch.Tensor:
+    """Each head's parameters (q/k/v rows and biases, proj columns) as one row: heads x params."""
+    h, d = attn.num_heads, head_dim(attn)
+    qkv_w = get(attn.qkv.weight)
+    if qkv_w is None:
+        return None
+    parts = [qkv_w.reshape(3, h, d, -1).permute(1, 0, 2, 3).reshape(h, -1)]
+    if attn.qkv.bias is not None:
+        parts.append(_maybe(get(attn.qkv.bias), lambda b: b.reshape(3, h, d).permute(1, 0, 2).reshape(h, -1)))
+    for name in ("q_bias", "v_bias"):
+        if isinstance(getattr(attn, name, None), nn.Parameter):
+            parts.append(_maybe(get(getattr(attn, name)), lambda b: b.reshape(h, d)))
+    parts.append(_maybe(get(attn.proj.weight), lambda w: w.reshape(w.shape[0], h, d).permute(1, 0, 2).reshape(h, -1)))
+    return _rows(parts)
+
+
+def mlp_rows(mlp: nn.Module, get: Getter) -> torch.Tensor | None:
+    """Each hidden channel's parameters (fc1 row and bias, fc2 column) as one row: channels x params."""
+    if get(mlp.fc1.weight) is None:
+        return None
+    parts = [get(mlp.fc1.weight), _maybe(get(mlp.fc1.bias) if mlp.fc1.bias is not None else None, lambda b: b[:, None]),
+             _maybe(get(mlp.fc2.weight), lambda w: w.t())]
+    return _rows(parts)
+
+
+def _maybe(t: torch.Tensor | None, f: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    return None if t is None else f(t)
+
+
+def score_blocks(model: nn.Module, criterion: Criterion, batches: list[tuple[torch.Tensor, torch.Tensor]],
+                 seed: int = 0) -> BlockScores:
+    """Score the heads and MLP channels of every block; ``batches`` are model-ready ``(x, labels)``."""
+    blocks = blocks_of(model)
+    activations = _unit_output_norms(model, blocks, batches) if criterion.needs_activations else None
+    if criterion.needs_grads:
+        _accumulate_grads(model, batches)
+    grad_of: Getter = (lambda p: p.grad) if criterion.needs_grads else (lambda p: None)
+    heads, mlp = [], []
+    for i, block in enumerate(blocks):
+        act_h, act_m = (activations[0][i], activations[1][i]) if activations else (None, None)
+        heads.append(criterion.score(UnitStats(head_rows(block.attn, lambda p: p), head_rows(block.attn, grad_of),
+                                               act_h, seed=seed + i)))
+        mlp.append(criterion.score(UnitStats(mlp_rows(block.mlp, lambda p: p), mlp_rows(block.mlp, grad_of),
+                                             act_m, seed=seed + 10_000 + i)))
+    model.zero_grad(set_to_none=True)
+    return BlockScores(heads, mlp)
+
+
+def _accumulate_grads(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for x, labels in batches:
+        F.cross_entropy(model(x), labels).backward()
+
+
+@torch.no_grad()
+def _unit_output_norms(model: nn.Module, blocks: list[nn.Module],
+                       batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Mean L2 norm of each head's output (input of attn.proj) and each MLP channel (input of fc2)."""
+    heads = [torch.zeros(b.attn.num_heads) for b in blocks]
+    mlp = [torch.zeros(b.mlp.fc2.in_features) for b in blocks]
+    counts = [0]
+
+    def head_hook(i: int) -> Callable:
+        def hook(_m: nn.Module, args: tuple) -> None:
+            x = args[0].float()
+            per_head = x.reshape(*x.shape[:-1], blocks[i].attn.num_heads, -1).norm(dim=-1)  # B x N x H
+            heads[i] += per_head.reshape(-1, per_head.shape[-1]).mean(0).cpu()
+        return hook
+
+    def mlp_hook(i: int) -> Callable:
+        def hook(_m: nn.Module, args: tuple) -> None:
+            x = args[0].float()
+            mlp[i] += x.abs().reshape(-1, x.shape[-1]).mean(0).cpu()
+        return hook
+
+    handles = [b.attn.proj.register_forward_pre_hook(head_hook(i)) for i, b in enumerate(blocks)]
+    handles += [b.mlp.fc2.register_forward_pre_hook(mlp_hook(i)) for i, b in enumerate(blocks)]
+    model.eval()
+    try:
+        for x, _ in batches:
+            model(x)
+            counts[0] += 1
+    finally:
+        for h in handles:
+            h.remove()
+    return [h / max(counts[0], 1) for h in heads], [m / max(counts[0], 1) for m in mlp]
