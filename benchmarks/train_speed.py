@@ -5,8 +5,10 @@ Measures in one run, on one machine:
                 real Trainer, vit_small_patch16_224 at 32px with 4px patches (65 tokens)
   pipeline_ips  our data path alone: uint8 tensor (decoded once) -> BatchLoader -> BatchTransform.train
   classic_ips   the usual torchvision path on the same JPEG files: ImageFolder + PIL transforms + DataLoader
-and records two ratios: pipeline_ips / train_ips (>1: the data path cannot starve the model) and
-pipeline_ips / classic_ips (what decoding once and augmenting batches on the device buys).
+  plain_loop_ips  a plain timm-style training loop (that DataLoader, autocast, AdamW) on the same model
+and records three ratios: pipeline_ips / train_ips (>1: the data path cannot starve the model),
+pipeline_ips / classic_ips (what decoding once and augmenting batches on the device buys) and
+train_ips / plain_loop_ips (what the whole training path buys end to end).
 
 Usage:  python benchmarks/train_speed.py [--device cpu|cuda] [--steps 10] [--batch-size 64]
 Writes: benchmarks/results/train_speed_<device>_<precision>.json (with hardware and the exact command).
@@ -79,9 +81,41 @@ def classic_ips(root: Path, args: argparse.Namespace, ctx: DistContext) -> float
     return _time_batches(batches, args.pipeline_batches, args.batch_size, ctx.device)
 
 
-def _time_batches(batches, count: int, batch_size: int, device: torch.device) -> float:
+def plain_loop_ips(root: Path, args: argparse.Namespace, ctx: DistContext) -> float:
+    """A plain timm-style loop: DataLoader + torchvision transforms feeding forward/backward/AdamW."""
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                             transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    ds = datasets.ImageFolder(str(root / "train"), transform=tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                         pin_memory=ctx.device.type == "cuda", drop_last=True, persistent_workers=False)
+    model = create_model(args.model, build_kwargs(len(ds.classes), 32, 4, {})).to(ctx.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    dtype = amp_dtype(args.amp, ctx.device)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+
+    def steps():
+        for x, y in loader:
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            with torch.autocast(ctx.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = criterion(model(x).float(), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            yield loss
+
+    return _time_batches(steps(), args.steps, args.batch_size, ctx.device, warmup=3)
+
+
+def _time_batches(batches, count: int, batch_size: int, device: torch.device, warmup: int = 1) -> float:
     it = iter(batches)
-    next(it)  # warm-up: worker start-up, first allocation
+    for _ in range(warmup):  # worker start-up, first allocation, kernel selection
+        next(it)
     start = time.perf_counter()
     for _ in range(count):
         next(it)
@@ -106,9 +140,11 @@ def main() -> None:
     workdir = HERE / "results" / ".scratch"
     workdir.mkdir(parents=True, exist_ok=True)
     measured = {"train_ips": train_ips(data, args, ctx, workdir), "pipeline_ips": pipeline_ips(data, args, ctx),
-                "classic_ips": classic_ips(Path(data.description["root"]), args, ctx)}
+                "classic_ips": classic_ips(Path(data.description["root"]), args, ctx),
+                "plain_loop_ips": plain_loop_ips(Path(data.description["root"]), args, ctx)}
     measured["pipeline_over_train"] = measured["pipeline_ips"] / measured["train_ips"]
     measured["pipeline_over_classic"] = measured["pipeline_ips"] / measured["classic_ips"]
+    measured["train_over_plain_loop"] = measured["train_ips"] / measured["plain_loop_ips"]
     record = {"benchmark": "train_speed", "model": args.model, "img_size": 32, "patch_size": 4,
               "batch_size": args.batch_size, "amp": args.amp, "device": str(ctx.device), "hardware": hardware(ctx.device),
               "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),

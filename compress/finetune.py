@@ -44,7 +44,7 @@ def finetune(cfg: FinetuneConfig) -> StageResult:
     cfg.validate()
     check_model_name(cfg.model)
     img_size = cfg.img_size if cfg.img_size is not None else default_img_size(cfg.model)
-    check_geometry(img_size, cfg.patch_size)
+    check_geometry(img_size, cfg.patch_size, cfg.model)
     ctx = init_distributed(cfg.device)
     try:
         return _finetune(cfg, img_size, ctx)

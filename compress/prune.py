@@ -15,14 +15,21 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import nn
-
-from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta, write_artifact
-from vitcompress.augment import BatchTransform
 from vitcompress.compress.distill import DistillationLoss
 from vitcompress.compress.importance import CRITERIA
 from vitcompress.compress.plan import PrunePlan, choose
 from vitcompress.compress.scoring import score_blocks
-from vitcompress.compress.surgery import blocks_of, check_prunable, dependency_graph, mlp_widths, remove_heads, remove_mlp_channels
+from vitcompress.compress.surgery import (
+    blocks_of,
+    check_prunable,
+    dependency_graph,
+    mlp_widths,
+    remove_heads,
+    remove_mlp_channels,
+)
+
+from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta, write_artifact
+from vitcompress.augment import BatchTransform
 from vitcompress.config import PruneConfig
 from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import DataSplits

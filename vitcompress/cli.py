@@ -81,7 +81,6 @@ def _parser() -> argparse.ArgumentParser:
         PRUNE_RANKINGS,
         FinetuneConfig,
         PruneConfig,
-        recovery_train_config,
     )
 
     fmt = HelpFormatter
@@ -108,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "accuracy. Data defaults to the artifact's own.")
     prune_choices = {**choices, "criterion": PRUNE_CRITERIA, "ranking": PRUNE_RANKINGS, "distill": KD_CHOICES}
     add_dataclass_args(p, PruneConfig, {**HELP, "data": HELP["data"] + " (default: the artifact's own)"},
-                       prune_choices, positional=("src",), skip=("epochs",), defaults=PruneConfig("", train=recovery_train_config()))
+                       prune_choices, positional=("src",), skip=("epochs",))
     p.add_argument("--global", dest="ranking", action="store_const", const="global", default=argparse.SUPPRESS,
                    help="same as --ranking global")
     p.add_argument("--uniform", dest="ranking", action="store_const", const="uniform", default=argparse.SUPPRESS,

@@ -50,12 +50,26 @@ def default_img_size(model_name: str) -> int:
     return int(cfg.input_size[-1]) if cfg is not None else 224
 
 
-def check_geometry(img_size: int, patch_size: int | None) -> None:
-    """Image and patch sizes that give at least one whole patch."""
+MAX_TOKENS = 16_384  # 2048px at 16px patches; attention memory grows with the square of this
+
+
+def check_geometry(img_size: int, patch_size: int | None, model_name: str = "") -> None:
+    """Image and patch sizes that give at least one whole patch, and not more tokens than fit in memory."""
     require(img_size >= 1, f"--img-size {img_size} must be positive", "pass e.g. --img-size 224 (or 32 for CIFAR)")
     if patch_size is not None:
         require(1 <= patch_size <= img_size, f"--patch-size {patch_size} does not fit --img-size {img_size}",
                 "pass a patch size between 1 and the image size, e.g. 4 at 32px or 16 at 224px")
+    patch = patch_size or _patch_size_from_name(model_name)
+    tokens = (img_size // patch) ** 2
+    require(tokens <= MAX_TOKENS, f"--img-size {img_size} with {patch}px patches makes {tokens:,} tokens per image, "
+            f"more than the {MAX_TOKENS:,} a ViT's attention fits in memory", "pass a smaller --img-size or a larger --patch-size")
+
+
+def _patch_size_from_name(model_name: str) -> int:
+    import re
+
+    match = re.search(r"patch(\d+)", model_name)
+    return int(match.group(1)) if match else 16
 
 
 def build_kwargs(num_classes: int, img_size: int, patch_size: int | None, extra: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +94,9 @@ def create_model(name: str, kwargs: dict[str, Any], pretrained: bool = False) ->
                         "check --model-kwargs / --patch-size against the timm model's signature") from None
     except Exception as exc:  # noqa: BLE001 - hub/network failures come in many types
         if not pretrained:
-            raise
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"could not create model {name} with {kwargs} ({type(exc).__name__}: {reason})",
+                            "check the values in --model-kwargs, --img-size and --patch-size") from None
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UserError(f"could not load pretrained weights for {name} ({type(exc).__name__}: {reason})",
                         "connect to the internet (weights come from the Hugging Face hub), point HF_HOME at a cache "

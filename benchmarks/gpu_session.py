@@ -1,0 +1,238 @@
+"""Everything that needs a GPU, in one run that fits a short lease (default: about 9 minutes).
+
+Steps, in order, each logged with its wall time; a step that fails is recorded and the next runs:
+  1. smoke   the GPU code paths of finetune: data kept on the GPU, bf16, fp16 + GradScaler,
+             torchrun with NCCL (one process), eval on CUDA
+  2. speed   benchmarks/train_speed.py on CUDA (our Trainer against a plain timm-style loop)
+  3. cifar   CIFAR-10 from scratch; the epoch count is chosen from a measured throughput so that
+             training fits --cifar-seconds
+  4. prune   the CIFAR model pruned on the GPU (heads 0.25 / 0.5 / 0.5 + MLP 0.25; l1, taylor, random)
+             with distillation recovery, each with and without recovery
+  5. latency the base and pruned models in torch fp32, bf16 and torch.compile at batch 1 and 256
+
+Usage:  python benchmarks/gpu_session.py --data data/cifar10-jpeg.tar.xz --out OUTDIR [--cifar-seconds 300]
+Writes: OUTDIR/gpu_results.json (all numbers, hardware, commands) and OUTDIR/session.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+START = time.time()
+
+# The CIFAR-10 recipe: a ViT at 32 px with 4 px patches (65 tokens), strong augmentation on the GPU.
+CIFAR_MODEL = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "4",
+               "--model-kwargs", "depth=9,embed_dim=192,num_heads=12,mlp_ratio=2"]
+CIFAR_RECIPE = ["--batch-size", "256", "--lr", "1.5e-3", "--min-lr", "1e-5", "--weight-decay", "0.05",
+                "--warmup-epochs", "5", "--drop-path", "0.1", "--label-smoothing", "0.1", "--crop", "pad",
+                "--auto-augment", "autoaugment", "--mixup", "0.8", "--cutmix", "1.0", "--val-split", "0",
+                "--amp", "bf16"]
+TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "8",
+        "--model-kwargs", "depth=2,embed_dim=64,num_heads=2", "--drop-path", "0", "--batch-size", "64", "--quiet"]
+
+
+def log(out: Path, message: str) -> None:
+    line = f"[{time.time() - START:7.1f}s] {message}"
+    print(line, flush=True)
+    with open(out / "session.log", "a") as f:
+        f.write(line + "\n")
+
+
+def cli(*args: str, torchrun: bool = False) -> subprocess.CompletedProcess:
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "vitcompress"] if torchrun \
+        else [sys.executable, "-m", "vitcompress"]
+    return subprocess.run([*prefix, *args], capture_output=True, text=True)
+
+
+def step_smoke(args: argparse.Namespace, work: Path) -> dict:
+    results = {}
+    for name, extra in (("bf16", ["--amp", "bf16"]), ("fp16_gradscaler", ["--amp", "fp16"]), ("fp32", ["--amp", "none"])):
+        proc = cli("finetune", *TINY, "--data", "shapes", "--epochs", "2", "--device", args.device, *extra,
+                   "--out", str(work / f"smoke-{name}"), "--force")
+        results[name] = _outcome(proc, work / f"smoke-{name}")
+    proc = cli("finetune", *TINY, "--data", "shapes", "--epochs", "1", "--out", str(work / "smoke-ddp"), "--force",
+               torchrun=True)
+    results["torchrun_nccl"] = _outcome(proc, work / "smoke-ddp")
+    proc = cli("eval", str(work / "smoke-bf16"), "--data", "shapes", "--device", args.device, "--json", "--quiet")
+    results["eval_cuda"] = {"ok": proc.returncode == 0, "stderr": proc.stderr[-800:]}
+    if proc.returncode == 0:
+        results["eval_cuda"]["top1"] = json.loads(proc.stdout)["top1"]
+    return results
+
+
+def _outcome(proc: subprocess.CompletedProcess, artifact: Path) -> dict:
+    result = {"ok": proc.returncode == 0, "stderr": proc.stderr[-800:]}
+    meta = artifact / "vitcompress.json"
+    if meta.is_file():
+        metrics = json.loads(meta.read_text())["metrics"]
+        result.update(top1=metrics["top1"], device=metrics.get("device"), img_s=metrics.get("train_images_per_s"))
+    return result
+
+
+def step_speed(args: argparse.Namespace) -> dict:
+    results = {}
+    for amp in ("bf16",):
+        cmd = [sys.executable, str(HERE / "train_speed.py"), "--data", args.data, "--device", args.device, "--amp", amp,
+               "--batch-size", "256", "--steps", "40", "--pipeline-batches", "100"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        precision = "bf16" if amp == "bf16" else "fp32"
+        record = HERE / "results" / f"train_speed_{torch.device(args.device).type}_{precision}.json"
+        results[precision] = json.loads(record.read_text()) if proc.returncode == 0 else {"error": proc.stderr[-1500:]}
+    return results
+
+
+def step_cifar(args: argparse.Namespace, work: Path) -> dict:
+    from vitcompress.cli import main as vitcompress_main
+
+    ips = _probe_ips(args)
+    epochs = max(1, min(400, int(args.cifar_seconds * ips / 50_000)))
+    out = work / "cifar10-vit"
+    command = ["finetune", *CIFAR_MODEL, "--data", f"folder:{args.data}", *CIFAR_RECIPE, "--epochs", str(epochs),
+               "--out", str(out), "--force", "--quiet"]
+    started = time.time()
+    code = vitcompress_main(command)
+    meta = json.loads((out / "vitcompress.json").read_text()) if code == 0 else {}
+    return {"probe_images_per_s": round(ips, 1), "epochs": epochs, "exit": code, "wall_seconds": round(time.time() - started, 1),
+            "command": "vitcompress " + " ".join(command), "artifact": str(out),
+            "metrics": {k: meta.get("metrics", {}).get(k) for k in ("top1", "top5", "f1_macro", "train_seconds",
+                                                                    "train_images_per_s", "params", "macs", "device")}}
+
+
+def _probe_ips(args: argparse.Namespace) -> float:
+    """Training images/s of the CIFAR recipe, from two short epochs on a subset (the second is timed)."""
+    from vitcompress.augment import BatchTransform
+    from vitcompress.cli import _parser
+    from vitcompress.cliargs import dataclass_from_args
+    from vitcompress.config import FinetuneConfig
+    from vitcompress.data import DataOptions, load_data
+    from vitcompress.datasets.imageset import DataSplits
+    from vitcompress.distributed import DistContext
+    from vitcompress.models import build_kwargs, create_model, parse_model_kwargs
+    from vitcompress.train import Trainer
+
+    ns = _parser().parse_args(["finetune", *CIFAR_MODEL, "--data", "x", *CIFAR_RECIPE, "--epochs", "2", "--out", "x"])
+    if torch.device(args.device).type == "cpu":
+        ns.amp = "none"
+    cfg = dataclass_from_args(FinetuneConfig, ns)
+    cfg.train.quiet, cfg.train.warmup_epochs = True, 0
+    data = load_data(DataOptions(spec=f"folder:{args.data}", img_size=32, val_split=0))
+    subset = data.train.subset(torch.arange(min(60 * cfg.train.batch_size, len(data.train))))
+    model = create_model(cfg.model, build_kwargs(10, 32, 4, {**parse_model_kwargs(cfg.model_kwargs), "drop_path_rate": 0.1}))
+    transform = BatchTransform(32, [0.5] * 3, [0.5] * 3, cfg.train.augment)
+    scratch = HERE / "results" / ".scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, DataSplits(subset, None, data.test, data.classes, {}), cfg.train, transform,
+                      DistContext(device=torch.device(args.device)), scratch)
+    return trainer.fit().history[-1]["images_per_s"]
+
+
+def step_prune(args: argparse.Namespace, work: Path, base: Path, deadline: float) -> list[dict]:
+    from vitcompress.cli import main as vitcompress_main
+
+    runs = [("l1", 0.5, 0.0), ("taylor", 0.5, 0.0), ("random", 0.5, 0.0), ("l1", 0.25, 0.0), ("l1", 0.5, 0.25)]
+    results = []
+    for criterion, heads, mlp in runs:
+        if time.time() > deadline:
+            results.append({"criterion": criterion, "heads": heads, "mlp": mlp, "skipped": "out of time"})
+            continue
+        out = work / f"pruned-{criterion}-h{heads}-m{mlp}"
+        command = ["prune", str(base), "--heads", str(heads), "--mlp", str(mlp), "--criterion", criterion,
+                   "--finetune-epochs", str(args.recovery_epochs), "--batch-size", "256", "--lr", "5e-4",
+                   "--warmup-epochs", "1", "--auto-augment", "autoaugment", "--mixup", "0.8", "--cutmix", "1.0",
+                   "--amp", "bf16", "--val-split", "0", "--out", str(out), "--force", "--quiet"]
+        started = time.time()
+        code = vitcompress_main(command)
+        record = {"criterion": criterion, "heads": heads, "mlp": mlp, "exit": code,
+                  "wall_seconds": round(time.time() - started, 1), "command": "vitcompress " + " ".join(command)}
+        if code == 0:
+            pruning = json.loads((out / "vitcompress.json").read_text())["metrics"]["pruning"]
+            record.update({k: pruning[k] for k in ("top1_before", "top1_after_surgery", "top1_after_recovery",
+                                                     "heads_after", "before", "after")})
+            record["artifact"] = str(out)
+        results.append(record)
+    return results
+
+
+def step_latency(args: argparse.Namespace, paths: dict[str, Path], deadline: float) -> dict:
+    from vitcompress.artifact import load_model
+    from vitcompress.latency import torch_latency_ms
+
+    device = torch.device(args.device)
+    results = {}
+    for name, path in paths.items():
+        model, meta = load_model(path, device)
+        row = {}
+        for batch in (1, 256):
+            row[f"fp32_b{batch}"] = torch_latency_ms(model, meta.img_size, batch, device, max_seconds=1)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                row[f"bf16_b{batch}"] = torch_latency_ms(model, meta.img_size, batch, device, max_seconds=1)
+        if time.time() < deadline:
+            compiled = torch.compile(model)
+            for batch in (1, 256):
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    row[f"compile_bf16_b{batch}"] = torch_latency_ms(compiled, meta.img_size, batch, device, max_seconds=1)
+        results[name] = row
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/cifar10-jpeg.tar.xz")
+    parser.add_argument("--device", default="cuda", help="cpu only for a toy run of this script")
+    parser.add_argument("--out", default="runs/gpu-session")
+    parser.add_argument("--cifar-seconds", type=float, default=300)
+    parser.add_argument("--recovery-epochs", type=int, default=10)
+    parser.add_argument("--budget-seconds", type=float, default=560, help="stop starting new work after this")
+    parser.add_argument("--steps", default="smoke,speed,cifar,prune,latency")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path("runs") / "gpu-work"
+    work.mkdir(parents=True, exist_ok=True)
+    deadline = START + args.budget_seconds
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    results: dict = {"hardware": {"gpu": gpu, "torch": torch.__version__,
+                                  "cuda": torch.version.cuda, "cpu_count": os.cpu_count()},
+                     "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d")}
+    steps = args.steps.split(",")
+
+    def run(name: str, fn, *fn_args) -> None:
+        if name not in steps:
+            return
+        if time.time() > deadline:
+            results[name] = {"skipped": "out of time"}
+            log(out, f"{name}: skipped, out of time")
+            return
+        log(out, f"{name}: start")
+        try:
+            results[name] = fn(*fn_args)
+        except Exception:  # noqa: BLE001 - record and go on: one broken path must not hide the others
+            results[name] = {"error": traceback.format_exc()[-3000:]}
+        log(out, f"{name}: done: {json.dumps(results[name])[:1500]}")
+        (out / "gpu_results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    run("smoke", step_smoke, args, work)
+    run("speed", step_speed, args)
+    run("cifar", step_cifar, args, work)
+    base = work / "cifar10-vit"
+    if (base / "vitcompress.json").is_file():
+        for name in ("vitcompress.json", "train_log.csv"):
+            (out / f"cifar_{name}").write_bytes((base / name).read_bytes())
+        run("prune", step_prune, args, work, base, deadline - 60)
+        pruned = [Path(r["artifact"]) for r in results.get("prune", []) if isinstance(r, dict) and r.get("artifact")]
+        run("latency", step_latency, args, {"base": base, **({"pruned_h0.5": pruned[0]} if pruned else {})}, deadline)
+    log(out, "finished")
+
+
+if __name__ == "__main__":
+    main()
