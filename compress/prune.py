@@ -230,7 +230,7 @@ def _measure(model: nn.Module, data: DataSplits, transform: BatchTransform, ctx:
              img_size: int) -> dict[str, Any]:
     return {"report": evaluate(model, data.test, transform, ctx), "params": count_params(model),
             "macs": count_macs(model, img_size),
-            "latency_ms": {str(b): torch_latency_ms(model, img_size, b, ctx.device, max_seconds=1.5) for b in LATENCY_BATCHES}}
+            "latency_ms": {str(b): torch_latency_ms(model, img_size, b, ctx.device, max_seconds=0.5) for b in LATENCY_BATCHES}}
 
 
 def _load_data(cfg: PruneConfig, meta: ArtifactMeta) -> DataSplits:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -47,6 +48,9 @@ def finetune_args(out: Path, *extra: str, data: str = "shapes") -> list:
     (["--amp", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
     (["--resume"], "nothing to resume"),
     (["--batch-size", "100000"], "more than the"),
+    (["--img-size", "100000"], "tokens per image"),
+    (["--model-kwargs", "depth=-1"], "could not create model"),
+    (["--model-kwargs", "embed_dim=0"], "could not create model"),
 ])
 def test_bad_numbers_and_names(tmp_path: Path, capsys: pytest.CaptureFixture, extra: list, needle: str) -> None:
     out = tmp_path / "out"
@@ -180,3 +184,53 @@ def test_cifar10_download_without_network(tmp_path: Path, capsys: pytest.Capture
     assert_clean_failure(capsys, finetune_args(out, "--download", "--data-dir", str(tmp_path / "cifar"), data="cifar10"),
                          "could not download CIFAR-10", "folder:PATH")
     assert not out.exists()
+
+
+def prune_args(src: Path, out: Path, *extra: str) -> list:
+    return ["prune", src, "--out", out, "--finetune-epochs", "0", "--quiet", *extra]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--heads", "1.0"], "--heads 1 is not in [0, 1)"),
+    (["--heads", "-0.1"], "--heads -0.1 is not in [0, 1)"),
+    (["--mlp", "1.5"], "--mlp 1.5 is not in [0, 1)"),
+    (["--heads", "0.75"], "would remove all 2 heads of block 0"),
+    (["--heads", "0.75", "--global"], "leaving some of the 2 blocks with none"),
+    (["--iterative", "0"], "--iterative 0"),
+    (["--kd-alpha", "2"], "--kd-alpha 2"),
+    (["--finetune-epochs", "1", "--lr", "0"], "--lr 0"),
+])
+def test_prune_bad_numbers(tmp_path: Path, capsys: pytest.CaptureFixture, shapes_artifact: Path, extra: list,
+                           needle: str) -> None:
+    out = tmp_path / "out"
+    assert_clean_failure(capsys, prune_args(shapes_artifact, out, *extra), needle)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_prune_bad_sources(tmp_path: Path, capsys: pytest.CaptureFixture, shapes_artifact: Path) -> None:
+    out = tmp_path / "out"
+    assert_clean_failure(capsys, prune_args(tmp_path / "missing", out, "--heads", "0.5"), "not a vitcompress artifact")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(shapes_artifact, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 100)
+    assert_clean_failure(capsys, prune_args(corrupt, out, "--heads", "0.5"), "unreadable")
+    quantized = tmp_path / "quantized"
+    shutil.copytree(shapes_artifact, quantized)
+    meta = json.loads((quantized / "vitcompress.json").read_text())
+    meta["model"]["quantization"] = {"method": "max"}
+    (quantized / "vitcompress.json").write_text(json.dumps(meta))
+    assert_clean_failure(capsys, prune_args(quantized, out, "--heads", "0.5"), "already quantized")
+    assert_clean_failure(capsys, prune_args(shapes_artifact, shapes_artifact, "--heads", "0.5"), "already exists")
+    assert not out.exists()
+
+
+def test_prune_model_without_heads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from vitcompress.artifact import ArtifactMeta, write_artifact
+    from vitcompress.models import create_model
+
+    kwargs = {"num_classes": 10}
+    meta = ArtifactMeta(stage="finetune", model_name="test_resnet", model_kwargs=kwargs, classes=list("abcdefghij"),
+                        img_size=32, mean=[0.5] * 3, std=[0.5] * 3, data={"spec": "shapes"})
+    write_artifact(tmp_path / "cnn", create_model("test_resnet", kwargs), meta)
+    assert_clean_failure(capsys, prune_args(tmp_path / "cnn", tmp_path / "out", "--heads", "0.5"), "no attention heads")
+    assert not (tmp_path / "out").exists()
