@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tests.conftest import run_cli
-from vitcompress.artifact import ArtifactMeta, load_model, write_artifact
 from vitcompress.compress.distill import DistillationLoss
 from vitcompress.compress.importance import CRITERIA
 from vitcompress.compress.plan import PrunePlan, choose
 from vitcompress.compress.prune import apply_plan, prune
 from vitcompress.compress.surgery import head_channels, head_dim, mlp_widths
+
+from tests.conftest import run_cli
+from vitcompress.artifact import ArtifactMeta, load_model, write_artifact
 from vitcompress.config import PRUNE_CRITERIA, PruneConfig
 from vitcompress.datasets.shapes import CLASSES
 from vitcompress.models import count_params, create_model, heads_per_block

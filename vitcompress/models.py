@@ -62,7 +62,8 @@ def check_geometry(img_size: int, patch_size: int | None, model_name: str = "") 
     patch = patch_size or _patch_size_from_name(model_name)
     tokens = (img_size // patch) ** 2
     require(tokens <= MAX_TOKENS, f"--img-size {img_size} with {patch}px patches makes {tokens:,} tokens per image, "
-            f"more than the {MAX_TOKENS:,} a ViT's attention fits in memory", "pass a smaller --img-size or a larger --patch-size")
+            f"more than the {MAX_TOKENS:,} a ViT's attention fits in memory",
+            "pass a smaller --img-size or a larger --patch-size")
 
 
 def _patch_size_from_name(model_name: str) -> int:
