@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
-from vitcompress.compress.distill import DistillationLoss
 from vitcompress.compress.importance import CRITERIA
 from vitcompress.compress.plan import PrunePlan, choose
+from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher
 from vitcompress.compress.scoring import score_blocks
 from vitcompress.compress.surgery import (
     blocks_of,
@@ -31,16 +30,15 @@ from vitcompress.compress.surgery import (
 from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta, write_artifact
 from vitcompress.augment import BatchTransform
 from vitcompress.config import PruneConfig
-from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext, resolve_device
-from vitcompress.errors import UserError, require
+from vitcompress.errors import UserError
 from vitcompress.evaluate import evaluate
 from vitcompress.latency import torch_latency_ms
 from vitcompress.loader import BatchLoader
 from vitcompress.models import count_macs, count_params, heads_per_block
 from vitcompress.stage import StageResult, prepare_staging, publish, staging_guard
-from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, Trainer, seed_everything
+from vitcompress.train import seed_everything
 
 LATENCY_BATCHES = (1, 64)
 
@@ -107,7 +105,7 @@ def prune(cfg: PruneConfig) -> StageResult | PrunePreview:
         return _preview(cfg, model, meta, ctx)
     out, staging = prepare_staging(cfg.out, cfg.force, resume=False)
     seed_everything(cfg.train.seed)
-    data = _load_data(cfg, meta)
+    data = load_source_data(cfg.source, meta, cfg.src, cfg.train)
     transform = BatchTransform(meta.img_size, meta.mean, meta.std, cfg.train.augment)
     with staging_guard(staging, resumable=False):
         return _prune_and_publish(cfg, model, meta, data, transform, ctx, out, staging)
@@ -116,7 +114,7 @@ def prune(cfg: PruneConfig) -> StageResult | PrunePreview:
 def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, data: DataSplits,
                        transform: BatchTransform, ctx: DistContext, out: Path, staging: Path) -> StageResult:
     before = _measure(model, data, transform, ctx, meta.img_size)
-    teacher = copy.deepcopy(model) if cfg.distill != "none" and cfg.finetune_epochs else None
+    teacher = make_teacher(model, cfg.kd, cfg.finetune_epochs)
     heads0, mlp0 = heads_per_block(model), mlp_widths(model)
     alive = _Alive(heads0)
     epochs = _epochs_per_step(cfg.finetune_epochs, cfg.iterative)
@@ -125,7 +123,10 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
         step = _prune_step(cfg, model, data, transform, ctx, heads0, mlp0, alive, k, meta.img_size)
         step.top1_after_surgery = evaluate(model, data.test, transform, ctx)["top1"]
         if epochs[k - 1]:
-            _recover(cfg, model, teacher, data, transform, ctx, staging, epochs[k - 1], k)
+            train = copy.deepcopy(cfg.train)
+            train.epochs = epochs[k - 1]
+            fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, train,
+                               log_name=f"train_log_step{k}.csv" if cfg.iterative > 1 else None)
             step.top1_after_recovery = evaluate(model, data.test, transform, ctx)["top1"]
         steps.append(step)
     after = _measure(model, data, transform, ctx, meta.img_size)
@@ -151,7 +152,7 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
     )
     write_artifact(staging, model, new_meta)
     publish(staging, out)
-    return StageResult(out, new_meta)
+    return StageResult(out, new_meta, model)
 
 
 def _prune_step(cfg: PruneConfig, model: nn.Module, data: DataSplits, transform: BatchTransform, ctx: DistContext,
@@ -200,26 +201,6 @@ def _score_batches(cfg: PruneConfig, data: DataSplits, transform: BatchTransform
     return batches
 
 
-def _recover(cfg: PruneConfig, model: nn.Module, teacher: nn.Module | None, data: DataSplits,
-             transform: BatchTransform, ctx: DistContext, staging: Path, epochs: int, k: int) -> None:
-    """Fine-tune the pruned model (distilling from the unpruned one); keep its best validation weights."""
-    distill = (DistillationLoss(teacher, cfg.distill, cfg.kd_temperature, cfg.kd_alpha) if teacher is not None else None)
-    train_cfg = copy.deepcopy(cfg.train)
-    train_cfg.epochs = epochs
-    trainer = Trainer(model, data, train_cfg, transform, ctx, staging, distill=distill)
-    trainer.fit()
-    best = staging / BEST_WEIGHTS_FILE
-    if best.is_file():
-        model.load_state_dict(load_file(str(best), device=str(ctx.device)))
-    else:
-        model.load_state_dict(trainer.eval_model().state_dict())
-    for name in (BEST_WEIGHTS_FILE, CHECKPOINT_FILE):
-        (staging / name).unlink(missing_ok=True)
-    if cfg.iterative > 1 and (staging / LOG_FILE).is_file():
-        (staging / LOG_FILE).rename(staging / f"train_log_step{k}.csv")
-    model.eval()
-
-
 def _epochs_per_step(total: int, steps: int) -> list[int]:
     """Split the recovery epochs over the steps, the later steps taking any remainder."""
     base, extra = divmod(total, steps)
@@ -233,20 +214,11 @@ def _measure(model: nn.Module, data: DataSplits, transform: BatchTransform, ctx:
             "latency_ms": {str(b): torch_latency_ms(model, img_size, b, ctx.device, max_seconds=0.5) for b in LATENCY_BATCHES}}
 
 
-def _load_data(cfg: PruneConfig, meta: ArtifactMeta) -> DataSplits:
-    spec = cfg.data or meta.data.get("spec")
-    require(bool(spec), f"{cfg.src} does not say which data it was trained on", "pass --data")
-    seed = meta.recipe.get("train", {}).get("seed", cfg.train.seed)  # the parent's validation split
-    return load_data(DataOptions(spec=spec, data_dir=cfg.data_dir, download=cfg.download, img_size=meta.img_size,
-                                 val_split=cfg.val_split, seed=seed, cache_dir=cfg.cache_dir, quiet=cfg.train.quiet,
-                                 expected_classes=meta.classes))
-
-
 def _preview(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, ctx: DistContext) -> PrunePreview:
     """The plan of a one-shot run, and the params/MACs it would leave; nothing is written."""
     criterion = CRITERIA[cfg.criterion]()
     needs_data = criterion.needs_grads or criterion.needs_activations
-    data = _load_data(cfg, meta) if needs_data else None
+    data = load_source_data(cfg.source, meta, cfg.src, cfg.train) if needs_data else None
     transform = BatchTransform(meta.img_size, meta.mean, meta.std) if needs_data else None
     heads0, mlp0 = heads_per_block(model), mlp_widths(model)
     params0, macs0 = count_params(model), count_macs(model, meta.img_size)

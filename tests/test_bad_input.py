@@ -234,3 +234,45 @@ def test_prune_model_without_heads(tmp_path: Path, capsys: pytest.CaptureFixture
     write_artifact(tmp_path / "cnn", create_model("test_resnet", kwargs), meta)
     assert_clean_failure(capsys, prune_args(tmp_path / "cnn", tmp_path / "out", "--heads", "0.5"), "no attention heads")
     assert not (tmp_path / "out").exists()
+
+
+def qat_args(src: Path, out: Path, *extra: str) -> list:
+    return ["qat", src, "--out", out, "--epochs", "0", "--quiet", *extra]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--calib-method", "minmax"], "--calib-method 'minmax' is unknown"),
+    (["--calib-size", "0"], "--calib-size 0"),
+    (["--calib-size", "100000"], "more than the 4500 training images"),
+    (["--percentile", "120"], "--percentile 120"),
+    (["--epochs", "-1"], "--epochs -1"),
+])
+def test_qat_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture, shapes_artifact: Path, extra: list,
+                         needle: str) -> None:
+    out = tmp_path / "out"
+    assert_clean_failure(capsys, qat_args(shapes_artifact, out, *extra), needle)
+    assert not list(tmp_path.iterdir())
+
+
+def test_qat_bad_sources(tmp_path: Path, capsys: pytest.CaptureFixture, shapes_artifact: Path) -> None:
+    out = tmp_path / "out"
+    quantized = tmp_path / "quantized"
+    assert run_cli(*qat_args(shapes_artifact, quantized, "--calib-size", "64")) == 0
+    capsys.readouterr()
+    assert_clean_failure(capsys, qat_args(quantized, out), "already quantized")
+    assert_clean_failure(capsys, prune_args(quantized, out, "--heads", "0.5"), "already quantized")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(shapes_artifact, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 100)
+    assert_clean_failure(capsys, qat_args(corrupt, out), "unreadable")
+    assert_clean_failure(capsys, qat_args(tmp_path / "missing", out), "not a vitcompress artifact")
+    assert_clean_failure(capsys, qat_args(shapes_artifact, quantized), "already exists")
+    assert not out.exists()
+
+
+def test_unknown_choice_is_one_line(capsys: pytest.CaptureFixture, shapes_artifact: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run_cli("prune", shapes_artifact, "--criterion", "nope", "--out", "x")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: argument --criterion: invalid choice")

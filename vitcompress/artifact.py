@@ -149,6 +149,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         state = load_file(str(path / WEIGHTS_FILE), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise UserError(f"{path / WEIGHTS_FILE} is unreadable ({exc})", "re-create the artifact") from None
+    if meta.quantization:
+        from vitcompress.compress.quantize import restore_quantizers
+
+        restore_quantizers(model, meta.quantization["modelopt_config"], state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

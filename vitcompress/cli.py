@@ -67,7 +67,21 @@ HELP = {
     "kd_alpha": "weight of the distillation loss ((1 - alpha) for the labels)",
     "score_batches": "batches of training data for the data-driven criteria (taylor, attention)",
     "dry_run": "print which heads would go and the params/MACs left; write nothing",
+    "calib_method": "activation range calibration: max | entropy | percentile | mse (modelopt calibrators)",
+    "calib_size": "training images used for calibration",
+    "percentile": "percentile kept by --calib-method percentile",
+    "skip": "comma-separated module-name patterns left in full precision (e.g. patch_embed*,head*,blocks.0.mlp*)",
+    "sensitivity": "score each layer group quantized alone, print the ranking and a --skip suggestion; write nothing",
+    "sensitivity_threshold": "top-1 drop (as a fraction) above which --sensitivity suggests skipping a group",
 }
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """Usage mistakes end like every other user error: one line naming the problem and the fix, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,15 +95,16 @@ def _parser() -> argparse.ArgumentParser:
         PRUNE_RANKINGS,
         FinetuneConfig,
         PruneConfig,
+        QatConfig,
     )
 
     fmt = HelpFormatter
-    parser = argparse.ArgumentParser(prog="vitcompress", formatter_class=fmt,
+    parser = _OneLineErrors(prog="vitcompress", formatter_class=fmt,
                                      description="Fine-tune, compress, export and benchmark Vision Transformers.")
     parser.add_argument("--version", action="version", version=f"vitcompress {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     # --debug also after the command; SUPPRESS keeps a subcommand from resetting the top-level flag
-    common = argparse.ArgumentParser(add_help=False)
+    common = _OneLineErrors(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -106,12 +121,20 @@ def _parser() -> argparse.ArgumentParser:
                                    "physically smaller, and fine-tuning with the unpruned model as teacher recovers "
                                    "accuracy. Data defaults to the artifact's own.")
     prune_choices = {**choices, "criterion": PRUNE_CRITERIA, "ranking": PRUNE_RANKINGS, "distill": KD_CHOICES}
-    add_dataclass_args(p, PruneConfig, {**HELP, "data": HELP["data"] + " (default: the artifact's own)"},
-                       prune_choices, positional=("src",), skip=("epochs",))
+    source_help = {**HELP, "data": HELP["data"] + " (default: the artifact's own)"}
+    add_dataclass_args(p, PruneConfig, source_help, prune_choices, positional=("src",), skip=("epochs",))
     p.add_argument("--global", dest="ranking", action="store_const", const="global", default=argparse.SUPPRESS,
                    help="same as --ranking global")
     p.add_argument("--uniform", dest="ranking", action="store_const", const="uniform", default=argparse.SUPPRESS,
                    help="same as --ranking uniform (the default)")
+
+    p = sub.add_parser("qat", formatter_class=fmt, parents=[common],
+                       help="INT8 quantization: calibrate (PTQ), then quantization-aware training; write an artifact",
+                       description="Quantize an artifact (finetuned or pruned) to INT8 with nvidia-modelopt: "
+                                   "per-channel INT8 weights, per-tensor INT8 activations on the Linear layers. "
+                                   "--epochs 0 is post-training quantization alone. Data defaults to the artifact's own.")
+    add_dataclass_args(p, QatConfig, {**source_help, "epochs": "quantization-aware training epochs (0: PTQ only)"},
+                       {**choices, "distill": KD_CHOICES}, positional=("src",))
 
     p = sub.add_parser("eval", formatter_class=fmt, parents=[common], help="score an artifact on a dataset's test split")
     p.add_argument("src", help="artifact directory")
@@ -148,6 +171,14 @@ def _run(args: argparse.Namespace) -> None:
 
         result = prune(dataclass_from_args(PruneConfig, args))
         print(prune_preview(result) if isinstance(result, PrunePreview) else prune_summary(result.path, result.meta))
+    elif args.command == "qat":
+        from vitcompress.cliargs import dataclass_from_args
+        from vitcompress.compress.qat import qat
+        from vitcompress.config import QatConfig
+        from vitcompress.report import qat_summary, sensitivity_table
+
+        result = qat(dataclass_from_args(QatConfig, args))
+        print(sensitivity_table(result) if isinstance(result, dict) else qat_summary(result.path, result.meta))
     elif args.command == "eval":
         from vitcompress.evaluate import evaluate_artifact
         from vitcompress.report import metrics_table, per_class_table

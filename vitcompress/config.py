@@ -110,11 +110,42 @@ class FinetuneConfig:
 PRUNE_CRITERIA = ("l1", "l2", "taylor", "attention", "random")
 PRUNE_RANKINGS = ("uniform", "global")
 KD_CHOICES = ("soft", "hard", "none")
+CALIBRATION_METHODS = ("max", "entropy", "percentile", "mse")
 
 
 def recovery_train_config() -> TrainConfig:
     """Recovery fine-tuning defaults: a pruned model starts close to a good solution (small LR, short warmup)."""
     return TrainConfig(epochs=5, lr=2e-4, min_lr=1e-6, warmup_epochs=0.5)
+
+
+def qat_train_config() -> TrainConfig:
+    """QAT defaults: a few epochs at a small LR, so the calibrated ranges stay valid."""
+    return TrainConfig(epochs=2, lr=2e-5, min_lr=1e-7, warmup_epochs=0.0)
+
+
+@dataclass
+class DistillOptions:
+    """Distillation from the source (unpruned / FP32) model while a compressed model trains."""
+
+    distill: str = "soft"
+    kd_temperature: float = 2.0
+    kd_alpha: float = 0.5
+
+    def validate(self) -> None:
+        require(self.distill in KD_CHOICES, f"--distill {self.distill!r} is unknown", "use soft, hard or none")
+        require(self.kd_temperature > 0, f"--kd-temperature {self.kd_temperature} must be positive", "pass e.g. 2")
+        require(0 <= self.kd_alpha <= 1, f"--kd-alpha {self.kd_alpha} is not in [0, 1]", "pass e.g. 0.5")
+
+
+@dataclass
+class SourceData:
+    """The data a stage that starts from an artifact uses (default: the artifact's own)."""
+
+    data: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    val_split: float = 0.1
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -129,18 +160,12 @@ class PruneConfig:
     ranking: str = "uniform"
     iterative: int = 1
     finetune_epochs: int = 5
-    distill: str = "soft"
-    kd_temperature: float = 2.0
-    kd_alpha: float = 0.5
     score_batches: int = 4
-    data: str | None = None
-    data_dir: str | None = None
-    download: bool = False
-    val_split: float = 0.1
-    cache_dir: str | None = None
     device: str = "auto"
     dry_run: bool = False
     force: bool = False
+    kd: DistillOptions = field(default_factory=DistillOptions)
+    source: SourceData = field(default_factory=SourceData)
     train: TrainConfig = field(default_factory=recovery_train_config)
 
     def validate(self) -> None:
@@ -152,11 +177,39 @@ class PruneConfig:
         require(self.iterative >= 1, f"--iterative {self.iterative} must be at least 1", "pass 1 for one-shot pruning")
         require(self.finetune_epochs >= 0, f"--finetune-epochs {self.finetune_epochs} must not be negative",
                 "pass 0 for no recovery")
-        require(self.distill in KD_CHOICES, f"--distill {self.distill!r} is unknown", "use soft, hard or none")
-        require(self.kd_temperature > 0, f"--kd-temperature {self.kd_temperature} must be positive", "pass e.g. 2")
-        require(0 <= self.kd_alpha <= 1, f"--kd-alpha {self.kd_alpha} is not in [0, 1]", "pass e.g. 0.5")
         require(self.score_batches >= 1, f"--score-batches {self.score_batches} must be at least 1", "pass e.g. 4")
         require(bool(self.out) or self.dry_run, "--out is required", "pass --out DIR (or --dry-run to only look)")
+        self.kd.validate()
         if self.finetune_epochs:
             self.train.epochs = self.finetune_epochs
+            self.train.validate()
+
+
+@dataclass
+class QatConfig:
+    """Everything ``qat`` needs; the CLI flags are generated from these fields (``--epochs 0``: PTQ only)."""
+
+    src: str
+    out: str = ""
+    calib_method: str = "max"
+    calib_size: int = 512
+    percentile: float = 99.99
+    skip: str = "patch_embed*,head*"
+    sensitivity: bool = False
+    sensitivity_threshold: float = 0.005
+    device: str = "auto"
+    force: bool = False
+    kd: DistillOptions = field(default_factory=DistillOptions)
+    source: SourceData = field(default_factory=SourceData)
+    train: TrainConfig = field(default_factory=qat_train_config)
+
+    def validate(self) -> None:
+        require(self.calib_method in CALIBRATION_METHODS, f"--calib-method {self.calib_method!r} is unknown",
+                f"use one of {', '.join(CALIBRATION_METHODS)}")
+        require(self.calib_size >= 1, f"--calib-size {self.calib_size} must be at least 1", "pass e.g. --calib-size 512")
+        require(0 < self.percentile <= 100, f"--percentile {self.percentile} is not in (0, 100]", "pass e.g. 99.99")
+        require(self.train.epochs >= 0, f"--epochs {self.train.epochs} must not be negative", "pass 0 for PTQ only")
+        require(bool(self.out) or self.sensitivity, "--out is required", "pass --out DIR (or --sensitivity to only measure)")
+        self.kd.validate()
+        if self.train.epochs:
             self.train.validate()

@@ -36,6 +36,15 @@ def stage_summary(path: Path, meta: ArtifactMeta) -> str:
     return f"\n{metrics_table(meta.metrics)}\n\nartifact: {path}"
 
 
+def _precision(meta: ArtifactMeta) -> str:
+    q = meta.quantization
+    if not q:
+        return "fp32"
+    method = q["method"] + (f" {q['percentile']}" if q.get("percentile") else "")
+    skipped = ", ".join(q["skipped_layers"]) or "none"
+    return f"INT8 ({q['weights']}, activations {q['activations']}; {method} calibration; full precision: {skipped})"
+
+
 def describe(path: str | Path) -> str:
     """What ``vitcompress info`` prints about an artifact."""
     meta = read_meta(path)
@@ -49,6 +58,7 @@ def describe(path: str | Path) -> str:
         ("input", f"3x{meta.img_size}x{meta.img_size}, mean {meta.mean}, std {meta.std}"),
         ("heads per block", f"{heads} (total {sum(heads)})" if heads else "n/a"),
         ("MLP width per block", str(meta.mlp_per_block) if meta.mlp_per_block else "unpruned"),
+        ("precision", _precision(meta)),
         ("params", _fmt(meta.metrics.get("params", "?"))),
         ("MACs", _fmt(meta.metrics.get("macs", "?"))),
         ("data", meta.data.get("spec", "?")),
@@ -104,3 +114,24 @@ def prune_preview(preview: Any) -> str:
                       f"x{preview.macs_after / preview.macs_before:.3f}")],
                     headers=("", "now", "would remain", "ratio"), tablefmt="simple", disable_numparse=True)
     return f"dry run ({preview.model_name}, criterion {preview.criterion}): nothing written\n\n{blocks}\n\n{size}"
+
+
+def qat_summary(path: Path, meta: ArtifactMeta) -> str:
+    """Printed at the end of ``qat``: FP32 -> PTQ -> QAT accuracy and what was quantized."""
+    q, metrics = meta.quantization, meta.metrics["qat"]
+    rows = [("FP32 (source)", _pct(metrics["top1_fp32"])), (f"INT8 PTQ ({q['method']} calibration)", _pct(metrics["top1_ptq"])),
+            (f"INT8 QAT ({metrics['epochs']} epochs)", _pct(metrics["top1_qat"]))]
+    table = tabulate(rows, headers=("model", "test top-1"), tablefmt="simple", disable_numparse=True)
+    layers = f"{len(q['quantized_layers'])} layers in INT8; full precision: {', '.join(q['skipped_layers']) or 'none'}"
+    return f"\n{table}\n\n{layers}\n\nartifact: {path}"
+
+
+def sensitivity_table(report: dict[str, Any]) -> str:
+    """What ``qat --sensitivity`` prints: each group's accuracy quantized alone, worst first."""
+    rows = [(r["group"], _pct(r["top1"]), f"{100 * r['drop']:+.2f}") for r in report["groups"]]
+    table = tabulate(rows, headers=("group quantized alone", f"{report['split']} top-1", "drop (points)"),
+                     tablefmt="simple", disable_numparse=True)
+    suggestion = f"--skip '{report['suggested_skip']}'" if report["suggested_skip"] else "nothing to skip"
+    return (f"FP32 {_pct(report['top1_fp32'])}, everything INT8 {_pct(report['top1_all_int8'])} "
+            f"({report['calib_method']} calibration, {report['samples']} {report['split']} images)\n\n{table}\n\n"
+            f"suggested (drop above {100 * report['threshold']:.2f} points): {suggestion}")

@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vitcompress.artifact import ArtifactMeta
 from vitcompress.errors import UserError
@@ -22,10 +23,11 @@ STAGING_SUFFIX = ".tmp-run"
 
 @dataclass
 class StageResult:
-    """What a stage hands back: where its artifact is and what the artifact says about itself."""
+    """What a stage hands back: where its artifact is, what it says about itself, and the model in memory."""
 
     path: Path
     meta: ArtifactMeta
+    model: Any = None  # the nn.Module the artifact holds (prune, qat); load_model(path) rebuilds the same
 
 
 def staging_dir(out: Path) -> Path:

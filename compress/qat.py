@@ -1,0 +1,113 @@
+"""``vitcompress qat``: INT8 post-training quantization (calibration) and quantization-aware training.
+
+The model gets modelopt's fake quantizers (``quantize.py``): INT8 weights per output channel and
+INT8 activations per tensor on every Linear, except the layers ``--skip`` names. Calibration on
+``--calib-size`` training images sets the ranges (PTQ); ``--epochs N`` then fine-tunes through the
+quantizers (straight-through gradients) while distilling from the FP32 source model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from vitcompress.compress.quantize import calibrate, insert_quantizers, modelopt, parse_skip, quant_config, quantized_layers
+from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher
+
+from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta, write_artifact
+from vitcompress.augment import BatchTransform
+from vitcompress.config import QatConfig
+from vitcompress.datasets.imageset import DataSplits, ImageSet
+from vitcompress.distributed import DistContext, resolve_device
+from vitcompress.errors import UserError, require
+from vitcompress.evaluate import evaluate
+from vitcompress.loader import BatchLoader
+from vitcompress.models import count_macs, count_params
+from vitcompress.stage import StageResult, prepare_staging, publish, staging_guard
+from vitcompress.train import seed_everything
+
+CALIB_BATCH = 64
+
+
+def qat(cfg: QatConfig) -> StageResult | dict[str, Any]:
+    """Quantize the model in artifact ``cfg.src`` to INT8; write the quantized artifact to ``cfg.out``.
+
+    With ``cfg.sensitivity`` nothing is written; the per-group sensitivity report is returned instead.
+    """
+    cfg.validate()
+    meta = read_meta(cfg.src)
+    if meta.quantization:
+        raise UserError(f"{cfg.src} is already quantized ({meta.quantization['method']} calibration)",
+                        "quantize the FP32 (or pruned) artifact it came from")
+    modelopt()  # fail early, with the install hint, before any data is read
+    ctx = DistContext(device=resolve_device(cfg.device))
+    model, meta = load_model(cfg.src, ctx.device)
+    if not cfg.sensitivity:
+        out, staging = prepare_staging(cfg.out, cfg.force, resume=False)
+    seed_everything(cfg.train.seed)
+    data = load_source_data(cfg.source, meta, cfg.src, cfg.train)
+    require(cfg.calib_size <= len(data.train), f"--calib-size {cfg.calib_size} is more than the {len(data.train)} "
+            "training images", f"pass --calib-size {len(data.train)} or less")
+    transform = BatchTransform(meta.img_size, meta.mean, meta.std, cfg.train.augment)
+    if cfg.sensitivity:
+        from vitcompress.compress.sensitivity import sensitivity
+
+        return sensitivity(model, cfg, data, transform, ctx)
+    with staging_guard(staging, resumable=False):
+        return _quantize_and_publish(cfg, model, meta, data, transform, ctx, out, staging)
+
+
+def _quantize_and_publish(cfg: QatConfig, model: nn.Module, meta: ArtifactMeta, data: DataSplits,
+                          transform: BatchTransform, ctx: DistContext, out: Path, staging: Path) -> StageResult:
+    top1_fp32 = evaluate(model, data.test, transform, ctx)["top1"]
+    teacher = make_teacher(model, cfg.kd, cfg.train.epochs)
+    config = quant_config(cfg.calib_method, parse_skip(cfg.skip))
+    quantize_and_calibrate(model, config, cfg, data, transform, ctx)
+    top1_ptq = evaluate(model, data.test, transform, ctx)["top1"]
+    if cfg.train.epochs:
+        fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, cfg.train)
+    test = evaluate(model, data.test, transform, ctx)
+    quantized, skipped = quantized_layers(model)
+    quantization = {"format": "int8 fake-quant (nvidia-modelopt)", "method": cfg.calib_method,
+                    "percentile": cfg.percentile if cfg.calib_method == "percentile" else None,
+                    "weights": "int8 per output channel", "activations": "int8 per tensor",
+                    "skip": parse_skip(cfg.skip), "quantized_layers": quantized, "skipped_layers": skipped,
+                    "modelopt_config": config}
+    new_meta = ArtifactMeta(
+        stage="qat", model_name=meta.model_name, model_kwargs=meta.model_kwargs, classes=meta.classes,
+        img_size=meta.img_size, mean=meta.mean, std=meta.std, heads_per_block=meta.heads_per_block,
+        mlp_per_block=meta.mlp_per_block, quantization=quantization, parent=parent_ref(cfg.src),
+        recipe={**asdict(cfg), "command": "qat"}, data=data.description, versions=library_versions(), created=now_iso(),
+        metrics={**test, "params": count_params(model), "macs": count_macs(model, meta.img_size),
+                 "qat": {"top1_fp32": top1_fp32, "top1_ptq": top1_ptq,
+                         "top1_qat": test["top1"] if cfg.train.epochs else None, "calib_size": cfg.calib_size,
+                         "epochs": cfg.train.epochs, "device": str(ctx.device)}},
+    )
+    write_artifact(staging, model, new_meta)
+    publish(staging, out)
+    return StageResult(out, new_meta, model)
+
+
+def quantize_and_calibrate(model: nn.Module, config: dict[str, Any], cfg: QatConfig, data: DataSplits,
+                           transform: BatchTransform, ctx: DistContext) -> None:
+    """Insert quantizers and calibrate them on ``cfg.calib_size`` training images (PTQ)."""
+    insert_quantizers(model, config)
+    calibrate(model, calibration_loop(data.train, cfg.calib_size, transform, ctx, cfg.train.seed),
+              cfg.calib_method, cfg.percentile)
+
+
+def calibration_loop(train: ImageSet, size: int, transform: BatchTransform, ctx: DistContext,
+                     seed: int) -> Callable[[nn.Module], None]:
+    """A forward loop over ``size`` images of a seeded shuffle of ``train`` (what modelopt calls forward_loop)."""
+    indices = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:size]
+    subset = train.subset(indices.sort().values)
+
+    def loop(model: nn.Module) -> None:
+        for images, _ in BatchLoader(subset, CALIB_BATCH, ctx.device, shuffle=False, drop_last=False):
+            model(transform.eval(images))
+
+    return loop

@@ -1,0 +1,54 @@
+"""What prune and qat share: the source artifact's data, and fine-tuning a compressed model in place
+with the source model as teacher (through the one ``Trainer``)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from safetensors.torch import load_file
+from torch import nn
+from vitcompress.compress.distill import DistillationLoss
+
+from vitcompress.artifact import ArtifactMeta
+from vitcompress.augment import BatchTransform
+from vitcompress.config import DistillOptions, SourceData, TrainConfig
+from vitcompress.data import DataOptions, load_data
+from vitcompress.datasets.imageset import DataSplits
+from vitcompress.distributed import DistContext
+from vitcompress.errors import require
+from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, Trainer
+
+
+def load_source_data(source: SourceData, meta: ArtifactMeta, src: str, train: TrainConfig) -> DataSplits:
+    """The data the artifact names (or ``source.data``), split for validation as its parent was."""
+    spec = source.data or meta.data.get("spec")
+    require(bool(spec), f"{src} does not say which data it was trained on", "pass --data")
+    seed = meta.recipe.get("train", {}).get("seed", train.seed)  # the parent's validation split
+    return load_data(DataOptions(spec=spec, data_dir=source.data_dir, download=source.download, img_size=meta.img_size,
+                                 val_split=source.val_split, seed=seed, cache_dir=source.cache_dir, quiet=train.quiet,
+                                 expected_classes=meta.classes))
+
+
+def make_teacher(model: nn.Module, kd: DistillOptions, epochs: int) -> nn.Module | None:
+    """A frozen copy of ``model`` to distill from, when distillation is on and there is training."""
+    return copy.deepcopy(model).eval() if kd.distill != "none" and epochs else None
+
+
+def fine_tune_in_place(model: nn.Module, teacher: nn.Module | None, kd: DistillOptions, data: DataSplits,
+                       transform: BatchTransform, ctx: DistContext, workdir: Path, train: TrainConfig,
+                       log_name: str | None = None) -> None:
+    """Train ``model`` for ``train.epochs`` (distilling from ``teacher``) and keep its best validation weights."""
+    distill = DistillationLoss(teacher, kd.distill, kd.kd_temperature, kd.kd_alpha) if teacher is not None else None
+    trainer = Trainer(model, data, train, transform, ctx, workdir, distill=distill)
+    trainer.fit()
+    best = workdir / BEST_WEIGHTS_FILE
+    if best.is_file():
+        model.load_state_dict(load_file(str(best), device=str(ctx.device)))
+    else:
+        model.load_state_dict(trainer.eval_model().state_dict())
+    for name in (BEST_WEIGHTS_FILE, CHECKPOINT_FILE):
+        (workdir / name).unlink(missing_ok=True)
+    if log_name and (workdir / LOG_FILE).is_file():
+        (workdir / LOG_FILE).rename(workdir / log_name)
+    model.eval()
