@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-DEMO_OUT ?= runs/demo-finetune
+DEMO_OUT ?= runs/demo
 
 .PHONY: setup demo test bench-train clean
 
@@ -14,13 +14,16 @@ $(BIN)/vitcompress: pyproject.toml
 
 setup: $(BIN)/vitcompress
 
-# Train a small ViT on the generated `shapes` data set (no network), then inspect and evaluate it.
+# Train a small ViT on the generated `shapes` data set (no network), prune half its heads, quantize it to INT8.
 demo: setup
 	$(BIN)/vitcompress finetune --model vit_tiny_patch16_224 --data shapes --img-size 32 --patch-size 8 \
-		--model-kwargs depth=2,embed_dim=64,num_heads=2 --drop-path 0 --lr 3e-3 --batch-size 64 \
-		--epochs 10 --out $(DEMO_OUT) --force
-	$(BIN)/vitcompress info $(DEMO_OUT)
-	$(BIN)/vitcompress eval $(DEMO_OUT) --data shapes
+		--model-kwargs depth=2,embed_dim=64,num_heads=4 --drop-path 0 --lr 3e-3 --batch-size 64 \
+		--epochs 10 --out $(DEMO_OUT)/fp32 --force
+	$(BIN)/vitcompress prune $(DEMO_OUT)/fp32 --heads 0.5 --criterion taylor --finetune-epochs 3 --lr 1e-3 \
+		--batch-size 64 --out $(DEMO_OUT)/pruned --force
+	$(BIN)/vitcompress qat $(DEMO_OUT)/pruned --epochs 1 --batch-size 64 --out $(DEMO_OUT)/pruned-int8 --force
+	$(BIN)/vitcompress info $(DEMO_OUT)/pruned-int8
+	$(BIN)/vitcompress eval $(DEMO_OUT)/pruned-int8 --data shapes
 
 test: setup
 	$(BIN)/ruff check vitcompress compress export benchmarks tests

@@ -19,7 +19,13 @@ __version__ = "0.1.0"
 # Imported on first use, so `vitcompress --help` does not pay for torch and timm.
 _API = {
     "finetune": "vitcompress.compress.finetune",
+    "prune": "vitcompress.compress.prune",
+    "qat": "vitcompress.compress.qat",
     "FinetuneConfig": "vitcompress.config",
+    "PruneConfig": "vitcompress.config",
+    "QatConfig": "vitcompress.config",
+    "DistillOptions": "vitcompress.config",
+    "SourceData": "vitcompress.config",
     "TrainConfig": "vitcompress.config",
     "AugmentOptions": "vitcompress.config",
     "load_model": "vitcompress.artifact",
