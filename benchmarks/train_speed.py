@@ -69,28 +69,27 @@ def pipeline_ips(data: DataSplits, args: argparse.Namespace, ctx: DistContext) -
     return _time_batches(((transform.train(x), y) for x, y in loader), args.pipeline_batches, args.batch_size, ctx.device)
 
 
-def classic_ips(root: Path, args: argparse.Namespace, ctx: DistContext) -> float:
+def classic_loader(root: Path, args: argparse.Namespace, ctx: DistContext) -> torch.utils.data.DataLoader:
+    """The usual torchvision path: ImageFolder + per-image PIL transforms + DataLoader workers."""
     from torchvision import datasets, transforms
 
     tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                              transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
     ds = datasets.ImageFolder(str(root / "train"), transform=tf)
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                                         pin_memory=ctx.device.type == "cuda", drop_last=True, persistent_workers=False)
+    return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                       pin_memory=ctx.device.type == "cuda", drop_last=True, persistent_workers=False)
+
+
+def classic_ips(root: Path, args: argparse.Namespace, ctx: DistContext) -> float:
+    loader = classic_loader(root, args, ctx)
     batches = ((x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)) for x, y in loader)
     return _time_batches(batches, args.pipeline_batches, args.batch_size, ctx.device)
 
 
 def plain_loop_ips(root: Path, args: argparse.Namespace, ctx: DistContext) -> float:
     """A plain timm-style loop: DataLoader + torchvision transforms feeding forward/backward/AdamW."""
-    from torchvision import datasets, transforms
-
-    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                             transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
-    ds = datasets.ImageFolder(str(root / "train"), transform=tf)
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                                         pin_memory=ctx.device.type == "cuda", drop_last=True, persistent_workers=False)
-    model = create_model(args.model, build_kwargs(len(ds.classes), 32, 4, {})).to(ctx.device).train()
+    loader = classic_loader(root, args, ctx)
+    model = create_model(args.model, build_kwargs(len(loader.dataset.classes), 32, 4, {})).to(ctx.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     dtype = amp_dtype(args.amp, ctx.device)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16)
