@@ -65,8 +65,8 @@ def _quantize_and_publish(cfg: QatConfig, model: nn.Module, meta: ArtifactMeta, 
                           transform: BatchTransform, ctx: DistContext, out: Path, staging: Path) -> StageResult:
     top1_fp32 = evaluate(model, data.test, transform, ctx)["top1"]
     teacher = make_teacher(model, cfg.kd, cfg.train.epochs)
-    config = quant_config(cfg.calib_method, parse_skip(cfg.skip))
-    quantize_and_calibrate(model, config, cfg, data, transform, ctx)
+    config = quant_config(cfg.calib_method, parse_skip(cfg.skip), cfg.quantize_attention)
+    unreached = quantize_and_calibrate(model, config, cfg, data, transform, ctx)
     top1_ptq = evaluate(model, data.test, transform, ctx)["top1"]
     if cfg.train.epochs:
         fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, cfg.train)
@@ -76,7 +76,8 @@ def _quantize_and_publish(cfg: QatConfig, model: nn.Module, meta: ArtifactMeta, 
                     "percentile": cfg.percentile if cfg.calib_method == "percentile" else None,
                     "weights": "int8 per output channel", "activations": "int8 per tensor",
                     "skip": parse_skip(cfg.skip), "quantized_layers": quantized, "skipped_layers": skipped,
-                    "modelopt_config": config}
+                    "attention_matmuls": "int8 q/k/v per tensor" if cfg.quantize_attention else "full precision",
+                    "unreached_quantizers": unreached, "modelopt_config": config}
     new_meta = ArtifactMeta(
         stage="qat", model_name=meta.model_name, model_kwargs=meta.model_kwargs, classes=meta.classes,
         img_size=meta.img_size, mean=meta.mean, std=meta.std, heads_per_block=meta.heads_per_block,
@@ -93,10 +94,13 @@ def _quantize_and_publish(cfg: QatConfig, model: nn.Module, meta: ArtifactMeta, 
 
 
 def quantize_and_calibrate(model: nn.Module, config: dict[str, Any], cfg: QatConfig, data: DataSplits,
-                           transform: BatchTransform, ctx: DistContext) -> None:
-    """Insert quantizers and calibrate them on ``cfg.calib_size`` training images (PTQ)."""
+                           transform: BatchTransform, ctx: DistContext) -> list[str]:
+    """Insert quantizers and calibrate them on ``cfg.calib_size`` training images (PTQ).
+
+    Returns the quantizers calibration never reached (switched off; see ``quantize.calibrate``).
+    """
     insert_quantizers(model, config)
-    calibrate(model, calibration_loop(data.train, cfg.calib_size, transform, ctx, cfg.train.seed),
+    return calibrate(model, calibration_loop(data.train, cfg.calib_size, transform, ctx, cfg.train.seed),
               cfg.calib_method, cfg.percentile)
 
 

@@ -39,14 +39,24 @@ def modelopt() -> Any:
     return mtq
 
 
-def quant_config(method: str, skip: list[str]) -> dict[str, Any]:
-    """The modelopt config: INT8 weights per output channel, INT8 activations per tensor, ``skip`` off."""
+ATTENTION_QUANTIZERS = "*[qkv]_bmm_quantizer"
+
+
+def quant_config(method: str, skip: list[str], attention: bool = False) -> dict[str, Any]:
+    """The modelopt config: INT8 weights per output channel, INT8 activations per tensor, ``skip`` off.
+
+    ``attention`` also quantizes Q, K and V where they enter the attention matmuls (Q·Kᵀ and
+    softmax·V), per tensor.
+    """
     calibrator = CALIBRATIONS[method].calibrator
+    per_tensor = {"num_bits": 8, "axis": None, "calibrator": calibrator}
     entries: list[dict[str, Any]] = [
         {"quantizer_name": "*", "enable": False},
         {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
-        {"quantizer_name": "*input_quantizer", "cfg": {"num_bits": 8, "axis": None, "calibrator": calibrator}},
+        {"quantizer_name": "*input_quantizer", "cfg": per_tensor},
     ]
+    if attention:
+        entries.append({"quantizer_name": ATTENTION_QUANTIZERS, "cfg": per_tensor})
     entries += [{"quantizer_name": pattern if pattern.endswith("*") else f"{pattern}.*", "enable": False}
                 for pattern in skip]
     return {"quant_cfg": entries, "algorithm": None}
@@ -61,8 +71,35 @@ def insert_quantizers(model: nn.Module, config: dict[str, Any]) -> None:
     import contextlib
     import io
 
-    with contextlib.redirect_stdout(io.StringIO()):  # modelopt prints "Inserted N quantizers"
-        modelopt().quantize(model, config, forward_loop=None)
+    mtq = modelopt()
+    with contextlib.redirect_stdout(io.StringIO()):  # modelopt prints what it patches and inserts
+        attention = any(e["quantizer_name"] == ATTENTION_QUANTIZERS for e in config["quant_cfg"])
+        if attention:
+            _register_attention_classes()
+        mtq.quantize(model, config, forward_loop=None)
+    if attention:  # modelopt's patch of the explicit (non-fused) path pairs quantizers with the wrong matmuls
+        for module in model.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = True
+
+
+def _register_attention_classes() -> None:
+    """Let modelopt's attention plugin give timm's attention classes Q/K/V quantizers at their matmuls
+    (it patches both the fused ``scaled_dot_product_attention`` call and the explicit ``@`` path)."""
+    from modelopt.torch.quantization.plugins.attention import register_attention_for_kv_quant
+    from timm.layers.attention import Attention
+    from timm.models.beit import Attention as BeitAttention
+    from vitcompress.compress.beit_attention import PrunedBeitAttention
+
+    # The subclass first: once its parent is registered, modelopt would wrap the subclass with the
+    # parent's quantizers but keep the subclass's own, unpatched forward.
+    for cls in (PrunedBeitAttention, BeitAttention, Attention):
+        if cls not in _ATTENTION_REGISTERED:
+            register_attention_for_kv_quant(cls)
+            _ATTENTION_REGISTERED.add(cls)
+
+
+_ATTENTION_REGISTERED: set[type] = set()
 
 
 def active_quantizers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -74,8 +111,12 @@ def active_quantizers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, forward_loop: Callable[[nn.Module], None], method: str, percentile: float) -> None:
-    """Collect statistics over ``forward_loop`` with quantization off, then set every amax."""
+def calibrate(model: nn.Module, forward_loop: Callable[[nn.Module], None], method: str, percentile: float) -> list[str]:
+    """Collect statistics over ``forward_loop`` with quantization off, then set every amax.
+
+    Returns the quantizers that saw no data and were switched off: a layer whose weight the model
+    uses without calling the layer (timm's BEiT computes qkv with ``F.linear(x, qkv.weight, ...)``).
+    """
     quantizers = list(active_quantizers(model))
     for _, q in quantizers:
         q.disable_quant()
@@ -83,25 +124,41 @@ def calibrate(model: nn.Module, forward_loop: Callable[[nn.Module], None], metho
     model.eval()
     forward_loop(model)
     calibration = CALIBRATIONS[method]()
-    for _, q in quantizers:
+    unreached = []
+    for name, q in quantizers:
+        q.disable_calib()
+        if _saw_nothing(q):
+            q.disable()
+            unreached.append(name)
+            continue
         calibration.load_amax(q, percentile)
         q.enable_quant()
-        q.disable_calib()
+    return unreached
 
 
-def restore_quantizers(model: nn.Module, config: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
-    """Insert quantizers from ``config`` and set each calibrated amax from ``state`` (the artifact's weights)."""
+def _saw_nothing(quantizer: nn.Module) -> bool:
+    calibrator = quantizer._calibrator
+    seen = calibrator._calib_amax if hasattr(calibrator, "_calib_amax") else calibrator._calib_hist
+    return seen is None
+
+
+def restore_quantizers(model: nn.Module, config: dict[str, Any], state: dict[str, torch.Tensor],
+                       unreached: list[str] = ()) -> None:
+    """Insert quantizers from ``config``, switch off those calibration never reached, and set each
+    calibrated amax from ``state`` (the artifact's weights)."""
     insert_quantizers(model, config)
+    for name in unreached:
+        model.get_submodule(name).disable()
     for key, value in state.items():
         if key.endswith(AMAX_SUFFIX):
             model.get_submodule(key[: -len(AMAX_SUFFIX)]).amax = value
 
 
 def quantized_layers(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Names of layers with quantized weights, and of quantizable layers left in full precision."""
+    """Names of layers whose weights and inputs are INT8, and of quantizable layers left in full precision."""
     quantized, skipped = [], []
     for name, module in model.named_modules():
-        quantizer = getattr(module, "weight_quantizer", None)
-        if quantizer is not None:
-            (skipped if quantizer._disabled else quantized).append(name)
+        quantizers = [getattr(module, q, None) for q in ("weight_quantizer", "input_quantizer")]
+        if quantizers[0] is not None:
+            (quantized if not any(q._disabled for q in quantizers if q is not None) else skipped).append(name)
     return quantized, skipped

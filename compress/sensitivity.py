@@ -31,7 +31,7 @@ def sensitivity(model: nn.Module, cfg: QatConfig, data: DataSplits, transform: B
     """Score each group quantized alone; suggest skipping those that cost more than the threshold."""
     split, images = ("val", data.val) if data.val is not None else ("test", data.test)
     fp32 = evaluate(model, images, transform, ctx)["top1"]
-    quantize_and_calibrate(model, quant_config(cfg.calib_method, []), cfg, data, transform, ctx)
+    quantize_and_calibrate(model, quant_config(cfg.calib_method, [], cfg.quantize_attention), cfg, data, transform, ctx)
     quantizers = list(active_quantizers(model))
     all_int8 = evaluate(model, images, transform, ctx)["top1"]
     groups: dict[str, list[nn.Module]] = {}

@@ -130,3 +130,25 @@ def test_mse_range_minimises_the_quantization_error() -> None:
 
     assert amax < float(values.max())  # the tail is clipped
     assert error(amax) < error(float(values.max())) and error(amax) < error(amax / 2) and error(amax) < error(amax * 1.5)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "beitv2_base_patch16_224"])
+def test_attention_matmuls_quantize_and_reload(tmp_path: Path, name: str) -> None:
+    from tests.test_prune import make_artifact
+
+    src = make_artifact(tmp_path, name)
+    assert run_cli("prune", src, "--heads", "0.5", "--finetune-epochs", "0", "--quiet", "--out", tmp_path / "p") == 0
+    result = qat(QatConfig(src=str(tmp_path / "p"), out=str(tmp_path / "q"), calib_size=64, quantize_attention=True,
+                           train=TrainConfig(epochs=0, quiet=True)))
+    state = load_file(str(result.path / "model.safetensors"))
+    for block in range(2):
+        for part in "qkv":
+            assert state[f"blocks.{block}.attn.{part}_bmm_quantizer._amax"].numel() == 1
+    reloaded, meta = load_model(result.path)
+    assert meta.quantization["attention_matmuls"] == "int8 q/k/v per tensor"
+    torch.testing.assert_close(logits(reloaded), logits(result.model), atol=0, rtol=0)
+    with_bmm = logits(reloaded)
+    for block in reloaded.blocks:
+        for part in "qkv":
+            getattr(block.attn, f"{part}_bmm_quantizer").disable()
+    assert not torch.equal(logits(reloaded), with_bmm)  # the attention quantizers really act

@@ -152,7 +152,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     if meta.quantization:
         from vitcompress.compress.quantize import restore_quantizers
 
-        restore_quantizers(model, meta.quantization["modelopt_config"], state)
+        restore_quantizers(model, meta.quantization["modelopt_config"], state,
+                           meta.quantization.get("unreached_quantizers", []))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

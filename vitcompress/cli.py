@@ -71,6 +71,7 @@ HELP = {
     "calib_size": "training images used for calibration",
     "percentile": "percentile kept by --calib-method percentile",
     "skip": "comma-separated module-name patterns left in full precision (e.g. patch_embed*,head*,blocks.0.mlp*)",
+    "quantize_attention": "also quantize Q, K and V where they enter the attention matmuls (Q·Kᵀ, softmax·V) to INT8 per tensor",
     "sensitivity": "score each layer group quantized alone, print the ranking and a --skip suggestion; write nothing",
     "sensitivity_threshold": "top-1 drop (as a fraction) above which --sensitivity suggests skipping a group",
 }

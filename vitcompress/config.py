@@ -195,6 +195,7 @@ class QatConfig:
     calib_size: int = 512
     percentile: float = 99.99
     skip: str = "patch_embed*,head*"
+    quantize_attention: bool = False
     sensitivity: bool = False
     sensitivity_threshold: float = 0.005
     device: str = "auto"
