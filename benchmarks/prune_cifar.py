@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--recovery-epochs", type=int, default=2)
     parser.add_argument("--work", default="runs/prune-bench")
     parser.add_argument("--criteria", default="l1,taylor,random")
+    parser.add_argument("--runs", help="instead of the grid: criterion:heads:mlp,... e.g. l1:0.5:0,taylor:0.5:0")
+    parser.add_argument("--tag", default="", help="suffix of the results file")
     args = parser.parse_args()
     work = Path(args.work)
     commands = []
@@ -61,10 +63,11 @@ def main() -> None:
         run(cmd)
         commands.append(cmd)
     records = []
-    for criterion, heads, mlp in GRID:
+    grid = [(c, float(h), float(m)) for c, h, m in (r.split(":") for r in args.runs.split(","))] if args.runs else GRID
+    for criterion, heads, mlp in grid:
         if criterion not in args.criteria.split(","):
             continue
-        out = work / f"{criterion}-h{heads}-m{mlp}"
+        out = work / (f"{criterion}-h{heads}-m{mlp}" + (f"-r{args.recovery_epochs}" if args.runs else ""))
         cmd = ["prune", str(base), "--heads", str(heads), "--mlp", str(mlp), "--criterion", criterion,
                "--finetune-epochs", str(args.recovery_epochs), "--batch-size", "128", "--lr", "2e-4",
                "--amp", "bf16", "--out", str(out), "--force", "--quiet"]
@@ -84,7 +87,7 @@ def main() -> None:
               "base": {"artifact": str(base), "recipe": base_meta["recipe"], "top1": base_meta["metrics"]["top1"]},
               "base_commands": ["vitcompress " + " ".join(c) for c in commands], "runs": records}
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    path = HERE / "results" / f"prune_cifar_{device}.json"
+    path = HERE / "results" / f"prune_cifar_{device}{args.tag}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     rows = [(r["criterion"], r["heads"], r["mlp"], f"{100 * r['top1_before']:.2f}", f"{100 * r['top1_after_surgery']:.2f}",
              f"{100 * r['top1_after_recovery']:.2f}", f"{r['after']['params'] / r['before']['params']:.3f}",
