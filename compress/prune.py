@@ -173,7 +173,7 @@ def apply_plan(model: nn.Module, plan: PrunePlan, img_size: int) -> None:
     if any(plan.mlp):
         graph = dependency_graph(model, img_size)
         for block, drop in zip(blocks, plan.mlp, strict=True):
-            remove_mlp_channels(model, graph, block.mlp.fc1, drop)
+            remove_mlp_channels(graph, block.mlp.fc1, drop)
 
 
 def _plan(cfg: PruneConfig, model: nn.Module, data: DataSplits | None, transform: BatchTransform | None,

@@ -26,7 +26,7 @@ def _rows(parts: Iterable[torch.Tensor | None]) -> torch.Tensor:
     return torch.cat([p.detach().float().cpu() for p in parts if p is not None], dim=1)
 
 
-def head_rows(attn: nn.Module, get: Getter) -> torch.Tensor:
+def head_rows(attn: nn.Module, get: Getter) -> torch.Tensor | None:
     """Each head's parameters (q/k/v rows and biases, proj columns) as one row: heads x params."""
     h, d = attn.num_heads, head_dim(attn)
     qkv_w = get(attn.qkv.weight)

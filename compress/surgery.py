@@ -11,6 +11,7 @@ runs through timm's own forward (fused attention included).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -98,7 +99,7 @@ def _use_width_safe_forward(attn: nn.Module) -> None:
         attn.__class__ = PrunedBeitAttention
 
 
-def remove_mlp_channels(model: nn.Module, graph: tp.DependencyGraph, fc1: nn.Linear, channels: Sequence[int]) -> None:
+def remove_mlp_channels(graph: tp.DependencyGraph, fc1: nn.Linear, channels: Sequence[int]) -> None:
     """Remove hidden channels of one MLP through the dependency graph (fc1 rows, norm, fc2 columns)."""
     channels = sorted(set(int(c) for c in channels))
     if not channels:
@@ -116,8 +117,6 @@ def dependency_graph(model: nn.Module, img_size: int) -> tp.DependencyGraph:
     example = torch.zeros(1, 3, img_size, img_size, device=param.device, dtype=param.dtype)
     was_training = model.training
     model.eval()
-    import warnings
-
     with warnings.catch_warnings():  # BEiT's q_bias/v_bias and layer-scale gammas are "unwrapped"; we handle them
         warnings.simplefilter("ignore", UserWarning)
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
@@ -142,4 +141,4 @@ def reshape_to(model: nn.Module, heads: Sequence[int], mlp: Sequence[int], img_s
     if mlp and list(mlp) != mlp_widths(model):
         graph = dependency_graph(model, img_size)
         for block, width in zip(blocks, mlp, strict=True):
-            remove_mlp_channels(model, graph, block.mlp.fc1, range(width, block.mlp.fc1.out_features))
+            remove_mlp_channels(graph, block.mlp.fc1, range(width, block.mlp.fc1.out_features))
