@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test bench-train clean
+.PHONY: setup demo test bench-train bench-prune bench-qat clean
 
 $(BIN)/vitcompress: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ test: setup
 # Training-speed benchmark (images/s of finetune, vit_small at 32px on the CIFAR-10 archive in ../shared).
 bench-train: setup
 	$(BIN)/python benchmarks/train_speed.py
+
+# Pruning and INT8 benchmarks on the CIFAR-10 archive (CPU: about 1.5 hours together); results in docs/results.md.
+bench-prune: setup
+	$(BIN)/python benchmarks/prune_cifar.py --recovery-epochs 1
+
+bench-qat: setup
+	$(BIN)/python benchmarks/qat_cifar.py --qat-epochs 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
