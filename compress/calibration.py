@@ -28,16 +28,19 @@ class MaxCalibration(Calibration):
 
 
 class HistogramCalibration(Calibration):
+    """Activations from modelopt's histogram; weights (max calibrator, per channel) keep their max."""
+
     calibrator = "histogram"
     method = ""
 
     def load_amax(self, quantizer: Any, percentile: float) -> None:
-        if quantizer._calibrator.__class__.__name__ != "HistogramCalibrator":  # weights: per-channel max
-            quantizer.load_calib_amax()
-        elif self.method == "percentile":
-            quantizer.load_calib_amax("percentile", percentile=percentile)
+        if quantizer._calibrator.__class__.__name__ == "HistogramCalibrator":
+            self.load_histogram_amax(quantizer, percentile)
         else:
-            quantizer.load_calib_amax(self.method)
+            quantizer.load_calib_amax()
+
+    def load_histogram_amax(self, quantizer: Any, percentile: float) -> None:
+        quantizer.load_calib_amax(self.method)
 
 
 class EntropyCalibration(HistogramCalibration):
@@ -46,6 +49,9 @@ class EntropyCalibration(HistogramCalibration):
 
 class PercentileCalibration(HistogramCalibration):
     method = "percentile"
+
+    def load_histogram_amax(self, quantizer: Any, percentile: float) -> None:
+        quantizer.load_calib_amax("percentile", percentile=percentile)
 
 
 class MseCalibration(HistogramCalibration):
@@ -57,11 +63,8 @@ class MseCalibration(HistogramCalibration):
 
     method = "mse"
 
-    def load_amax(self, quantizer: Any, percentile: float) -> None:
+    def load_histogram_amax(self, quantizer: Any, percentile: float) -> None:
         calibrator = quantizer._calibrator
-        if calibrator.__class__.__name__ != "HistogramCalibrator":
-            quantizer.load_calib_amax()
-            return
         quantizer.amax = mse_amax(torch.as_tensor(calibrator._calib_hist).float(),
                                   torch.as_tensor(calibrator._calib_bin_edges).float(), quantizer.num_bits)
 

@@ -11,15 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KD_MODES = ("soft", "hard", "none")
-
 
 class DistillationLoss(nn.Module):
     """Mixes the task loss with a distillation loss from a frozen ``teacher``."""
 
     def __init__(self, teacher: nn.Module, mode: str = "soft", temperature: float = 2.0, alpha: float = 0.5) -> None:
         super().__init__()
-        if mode not in KD_MODES or mode == "none":
+        if mode not in ("soft", "hard"):  # "none" (config.KD_CHOICES) means: no DistillationLoss at all
             raise ValueError(f"distillation mode {mode!r}")
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():

@@ -29,28 +29,30 @@ class Criterion:
 
     needs_grads = False
     needs_activations = False
-    help = ""
+
+    @property
+    def needs_data(self) -> bool:
+        return self.needs_grads or self.needs_activations
 
     def score(self, stats: UnitStats) -> torch.Tensor:
         raise NotImplementedError
 
 
 class L1(Criterion):
-    help = "sum of absolute weights of the unit"
 
     def score(self, stats: UnitStats) -> torch.Tensor:
         return stats.weights.abs().sum(1)
 
 
 class L2(Criterion):
-    help = "L2 norm of the unit's weights"
 
     def score(self, stats: UnitStats) -> torch.Tensor:
         return stats.weights.pow(2).sum(1).sqrt()
 
 
 class Taylor(Criterion):
-    help = "first-order Taylor estimate of the loss change, |w * dL/dw| summed over the unit (needs data)"
+    """First-order Taylor estimate of the loss change, ``|w * dL/dw|`` summed over the unit."""
+
     needs_grads = True
 
     def score(self, stats: UnitStats) -> torch.Tensor:
@@ -58,7 +60,8 @@ class Taylor(Criterion):
 
 
 class AttentionOutput(Criterion):
-    help = "mean L2 norm of the unit's output on data (per head: the input of attn.proj)"
+    """Mean L2 norm of the unit's output on data (per head: its slice of ``attn.proj``'s input)."""
+
     needs_activations = True
 
     def score(self, stats: UnitStats) -> torch.Tensor:
@@ -66,7 +69,6 @@ class AttentionOutput(Criterion):
 
 
 class Random(Criterion):
-    help = "random scores (the control)"
 
     def score(self, stats: UnitStats) -> torch.Tensor:
         gen = torch.Generator().manual_seed(stats.seed)

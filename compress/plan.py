@@ -22,9 +22,6 @@ class PrunePlan:
     heads: list[list[int]]
     mlp: list[list[int]]
 
-    def is_empty(self) -> bool:
-        return not any(self.heads) and not any(self.mlp)
-
 
 def target_removed(original: int, ratio: float) -> int:
     """How many of ``original`` units a ratio removes (nearest, halves up)."""

@@ -8,12 +8,15 @@ through the one ``Trainer``). ``--iterative K`` repeats the step K times towards
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta, write_artifact
+from vitcompress.augment import BatchTransform
 from vitcompress.compress.importance import CRITERIA
 from vitcompress.compress.plan import PrunePlan, choose
 from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher
@@ -26,9 +29,6 @@ from vitcompress.compress.surgery import (
     remove_heads,
     remove_mlp_channels,
 )
-
-from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta, write_artifact
-from vitcompress.augment import BatchTransform
 from vitcompress.config import PruneConfig
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext, resolve_device
@@ -70,7 +70,6 @@ class PrunePreview:
     macs_before: int
     macs_after: int
     criterion: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _Alive:
@@ -113,7 +112,8 @@ def prune(cfg: PruneConfig) -> StageResult | PrunePreview:
 
 def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, data: DataSplits,
                        transform: BatchTransform, ctx: DistContext, out: Path, staging: Path) -> StageResult:
-    before = _measure(model, data, transform, ctx, meta.img_size)
+    before_top1 = evaluate(model, data.test, transform, ctx)["top1"]
+    before = _measure(model, ctx, meta.img_size)
     teacher = make_teacher(model, cfg.kd, cfg.finetune_epochs)
     heads0, mlp0 = heads_per_block(model), mlp_widths(model)
     alive = _Alive(heads0)
@@ -121,17 +121,17 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
     steps: list[PruneStep] = []
     for k in range(1, cfg.iterative + 1):
         step = _prune_step(cfg, model, data, transform, ctx, heads0, mlp0, alive, k, meta.img_size)
-        step.top1_after_surgery = evaluate(model, data.test, transform, ctx)["top1"]
+        test = evaluate(model, data.test, transform, ctx)  # the last evaluation is the artifact's test report
+        step.top1_after_surgery = test["top1"]
         if epochs[k - 1]:
             train = copy.deepcopy(cfg.train)
             train.epochs = epochs[k - 1]
             fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, train,
                                log_name=f"train_log_step{k}.csv" if cfg.iterative > 1 else None)
-            step.top1_after_recovery = evaluate(model, data.test, transform, ctx)["top1"]
+            test = evaluate(model, data.test, transform, ctx)
+            step.top1_after_recovery = test["top1"]
         steps.append(step)
-    after = _measure(model, data, transform, ctx, meta.img_size)
-    test = after.pop("report")
-    before_top1 = before.pop("report")["top1"]
+    after = _measure(model, ctx, meta.img_size)
     pruning = {
         "criterion": cfg.criterion, "ranking": cfg.ranking, "iterative": cfg.iterative,
         "heads_ratio": cfg.heads, "mlp_ratio": cfg.mlp,
@@ -180,8 +180,7 @@ def _plan(cfg: PruneConfig, model: nn.Module, data: DataSplits | None, transform
           ctx: DistContext, heads0: list[int], mlp0: list[int], ratio_heads: float, ratio_mlp: float,
           seed: int) -> PrunePlan:
     criterion = CRITERIA[cfg.criterion]()
-    needs_data = criterion.needs_grads or criterion.needs_activations
-    batches = _score_batches(cfg, data, transform, ctx) if needs_data else []
+    batches = _score_batches(cfg, data, transform, ctx) if criterion.needs_data else []
     scores = score_blocks(model, criterion, batches, seed=seed)
     heads = choose(scores.heads, heads0, ratio_heads, cfg.ranking, "heads")
     mlp = choose(scores.mlp, mlp0, ratio_mlp, cfg.ranking, "MLP channels") if cfg.mlp else [[] for _ in heads]
@@ -207,17 +206,15 @@ def _epochs_per_step(total: int, steps: int) -> list[int]:
     return [base + (1 if i >= steps - extra else 0) for i in range(steps)]
 
 
-def _measure(model: nn.Module, data: DataSplits, transform: BatchTransform, ctx: DistContext,
-             img_size: int) -> dict[str, Any]:
-    return {"report": evaluate(model, data.test, transform, ctx), "params": count_params(model),
-            "macs": count_macs(model, img_size),
+def _measure(model: nn.Module, ctx: DistContext, img_size: int) -> dict[str, Any]:
+    """Size and torch latency of ``model`` on this device."""
+    return {"params": count_params(model), "macs": count_macs(model, img_size),
             "latency_ms": {str(b): torch_latency_ms(model, img_size, b, ctx.device, max_seconds=0.5) for b in LATENCY_BATCHES}}
 
 
 def _preview(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, ctx: DistContext) -> PrunePreview:
     """The plan of a one-shot run, and the params/MACs it would leave; nothing is written."""
-    criterion = CRITERIA[cfg.criterion]()
-    needs_data = criterion.needs_grads or criterion.needs_activations
+    needs_data = CRITERIA[cfg.criterion]().needs_data
     data = load_source_data(cfg.source, meta, cfg.src, cfg.train) if needs_data else None
     transform = BatchTransform(meta.img_size, meta.mean, meta.std) if needs_data else None
     heads0, mlp0 = heads_per_block(model), mlp_widths(model)

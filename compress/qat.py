@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from vitcompress.compress.quantize import calibrate, insert_quantizers, modelopt, parse_skip, quant_config, quantized_layers
-from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher
 
 from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta, write_artifact
 from vitcompress.augment import BatchTransform
+from vitcompress.compress.quantize import calibrate, insert_quantizers, modelopt, parse_skip, quant_config, quantized_layers
+from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher
 from vitcompress.config import QatConfig
 from vitcompress.datasets.imageset import DataSplits, ImageSet
 from vitcompress.distributed import DistContext, resolve_device
@@ -67,10 +67,11 @@ def _quantize_and_publish(cfg: QatConfig, model: nn.Module, meta: ArtifactMeta, 
     teacher = make_teacher(model, cfg.kd, cfg.train.epochs)
     config = quant_config(cfg.calib_method, parse_skip(cfg.skip), cfg.quantize_attention)
     unreached = quantize_and_calibrate(model, config, cfg, data, transform, ctx)
-    top1_ptq = evaluate(model, data.test, transform, ctx)["top1"]
+    test = evaluate(model, data.test, transform, ctx)
+    top1_ptq = test["top1"]
     if cfg.train.epochs:
         fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, cfg.train)
-    test = evaluate(model, data.test, transform, ctx)
+        test = evaluate(model, data.test, transform, ctx)
     quantized, skipped = quantized_layers(model)
     quantization = {"format": "int8 fake-quant (nvidia-modelopt)", "method": cfg.calib_method,
                     "percentile": cfg.percentile if cfg.calib_method == "percentile" else None,
@@ -101,7 +102,7 @@ def quantize_and_calibrate(model: nn.Module, config: dict[str, Any], cfg: QatCon
     """
     insert_quantizers(model, config)
     return calibrate(model, calibration_loop(data.train, cfg.calib_size, transform, ctx, cfg.train.seed),
-              cfg.calib_method, cfg.percentile)
+                     cfg.calib_method, cfg.percentile)
 
 
 def calibration_loop(train: ImageSet, size: int, transform: BatchTransform, ctx: DistContext,

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from vitcompress.compress.calibration import CALIBRATIONS
 
+from vitcompress.compress.calibration import CALIBRATIONS
 from vitcompress.errors import UserError
 
 AMAX_SUFFIX = "._amax"
@@ -89,6 +89,7 @@ def _register_attention_classes() -> None:
     from modelopt.torch.quantization.plugins.attention import register_attention_for_kv_quant
     from timm.layers.attention import Attention
     from timm.models.beit import Attention as BeitAttention
+
     from vitcompress.compress.beit_attention import PrunedBeitAttention
 
     # The subclass first: once its parent is registered, modelopt would wrap the subclass with the

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 from torch import nn
-from vitcompress.compress.distill import DistillationLoss
 
 from vitcompress.artifact import ArtifactMeta
 from vitcompress.augment import BatchTransform
+from vitcompress.compress.distill import DistillationLoss
 from vitcompress.config import DistillOptions, SourceData, TrainConfig
 from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import DataSplits

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from vitcompress.compress.importance import Criterion, UnitStats
 from vitcompress.compress.surgery import blocks_of, head_dim
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
-from vitcompress.compress.qat import quantize_and_calibrate
-from vitcompress.compress.quantize import active_quantizers, quant_config
 
 from vitcompress.augment import BatchTransform
+from vitcompress.compress.qat import quantize_and_calibrate
+from vitcompress.compress.quantize import active_quantizers, quant_config
 from vitcompress.config import QatConfig
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext

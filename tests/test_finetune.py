@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from vitcompress.compress.finetune import finetune
 
 from tests.conftest import TINY, run_cli
 from vitcompress.artifact import load_model, read_meta
+from vitcompress.compress.finetune import finetune
 from vitcompress.config import FinetuneConfig, TrainConfig
 from vitcompress.evaluate import evaluate_artifact
 

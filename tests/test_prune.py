@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import run_cli
+from vitcompress.artifact import ArtifactMeta, load_model, write_artifact
 from vitcompress.compress.distill import DistillationLoss
 from vitcompress.compress.importance import CRITERIA
 from vitcompress.compress.plan import PrunePlan, choose
 from vitcompress.compress.prune import apply_plan, prune
-from vitcompress.compress.surgery import head_channels, head_dim, mlp_widths
-
-from tests.conftest import run_cli
-from vitcompress.artifact import ArtifactMeta, load_model, write_artifact
+from vitcompress.compress.surgery import head_channels, head_dim, mlp_widths, remove_heads
 from vitcompress.config import PRUNE_CRITERIA, PruneConfig
 from vitcompress.datasets.shapes import CLASSES
 from vitcompress.models import count_params, create_model, heads_per_block
@@ -107,8 +107,6 @@ def test_stage_output_matches_surgery_in_memory(tmp_path: Path, name: str) -> No
     reloaded, _ = load_model(result.path)
     plan_heads = pruning["removed_heads"]
     for block, drop in zip(model.blocks, plan_heads, strict=True):
-        from vitcompress.compress.surgery import remove_heads
-
         remove_heads(block.attn, drop)
     # heads match exactly; compare attention weights of block 0 (MLP channels are chosen by l1 too)
     torch.testing.assert_close(reloaded.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from vitcompress.compress.qat import qat
 
 from tests.conftest import run_cli
 from vitcompress.artifact import load_model
+from vitcompress.compress.qat import qat
 from vitcompress.config import CALIBRATION_METHODS, QatConfig, TrainConfig
 
 # On `shapes` (1,000 test images) INT8 may move top-1 by a few images; the tests allow 3 points.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,6 @@ def check_geometry(img_size: int, patch_size: int | None, model_name: str = "") 
 
 
 def _patch_size_from_name(model_name: str) -> int:
-    import re
-
     match = re.search(r"patch(\d+)", model_name)
     return int(match.group(1)) if match else 16
 

@@ -81,19 +81,29 @@ def prune_table(pruning: dict[str, Any]) -> str:
         ("test top-1", _pct(pruning["top1_before"]), _pct(pruning["top1_after_surgery"]), _pct(pruning["top1_after_recovery"])),
         ("heads", sum(pruning["heads_before"]), sum(pruning["heads_after"]), ""),
         ("MLP channels", sum(pruning["mlp_before"]), sum(pruning["mlp_after"]), ""),
-        ("params", f"{before['params']:,}", f"{after['params']:,}", f"x{after['params'] / before['params']:.3f}"),
-        ("MACs", f"{before['macs']:,}", f"{after['macs']:,}", f"x{after['macs'] / before['macs']:.3f}"),
+        _size_row("params", before["params"], after["params"]),
+        _size_row("MACs", before["macs"], after["macs"]),
     ]
     for batch, ms in before["latency_ms"].items():
         new = after["latency_ms"][batch]
         rows.append((f"latency b{batch} ({pruning['device']})", f"{ms:.2f} ms", f"{new:.2f} ms", f"{ms / new:.2f}x faster"))
     table = tabulate(rows, headers=("", "before", "after surgery", "after recovery / ratio"), tablefmt="simple",
                      disable_numparse=True)
-    per_block = tabulate([(i, hb, ha, removed, mb, ma) for i, (hb, ha, removed, mb, ma) in enumerate(zip(
-        pruning["heads_before"], pruning["heads_after"], pruning["removed_heads"], pruning["mlp_before"],
-        pruning["mlp_after"], strict=True))], headers=("block", "heads", "kept", "removed heads", "MLP", "kept"),
-        tablefmt="simple", disable_numparse=True)
+    per_block = _per_block_table(pruning["heads_before"], pruning["heads_after"], pruning["removed_heads"],
+                                 pruning["mlp_before"], pruning["mlp_after"], "removed heads")
     return f"{table}\n\n{per_block}"
+
+
+def _size_row(name: str, before: int, after: int) -> tuple[str, str, str, str]:
+    return name, f"{before:,}", f"{after:,}", f"x{after / before:.3f}"
+
+
+def _per_block_table(heads_before: list[int], heads_after: list[int], removed: list[Any], mlp_before: list[int],
+                     mlp_after: list[int], removed_header: str) -> str:
+    """One row per block: heads and MLP width before and after, and which heads go."""
+    rows = [(i, *row) for i, row in enumerate(zip(heads_before, heads_after, removed, mlp_before, mlp_after, strict=True))]
+    return tabulate(rows, headers=("block", "heads", "kept", removed_header, "MLP", "kept"), tablefmt="simple",
+                    disable_numparse=True)
 
 
 def prune_summary(path: Path, meta: ArtifactMeta) -> str:
@@ -103,15 +113,10 @@ def prune_summary(path: Path, meta: ArtifactMeta) -> str:
 
 def prune_preview(preview: Any) -> str:
     """What ``prune --dry-run`` prints (``preview`` is a ``PrunePreview``)."""
-    rows = [(i, hb, ha, removed or "-", mb, ma) for i, (hb, ha, removed, mb, ma) in enumerate(zip(
-        preview.heads_before, preview.heads_after, preview.removed_heads, preview.mlp_before, preview.mlp_after,
-        strict=True))]
-    blocks = tabulate(rows, headers=("block", "heads", "kept", "heads that would go", "MLP", "kept"),
-                      tablefmt="simple", disable_numparse=True)
-    size = tabulate([("params", f"{preview.params_before:,}", f"{preview.params_after:,}",
-                      f"x{preview.params_after / preview.params_before:.3f}"),
-                     ("MACs", f"{preview.macs_before:,}", f"{preview.macs_after:,}",
-                      f"x{preview.macs_after / preview.macs_before:.3f}")],
+    blocks = _per_block_table(preview.heads_before, preview.heads_after, [r or "-" for r in preview.removed_heads],
+                              preview.mlp_before, preview.mlp_after, "heads that would go")
+    size = tabulate([_size_row("params", preview.params_before, preview.params_after),
+                     _size_row("MACs", preview.macs_before, preview.macs_after)],
                     headers=("", "now", "would remain", "ratio"), tablefmt="simple", disable_numparse=True)
     return f"dry run ({preview.model_name}, criterion {preview.criterion}): nothing written\n\n{blocks}\n\n{size}"
 
