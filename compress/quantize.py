@@ -163,3 +163,16 @@ def quantized_layers(model: nn.Module) -> tuple[list[str], list[str]]:
         if quantizers[0] is not None:
             (quantized if not any(q._disabled for q in quantizers if q is not None) else skipped).append(name)
     return quantized, skipped
+
+
+def int8_ranges(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(weight amax per output channel, input amax)`` of a layer whose weights and input are both INT8.
+
+    ``None`` for a layer without quantizers, with one switched off (``--skip``), or not calibrated.
+    """
+    weight_q, input_q = getattr(module, "weight_quantizer", None), getattr(module, "input_quantizer", None)
+    if weight_q is None or input_q is None or weight_q._disabled or input_q._disabled:
+        return None
+    if weight_q.amax is None or input_q.amax is None or input_q.amax.numel() != 1:
+        return None
+    return weight_q.amax.detach().cpu(), input_q.amax.detach().cpu()

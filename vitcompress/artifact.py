@@ -90,10 +90,13 @@ class ArtifactMeta:
         )
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of what shaped the weights, recorded in every artifact."""
+TRAINING_LIBRARIES = ("vitcompress", "torch", "timm", "torchvision", "nvidia-modelopt", "torch-pruning")
+
+
+def library_versions(dists: tuple[str, ...] = TRAINING_LIBRARIES) -> dict[str, str]:
+    """Versions of what shaped the weights (or the export), recorded beside them."""
     versions = {"python": platform.python_version()}
-    for dist in ("vitcompress", "torch", "timm", "torchvision", "nvidia-modelopt", "torch-pruning"):
+    for dist in dists:
         try:
             versions[dist] = _importlib_metadata.version(dist)
         except _importlib_metadata.PackageNotFoundError:

@@ -55,12 +55,21 @@ class BatchTransform:
         return self._finish(_resize(x, self.img_size))
 
     def eval(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._finish(self._eval_view(batch))
+
+    def eval_pixels(self, batch: torch.Tensor) -> torch.Tensor:
+        """The uint8 ``N x img_size x img_size x 3`` pixels a deployed model is sent (what ``eval`` sees, unnormalised)."""
+        if batch.shape[1] == self.img_size and batch.shape[2] == self.img_size:
+            return batch
+        return self._eval_view(batch).mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    def _eval_view(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.permute(0, 3, 1, 2).float().div_(255)
         side = x.shape[-1]
         if side > self.img_size:  # stored at img_size / crop_pct: centre crop, the usual eval protocol
             top = (side - self.img_size) // 2
             x = x[..., top : top + self.img_size, top : top + self.img_size]
-        return self._finish(_resize(x, self.img_size))
+        return _resize(x, self.img_size)
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean.device != x.device:  # moved once, on the first batch

@@ -73,6 +73,28 @@ HELP = {
     "skip": "comma-separated module-name patterns left in full precision (e.g. patch_embed*,head*,blocks.0.mlp*)",
     "quantize_attention": "also quantize Q, K and V where they enter the attention matmuls (Q·Kᵀ, softmax·V) to INT8 per tensor",
     "sensitivity": "score each layer group quantized alone, print the ranking and a --skip suggestion; write nothing",
+    "format": "onnx (a verified .onnx file) | tensorrt (a serialized engine; needs TensorRT and a GPU) | "
+              "triton (a Triton Inference Server model repository)",
+    "precision": "auto (int8 for a quantized artifact, else fp32) | fp32 | fp16 | int8",
+    "target": "auto | ort (ONNX Runtime's fused kernels, contrib ops) | tensorrt (standard ONNX, Q/DQ for INT8, "
+              "FP16 elsewhere); auto picks tensorrt for engines and ort otherwise",
+    "input": "float (normalised N x 3 x H x W) | uint8 (raw N x H x W x 3 pixels; the graph normalises)",
+    "opset": "ONNX opset (17 or newer)",
+    "simplify": "simplify the graph with onnxslim",
+    "verify_data": "dataset whose test images verify the export (default: the artifact's own data when it is here, "
+                   "else generated pixels)",
+    "verify_size": "images used to verify the export",
+    "batch": "TensorRT optimisation profile min,opt,max batch",
+    "workspace_gb": "TensorRT builder workspace limit in GiB",
+    "timing_cache": "TensorRT timing cache file, reused and updated across builds "
+                    "(default: tensorrt-timing.cache in the cache dir)",
+    "model_name": "Triton model name (default: the artifact directory's name)",
+    "max_batch_size": "Triton max_batch_size",
+    "dynamic_batching": "let Triton batch concurrent requests",
+    "max_queue_delay_us": "Triton dynamic batching: longest wait for a fuller batch, in microseconds",
+    "instances": "Triton model instances",
+    "instance_kind": "Triton instance kind: auto | cpu | gpu",
+    "triton_platform": "what the Triton repository serves: onnxruntime (model.onnx) | tensorrt (model.plan)",
     "sensitivity_threshold": "top-1 drop (as a fraction) above which --sensitivity suggests skipping a group",
 }
 
@@ -96,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
         PRUNE_RANKINGS,
         FinetuneConfig,
         PruneConfig,
+        EXPORT_FORMATS,
+        EXPORT_INPUTS,
+        EXPORT_PRECISIONS,
+        EXPORT_TARGETS,
+        TRITON_INSTANCE_KINDS,
+        TRITON_PLATFORMS,
+        ExportConfig,
         QatConfig,
     )
 
@@ -136,6 +165,14 @@ def _parser() -> argparse.ArgumentParser:
                                    "--epochs 0 is post-training quantization alone. Data defaults to the artifact's own.")
     add_dataclass_args(p, QatConfig, {**source_help, "epochs": "quantization-aware training epochs (0: PTQ only)"},
                        {**choices, "distill": KD_CHOICES}, positional=("src",))
+
+    p = sub.add_parser("export", formatter_class=fmt, parents=[common],
+                       help="ONNX (FP32/FP16/INT8), TensorRT engine or Triton model repository; verified before it is written",
+                       description="Export any artifact (finetuned, pruned or quantized). Every export is checked "
+                                   "with ONNX Runtime against PyTorch on real images before it is published.")
+    export_choices = {"format": EXPORT_FORMATS, "precision": EXPORT_PRECISIONS, "target": ("auto", *EXPORT_TARGETS),
+                      "input": EXPORT_INPUTS, "instance_kind": TRITON_INSTANCE_KINDS, "triton_platform": TRITON_PLATFORMS}
+    add_dataclass_args(p, ExportConfig, HELP, export_choices, positional=("src",))
 
     p = sub.add_parser("eval", formatter_class=fmt, parents=[common], help="score an artifact on a dataset's test split")
     p.add_argument("src", help="artifact directory")
@@ -180,6 +217,14 @@ def _run(args: argparse.Namespace) -> None:
 
         result = qat(dataclass_from_args(QatConfig, args))
         print(sensitivity_table(result) if isinstance(result, dict) else qat_summary(result.path, result.meta))
+    elif args.command == "export":
+        from vitcompress.cliargs import dataclass_from_args
+        from vitcompress.config import ExportConfig
+        from vitcompress.export.exporter import export
+        from vitcompress.report import export_summary
+
+        result = export(dataclass_from_args(ExportConfig, args))
+        print(export_summary(result.path, result.manifest))
     elif args.command == "eval":
         from vitcompress.evaluate import evaluate_artifact
         from vitcompress.report import metrics_table, per_class_table

@@ -214,3 +214,82 @@ class QatConfig:
         self.kd.validate()
         if self.train.epochs:
             self.train.validate()
+
+
+EXPORT_FORMATS = ("onnx", "tensorrt", "triton")
+EXPORT_PRECISIONS = ("auto", "fp32", "fp16", "int8")
+EXPORT_TARGETS = ("ort", "tensorrt")
+EXPORT_INPUTS = ("float", "uint8")
+TRITON_PLATFORMS = ("onnxruntime", "tensorrt")
+TRITON_INSTANCE_KINDS = ("auto", "cpu", "gpu")
+
+
+@dataclass
+class ExportConfig:
+    """Everything ``export`` needs; the CLI flags are generated from these fields."""
+
+    src: str
+    out: str
+    format: str = "onnx"
+    precision: str = "auto"
+    target: str = "auto"
+    input: str = "float"
+    opset: int = 17
+    simplify: bool = False
+    verify_data: str | None = None
+    verify_size: int = 256
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    batch: str = "1,8,32"
+    workspace_gb: float = 4.0
+    timing_cache: str | None = None
+    model_name: str = ""
+    max_batch_size: int = 32
+    dynamic_batching: bool = True
+    max_queue_delay_us: int = 100
+    instances: int = 1
+    instance_kind: str = "auto"
+    triton_platform: str = "onnxruntime"
+    force: bool = False
+    quiet: bool = False
+
+    def validate(self) -> None:
+        require(self.format in EXPORT_FORMATS, f"--format {self.format!r} is unknown",
+                f"use one of {', '.join(EXPORT_FORMATS)}")
+        require(self.precision in EXPORT_PRECISIONS, f"--precision {self.precision!r} is unknown",
+                f"use one of {', '.join(EXPORT_PRECISIONS)}")
+        require(self.target in ("auto", *EXPORT_TARGETS), f"--target {self.target!r} is unknown",
+                "use ort (ONNX Runtime) or tensorrt")
+        require(self.input in EXPORT_INPUTS, f"--input {self.input!r} is unknown", "use float or uint8")
+        require(17 <= self.opset <= 21, f"--opset {self.opset} is not supported",
+                "use 17 to 21 (LayerNormalization needs 17)")
+        require(self.verify_size >= 1, f"--verify-size {self.verify_size} must be at least 1", "pass e.g. 256")
+        require(self.workspace_gb > 0, f"--workspace-gb {self.workspace_gb} must be positive", "pass e.g. 4")
+        require(self.max_batch_size >= 1, f"--max-batch-size {self.max_batch_size} must be at least 1", "pass e.g. 32")
+        require(self.instances >= 1, f"--instances {self.instances} must be at least 1", "pass e.g. 1")
+        require(self.instance_kind in TRITON_INSTANCE_KINDS, f"--instance-kind {self.instance_kind!r} is unknown",
+                "use auto, cpu or gpu")
+        require(self.triton_platform in TRITON_PLATFORMS, f"--triton-platform {self.triton_platform!r} is unknown",
+                "use onnxruntime or tensorrt")
+        require(self.max_queue_delay_us >= 0, "--max-queue-delay-us must not be negative", "pass e.g. 100")
+        parse_batch_profile(self.batch)
+
+    def resolved_target(self) -> str:
+        """``auto``: TensorRT's graph for engines (and Triton's tensorrt platform), ONNX Runtime's otherwise."""
+        if self.target != "auto":
+            return self.target
+        wants_trt = self.format == "tensorrt" or (self.format == "triton" and self.triton_platform == "tensorrt")
+        return "tensorrt" if wants_trt else "ort"
+
+
+def parse_batch_profile(text: str) -> tuple[int, int, int]:
+    """``--batch min,opt,max`` (or one value for all three) as three ints with 1 <= min <= opt <= max."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 3
+    require(len(values) == 3 and 1 <= values[0] <= values[1] <= values[2],
+            f"--batch {text!r} is not min,opt,max with 1 <= min <= opt <= max", "pass e.g. --batch 1,8,32")
+    return values[0], values[1], values[2]

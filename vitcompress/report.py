@@ -140,3 +140,22 @@ def sensitivity_table(report: dict[str, Any]) -> str:
     return (f"FP32 {_pct(report['top1_fp32'])}, everything INT8 {_pct(report['top1_all_int8'])} "
             f"({report['calib_method']} calibration, {report['samples']} {report['split']} images)\n\n{table}\n\n"
             f"suggested (drop above {100 * report['threshold']:.2f} points): {suggestion}")
+
+
+def export_summary(path: Path, manifest: dict[str, Any]) -> str:
+    """Printed at the end of ``export``: what was written and how well it matched PyTorch."""
+    contract = manifest["contract"]["input"]
+    rows = [("format", manifest["format"]), ("precision", manifest["precision"]), ("graph for", manifest["target"]),
+            ("input", f"{contract['name']}: {contract['dtype']} {contract['layout']} {contract['shape']}")]
+    for runtime, report in manifest["verify"].items():
+        rows += [(f"{runtime} vs PyTorch", f"{report['images']} images from {report['source']}"),
+                 ("  max abs logit error", f"{report['max_abs_error']:.2e}"),
+                 ("  top-1 agreement", _pct(report["top1_agreement"]))]
+        if "accuracy_onnx" in report:
+            rows.append(("  accuracy (exported / PyTorch)", f"{_pct(report['accuracy_onnx'])} / {_pct(report['accuracy_torch'])}"))
+    if "engine" in manifest:
+        rows.append(("trtexec equivalent", manifest["engine"]["trtexec"]))
+    files = tabulate([(name, f"{size / 1e6:.2f} MB") for name, size in manifest["files"].items()],
+                     headers=("file", "size"), tablefmt="simple", disable_numparse=True)
+    table = tabulate(rows, tablefmt="simple", disable_numparse=True)
+    return f"\n{table}\n\n{files}\n\nexport: {path}"

@@ -1,0 +1,226 @@
+"""``vitcompress export``: an artifact as a verified ONNX model, a TensorRT engine, or a Triton model repository.
+
+Every format starts from the same verified ONNX file. The export is built in ``OUT.tmp-export/``
+and published by one rename, only after ONNX Runtime has matched PyTorch on real images; a failed
+verification leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta
+from vitcompress.config import ExportConfig, parse_batch_profile
+from vitcompress.data import default_cache_dir
+from vitcompress.errors import UserError, require
+from vitcompress.export.onnx import OUTPUT, export_onnx, input_name
+from vitcompress.export.verify import TOLERANCES, Tolerance, VerificationSet, verification_set, verify_onnx
+from vitcompress.fsutil import atomic_file, check_output_dir, publish_dir
+
+ONNX_FILE = "model.onnx"
+ENGINE_FILE = "model.plan"
+CONTRACT_FILE = "contract.json"
+VERIFY_FILE = "verify.json"
+MANIFEST_FILE = "export.json"
+STAGING_SUFFIX = ".tmp-export"
+EXPORT_LIBRARIES = ("vitcompress", "torch", "timm", "onnx", "onnxruntime", "nvidia-modelopt")
+ENGINE_TOLERANCE = Tolerance(3e-2, 0.98)  # TensorRT may pick TF32/FP16 tactics for FP32 layers
+
+
+@dataclass
+class ExportJob:
+    """What every format writer gets: the options, the model, and the images to verify on."""
+
+    cfg: ExportConfig
+    model: nn.Module
+    meta: ArtifactMeta
+    precision: str
+    target: str
+    data: VerificationSet
+
+    @property
+    def pixels(self) -> bool:
+        return self.cfg.input == "uint8"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: dict[str, Any]
+
+
+def export(cfg: ExportConfig) -> ExportResult:
+    """Export artifact ``cfg.src`` as ``cfg.format`` into ``cfg.out``."""
+    cfg.validate()
+    meta = read_meta(cfg.src)
+    precision = resolve_precision(cfg.precision, meta, cfg.src)
+    target = cfg.resolved_target()
+    if needs_engine(cfg):
+        require(target == "tensorrt", "a TensorRT engine is built from the TensorRT graph, not --target ort",
+                "drop --target or pass --target tensorrt")
+        from vitcompress.export.tensorrt import tensorrt
+
+        tensorrt()  # the install hint, before any work
+    out = check_output_dir(cfg.out, cfg.force)
+    model, meta = load_model(cfg.src)
+    data = verification_set(meta, cfg.verify_data, cfg.verify_size, cfg.data_dir, cfg.cache_dir, quiet=cfg.quiet)
+    job = ExportJob(cfg, model, meta, precision, target, data)
+    staging = out.with_name(out.name + STAGING_SUFFIX)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        manifest = FORMAT_WRITERS[cfg.format](job, staging)
+        _write_json(staging / MANIFEST_FILE, manifest)
+        publish_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(out, manifest)
+
+
+def resolve_precision(requested: str, meta: ArtifactMeta, src: str) -> str:
+    """``auto`` is INT8 for a quantized artifact and FP32 otherwise; a mismatch is the user's to fix."""
+    if requested == "auto":
+        return "int8" if meta.quantization else "fp32"
+    if requested == "int8":
+        require(bool(meta.quantization), f"{src} was never quantized, so it has no INT8 ranges to export",
+                f"run `vitcompress qat {src} --out DIR` and export DIR, or pass --precision fp32 or fp16")
+    elif meta.quantization:
+        raise UserError(f"{src} is an INT8 artifact; --precision {requested} would drop what qat learned",
+                        "export it with --precision int8 (the default), or export the FP32 artifact it came from")
+    return requested
+
+
+def needs_engine(cfg: ExportConfig) -> bool:
+    return cfg.format == "tensorrt" or (cfg.format == "triton" and cfg.triton_platform == "tensorrt")
+
+
+def write_verified_onnx(job: ExportJob, directory: Path) -> dict[str, Any]:
+    """``model.onnx``, its input contract and its verification report in ``directory``; the manifest's core."""
+    cfg = job.cfg
+    graph = export_onnx(job.model, job.meta, directory / ONNX_FILE, precision=job.precision, target=job.target,
+                        pixels=job.pixels, opset=cfg.opset, simplify=cfg.simplify)
+    report = verify_onnx(directory / ONNX_FILE, job.model, job.meta, job.data, job.pixels, TOLERANCES[job.precision])
+    contract = input_contract(job)
+    _write_json(directory / CONTRACT_FILE, contract)
+    _write_json(directory / VERIFY_FILE, {"onnxruntime": report})
+    return {"format": cfg.format, "precision": job.precision, "target": job.target, "source": parent_ref(cfg.src),
+            "source_stage": job.meta.stage, "contract": contract, "graph": graph, "verify": {"onnxruntime": report},
+            "versions": library_versions(EXPORT_LIBRARIES), "recipe": {**asdict(cfg), "command": "export"}, "created": now_iso()}
+
+
+def input_contract(job: ExportJob) -> dict[str, Any]:
+    """What a client sends and gets back; written beside every exported model."""
+    meta, size = job.meta, job.meta.img_size
+    if job.pixels:
+        model_input = {"name": input_name(True), "dtype": "uint8", "layout": "NHWC", "shape": ["batch", size, size, 3],
+                       "preprocessing": "none: send RGB pixels resized to the model's size; the graph scales by 1/255 "
+                                        "and normalises with mean and std"}
+    else:
+        model_input = {"name": input_name(False), "dtype": "float32", "layout": "NCHW", "shape": ["batch", 3, size, size],
+                       "preprocessing": "RGB resized to the model's size, scaled to [0, 1], then (x - mean) / std"}
+    return {"input": model_input, "mean": meta.mean, "std": meta.std,
+            "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", len(meta.classes)],
+                       "meaning": "class scores (logits); softmax gives probabilities"},
+            "classes": meta.classes, "precision": job.precision, "target": job.target}
+
+
+def _sample_shape(job: ExportJob) -> tuple[int, ...]:
+    size = job.meta.img_size
+    return (size, size, 3) if job.pixels else (3, size, size)
+
+
+def _write_onnx(job: ExportJob, staging: Path) -> dict[str, Any]:
+    manifest = write_verified_onnx(job, staging)
+    manifest["files"] = _file_sizes(staging)
+    return manifest
+
+
+def _build_engine(job: ExportJob, directory: Path) -> dict[str, Any]:
+    """Build ``model.plan`` from the verified ONNX in ``directory``, run it on the same images, describe it."""
+    from vitcompress.export.tensorrt import EngineSpec, TensorRTRunner, build_engine
+    from vitcompress.export.onnx_runtime import run_in_batches
+    from vitcompress.export.verify import compare, model_inputs, torch_logits
+
+    cfg = job.cfg
+    cache = Path(cfg.timing_cache) if cfg.timing_cache else default_cache_dir() / "tensorrt-timing.cache"
+    spec = EngineSpec(directory / ONNX_FILE, directory / ENGINE_FILE, input_name(job.pixels), _sample_shape(job),
+                      parse_batch_profile(cfg.batch), cfg.workspace_gb, cache)
+    engine = build_engine(spec)
+    runner = TensorRTRunner(spec.engine_path)
+    inputs = model_inputs(job.meta, job.data.pixels, job.pixels)
+    got = run_in_batches(runner.run, inputs, min(spec.batch[2], 8))
+    tolerance = TOLERANCES["int8"] if job.precision == "int8" else ENGINE_TOLERANCE
+    report = compare(torch_logits(job.model, job.meta, job.data.pixels), got, job.data.labels, tolerance)
+    if not report["passed"]:
+        raise UserError(f"engine verification failed: {report['failure']}; nothing was written",
+                        "re-run with --debug and report it")
+    return {"engine": engine, "report": report}
+
+
+def _write_tensorrt(job: ExportJob, staging: Path) -> dict[str, Any]:
+    manifest = write_verified_onnx(job, staging)
+    built = _build_engine(job, staging)
+    _write_json(staging / "engine.json", built["engine"])
+    manifest["engine"] = built["engine"]
+    manifest["verify"]["tensorrt"] = built["report"]
+    _write_json(staging / VERIFY_FILE, manifest["verify"])
+    manifest["files"] = _file_sizes(staging)
+    return manifest
+
+
+def _write_triton(job: ExportJob, staging: Path) -> dict[str, Any]:
+    from vitcompress.export.triton import TritonModel, describe, write_model_repository
+
+    cfg = job.cfg
+    name = cfg.model_name or _default_model_name(cfg.src)
+    work = staging / name
+    work.mkdir()
+    manifest = write_verified_onnx(job, work)
+    model_file = work / ONNX_FILE
+    if cfg.triton_platform == "tensorrt":
+        built = _build_engine(job, work)
+        manifest["engine"] = built["engine"]
+        manifest["verify"]["tensorrt"] = built["report"]
+        model_file = work / ENGINE_FILE
+    contract = manifest["contract"]["input"]
+    model = TritonModel(name=name, platform=cfg.triton_platform, input_name=contract["name"],
+                        input_dtype=contract["dtype"], input_dims=_sample_shape(job), output_name=OUTPUT,
+                        num_classes=len(job.meta.classes), max_batch_size=cfg.max_batch_size,
+                        dynamic_batching=cfg.dynamic_batching, max_queue_delay_us=cfg.max_queue_delay_us,
+                        instances=cfg.instances, instance_kind=cfg.instance_kind)
+    write_model_repository(staging, model, model_file, job.meta.classes)
+    manifest["triton"] = describe(model)
+    manifest["files"] = _file_sizes(staging)
+    return manifest
+
+
+def _default_model_name(src: str) -> str:
+    """Triton model names are directory names: the artifact's, with anything unusual replaced."""
+    name = Path(src).resolve().name
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in name) or "model"
+
+
+FORMAT_WRITERS: dict[str, Callable[[ExportJob, Path], dict[str, Any]]] = {
+    "onnx": _write_onnx,
+    "tensorrt": _write_tensorrt,
+    "triton": _write_triton,
+}
+
+
+def _file_sizes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+

@@ -1,0 +1,123 @@
+"""Trace a model to an ONNX file: dynamic batch, the chosen opset, checked, optionally FP16 or simplified.
+
+torch's TorchScript exporter (``dynamo=False``) is used: modelopt's quantizers export to
+``QuantizeLinear``/``DequantizeLinear`` through it (the dynamo exporter fails on a data-dependent
+branch in them), and ``ort_ops.py`` writes ONNX Runtime's fused kernels through its ``symbolic``
+hook. Scaled-dot-product attention needs opset 14, ``LayerNormalization`` 17; 17 is the default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from vitcompress.artifact import ArtifactMeta
+from vitcompress.errors import UserError
+from vitcompress.export.graph import exportable
+from vitcompress.export.ort_ops import QATTENTION_MASK_INPUT
+from vitcompress.fsutil import atomic_file
+
+FLOAT_INPUT = "input"
+PIXEL_INPUT = "pixels"
+OUTPUT = "logits"
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def input_name(pixels: bool) -> str:
+    return PIXEL_INPUT if pixels else FLOAT_INPUT
+
+
+def example_input(meta: ArtifactMeta, pixels: bool, batch: int = 2) -> torch.Tensor:
+    size = meta.img_size
+    if pixels:
+        return torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
+    return torch.randn(batch, 3, size, size)
+
+
+def export_onnx(model: nn.Module, meta: ArtifactMeta, path: Path, *, precision: str, target: str, pixels: bool,
+                opset: int = 17, simplify: bool = False) -> dict[str, Any]:
+    """Write ``model`` to ``path`` as ONNX for ``target``; return a description of the graph.
+
+    ``precision`` is ``fp32``, ``fp16`` (weights and activations; inputs and outputs stay as they
+    are) or ``int8`` (the quantized layers of a QAT/PTQ artifact; for TensorRT everything else is FP16).
+    """
+    module = exportable(model, target, pixels, meta.mean, meta.std)
+    name = input_name(pixels)
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # TracerWarnings about shape branches that hold for every batch size
+        torch.onnx.export(module, (example_input(meta, pixels),), buffer, input_names=[name], output_names=[OUTPUT],
+                          dynamic_axes={name: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+    proto = onnx.load_from_string(buffer.getvalue())
+    _blank_qattention_masks(proto)
+    if precision == "fp16" or (precision == "int8" and target == "tensorrt"):
+        proto = to_fp16(proto)
+    if simplify:
+        proto = _simplify(proto)
+    _remove_unused(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise RuntimeError(f"the exported graph fails onnx.checker: {exc}") from exc
+    with atomic_file(path) as tmp:
+        onnx.save(proto, str(tmp))
+    return describe_graph(proto)
+
+
+def describe_graph(proto: onnx.ModelProto) -> dict[str, Any]:
+    ops = Counter(node.op_type for node in proto.graph.node)
+    int8_initializers = sum(1 for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8)
+    return {"opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+            "domains": sorted({o.domain or "ai.onnx" for o in proto.opset_import}),
+            "nodes": len(proto.graph.node), "ops": dict(ops.most_common()), "int8_initializers": int8_initializers}
+
+
+def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """FP16 weights and activations; inputs, outputs and any Q/DQ pair stay as they are (Casts around them)."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    wrapped = OnnxModel(proto)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        wrapped.convert_float_to_float16(keep_io_types=True, op_block_list=list(QDQ_OPS))
+    wrapped.topological_sort()  # the converter appends the casts of graph inputs at the end
+    return wrapped.model
+
+
+def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        import onnxslim
+    except ImportError:
+        raise UserError("--simplify needs onnxslim, which is not installed", "pip install onnxslim") from None
+    with contextlib.redirect_stdout(io.StringIO()):
+        return onnxslim.slim(proto)
+
+
+def _blank_qattention_masks(proto: onnx.ModelProto) -> None:
+    """QAttention's mask is optional, but the exporter cannot leave an input empty: blank it here."""
+    for node in proto.graph.node:
+        if node.op_type == "QAttention":
+            node.input[QATTENTION_MASK_INPUT] = ""
+
+
+def _remove_unused(proto: onnx.ModelProto) -> None:
+    """Drop nodes and initializers nothing reads (the placeholders above), so runtimes don't warn."""
+    graph = proto.graph
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [node for node in graph.node if not any(out in used for out in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    for init in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(init)
