@@ -145,8 +145,8 @@ def _write_onnx(job: ExportJob, staging: Path) -> dict[str, Any]:
 
 def _build_engine(job: ExportJob, directory: Path) -> dict[str, Any]:
     """Build ``model.plan`` from the verified ONNX in ``directory``, run it on the same images, describe it."""
-    from vitcompress.export.tensorrt import EngineSpec, TensorRTRunner, build_engine
     from vitcompress.export.onnx_runtime import run_in_batches
+    from vitcompress.export.tensorrt import EngineSpec, TensorRTRunner, build_engine
     from vitcompress.export.verify import compare, model_inputs, torch_logits
 
     cfg = job.cfg

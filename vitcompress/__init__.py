@@ -7,6 +7,8 @@ the ``vitcompress`` command line is a thin layer over these functions::
     result = vitcompress.finetune(vitcompress.FinetuneConfig(model="vit_tiny_patch16_224", data="shapes",
                                                               out="runs/tiny", img_size=32, patch_size=8))
     model, meta = vitcompress.load_model(result.path)
+
+``vitcompress.export`` is the export subpackage; its stage function is ``vitcompress.export.export``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ _API = {
     "finetune": "vitcompress.compress.finetune",
     "prune": "vitcompress.compress.prune",
     "qat": "vitcompress.compress.qat",
+    "ExportConfig": "vitcompress.config",
     "FinetuneConfig": "vitcompress.config",
     "PruneConfig": "vitcompress.config",
     "QatConfig": "vitcompress.config",

@@ -152,7 +152,8 @@ def export_summary(path: Path, manifest: dict[str, Any]) -> str:
                  ("  max abs logit error", f"{report['max_abs_error']:.2e}"),
                  ("  top-1 agreement", _pct(report["top1_agreement"]))]
         if "accuracy_onnx" in report:
-            rows.append(("  accuracy (exported / PyTorch)", f"{_pct(report['accuracy_onnx'])} / {_pct(report['accuracy_torch'])}"))
+            accuracies = f"{_pct(report['accuracy_onnx'])} / {_pct(report['accuracy_torch'])}"
+            rows.append(("  accuracy (exported / PyTorch)", accuracies))
     if "engine" in manifest:
         rows.append(("trtexec equivalent", manifest["engine"]["trtexec"]))
     files = tabulate([(name, f"{size / 1e6:.2f} MB") for name, size in manifest["files"].items()],

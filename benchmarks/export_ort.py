@@ -1,0 +1,165 @@
+"""INT8 ONNX on ONNX Runtime's CPU provider: speed and size against the best FP32 export, and accuracy.
+
+Speed and size: vit_small_patch16_224 at 224 px (random weights, 10 classes; calibrated with
+``vitcompress qat --epochs 0`` on `shapes`), exported three ways and timed in the same run, in
+interleaved rounds, each session with ``--threads`` intra-op threads:
+  - fp32-ort:  FP32 with ONNX Runtime's fused attention kernel (the best FP32 graph; the baseline),
+  - fp32-std:  FP32 in standard ONNX ops (what a plain torch.onnx.export gives),
+  - int8-ort:  the INT8 export (QAttention + MatMulIntegerToFloat, int8 weights).
+Accuracy: the QAT artifacts of benchmarks/qat_cifar.py (CIFAR-10), exported to INT8 and scored by
+ONNX Runtime on the whole test split, against the QAT model's own top-1 in PyTorch.
+
+Usage:  python benchmarks/export_ort.py [--threads 2] [--rounds 3] [--qat runs/qat-bench/base-qat-max,...]
+Writes: benchmarks/results/export_ort_cpu.json, with the hardware and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+from tabulate import tabulate
+
+from vitcompress.artifact import ArtifactMeta, load_model, write_artifact
+from vitcompress.compress.qat import qat
+from vitcompress.config import ExportConfig, QatConfig, TrainConfig
+from vitcompress.datasets.shapes import CLASSES
+from vitcompress.export.exporter import export
+from vitcompress.export.onnx_runtime import ort_runner, ort_session, run_in_batches
+from vitcompress.export.verify import model_inputs, torch_logits, verification_set
+from vitcompress.latency import median_ms
+from vitcompress.models import build_kwargs, create_model, heads_per_block
+
+HERE = Path(__file__).resolve().parent
+MODEL = "vit_small_patch16_224"
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+VARIANTS = {"fp32-ort": ("fp32", "fp32", "ort"), "fp32-std": ("fp32", "fp32", "tensorrt"),
+            "int8-ort": ("int8", "int8", "ort")}
+
+
+def speed_artifacts(work: Path) -> dict[str, Path]:
+    """An FP32 vit_small artifact (random weights) and its INT8 PTQ child, made by the qat stage."""
+    torch.manual_seed(0)
+    kwargs = build_kwargs(len(CLASSES), 224, None, {})
+    model = create_model(MODEL, kwargs)
+    meta = ArtifactMeta(stage="finetune", model_name=MODEL, model_kwargs=kwargs, classes=list(CLASSES), img_size=224,
+                        mean=IMAGENET_MEAN, std=IMAGENET_STD, heads_per_block=heads_per_block(model),
+                        data={"spec": "shapes"})
+    write_artifact(work / "fp32", model, meta)
+    qat(QatConfig(src=str(work / "fp32"), out=str(work / "int8"), calib_size=64, force=True,
+                  train=TrainConfig(epochs=0, quiet=True, batch_size=32)))
+    return {"fp32": work / "fp32", "int8": work / "int8"}
+
+
+def export_variants(sources: dict[str, Path], work: Path) -> dict[str, Path]:
+    paths = {}
+    for name, (source, precision, target) in VARIANTS.items():
+        out = work / f"onnx-{name}"
+        export(ExportConfig(src=str(sources[source]), out=str(out), precision=precision, target=target, verify_size=32,
+                            force=True, quiet=True))
+        paths[name] = out / "model.onnx"
+    return paths
+
+
+def time_variants(paths: dict[str, Path], threads: int, rounds: int) -> dict[str, dict]:
+    """Median latency per variant and batch, interleaved over ``rounds`` so load on the machine hits all alike."""
+    runners = {name: ort_runner(ort_session(path, threads=threads)) for name, path in paths.items()}
+    inputs = {b: np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32) for b in (1, 32)}
+    per_round: dict[str, dict[int, list[float]]] = {n: {1: [], 32: []} for n in paths}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            per_round[name][1].append(median_ms(lambda run=run: run(inputs[1]), warmup=3, min_iters=10, max_seconds=4))
+            per_round[name][32].append(median_ms(lambda run=run: run(inputs[32]), warmup=1, min_iters=3, max_seconds=8))
+    return {name: {"rounds_ms": {str(b): v for b, v in times.items()},
+                   "latency_ms": {str(b): statistics.median(v) for b, v in times.items()},
+                   "size_bytes": paths[name].stat().st_size} for name, times in per_round.items()}
+
+
+def ratio_per_round(timing: dict[str, dict], baseline: str, variant: str, batch: str) -> list[float]:
+    return [round(b / v, 3) for b, v in zip(timing[baseline]["rounds_ms"][batch], timing[variant]["rounds_ms"][batch],
+                                             strict=True)]
+
+
+def accuracy(qat_artifact: Path, work: Path) -> dict:
+    """INT8 ONNX top-1 on the whole test split of the artifact's data, against the QAT model in PyTorch."""
+    out = work / f"onnx-{qat_artifact.name}"
+    result = export(ExportConfig(src=str(qat_artifact), out=str(out), force=True, quiet=True))
+    model, meta = load_model(qat_artifact)
+    data = verification_set(meta, None, 10**9)
+    labels = data.labels.numpy()
+    got = run_in_batches(ort_runner(ort_session(out / "model.onnx")), model_inputs(meta, data.pixels, False), 256)
+    expected = torch_logits(model, meta, data.pixels)
+    return {"artifact": str(qat_artifact), "images": len(labels), "data": data.source,
+            "top1_qat_torch_stage": meta.metrics["top1"], "top1_qat_torch": float((expected.argmax(1) == labels).mean()),
+            "top1_int8_onnx": float((got.argmax(1) == labels).mean()),
+            "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean()),
+            "onnx_bytes": (out / "model.onnx").stat().st_size, "graph_ops": result.manifest["graph"]["ops"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--qat", default="runs/qat-bench/base-qat-max,runs/qat-bench/l1-h0.5-m0.0-qat-max",
+                        help="QAT artifacts to score (from benchmarks/qat_cifar.py); empty to skip")
+    parser.add_argument("--work", default="runs/export-bench")
+    args = parser.parse_args()
+    work = Path(args.work)
+    missing = [p for p in args.qat.split(",") if p and not Path(p).is_dir()]
+    if missing:
+        raise SystemExit(f"missing QAT artifacts {missing}: run `make bench-prune bench-qat` first, or pass --qat ''")
+    timing = time_variants(export_variants(speed_artifacts(work), work), args.threads, args.rounds)
+    ratios = {f"{v} vs fp32-ort b{b}": ratio_per_round(timing, "fp32-ort", v, b) for v in ("int8-ort", "fp32-std")
+              for b in ("1", "32")}
+    size_ratio = timing["int8-ort"]["size_bytes"] / timing["fp32-ort"]["size_bytes"]
+    accuracies = [accuracy(Path(p), work) for p in args.qat.split(",") if p]
+    record = {"benchmark": "export_ort", "date": time.strftime("%Y-%m-%d"),
+              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+              "hardware": {"platform": platform.platform(), "processor": _cpu_name(), "cpu_flags": _cpu_flags(),
+                           "cpu_count": os.cpu_count(),
+                           "intra_op_threads": args.threads, "onnxruntime": onnxruntime.__version__,
+                           "torch": torch.__version__},
+              "model": f"{MODEL} at 224 px, random weights, 10 classes", "timing": timing,
+              "speedup_per_round": ratios, "int8_size_ratio": round(size_ratio, 4), "accuracy": accuracies}
+    out = HERE / "results" / "export_ort_cpu.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    rows = [(name, t["latency_ms"]["1"], t["latency_ms"]["32"], f"{t['size_bytes'] / 1e6:.1f}") for name, t in timing.items()]
+    print(tabulate(rows, headers=("variant", "b1 ms", "b32 ms", "MB")))
+    print(tabulate([(k, v, statistics.median(v)) for k, v in ratios.items()], headers=("speed-up", "per round", "median")))
+    print(f"INT8 size / FP32 size: {size_ratio:.3f}")
+    print(tabulate([(a["artifact"], a["top1_qat_torch"], a["top1_int8_onnx"], a["top1_agreement"]) for a in accuracies],
+                   headers=("QAT artifact", "PyTorch top-1", "INT8 ONNX top-1", "agreement")))
+    print(f"wrote {out}")
+
+
+def _cpu_flags() -> list[str]:
+    """The CPU features ONNX Runtime's integer GEMMs depend on (VNNI doubles their throughput)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma"})
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
