@@ -1,5 +1,7 @@
 # Two commands for a fresh machine: `make demo` (the main job) and `make test`.
-PYTHON ?= python3
+# The system Python where there is one: the Triton server's Python backend (serve, bench's triton
+# backend) links the system libpython and fails from any other interpreter (docs/serving.md).
+PYTHON ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || echo python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO_OUT ?= runs/demo
@@ -9,7 +11,7 @@ DEMO_OUT ?= runs/demo
 $(BIN)/vitcompress: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,serve]'
 	touch $@
 
 setup: $(BIN)/vitcompress

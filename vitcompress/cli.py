@@ -95,6 +95,20 @@ HELP = {
     "instances": "Triton model instances",
     "instance_kind": "Triton instance kind: auto | cpu | gpu",
     "triton_platform": "what the Triton repository serves: onnxruntime (model.onnx) | tensorrt (model.plan)",
+    "srcs": "models to measure: artifacts, ONNX exports, TensorRT exports, Triton repositories from `vitcompress export`",
+    "backends": "auto (every one that applies) or a comma list of torch, torch-compile, ort-cpu, ort-cuda, ort-trt, "
+                "tensorrt, triton",
+    "eval_size": "test images for accuracy (0: the whole test split of --data)",
+    "baseline": "the FP32 reference among the SRCs (default: the first FP32 one)",
+    "threads": "intra-op threads for CPU runtimes (0: the runtime's default)",
+    "warmup": "untimed calls before timing",
+    "min_iters": "timed calls at least, per batch size",
+    "max_seconds": "no new timed calls after this many seconds, per batch size",
+    "concurrency": "parallel clients for the triton backend",
+    "requests": "requests per concurrency level for the triton backend (also bounded to 60 s)",
+    "http_port": "HTTP port (0: any free port)",
+    "grpc_port": "gRPC port (0: any free port)",
+    "metrics_port": "metrics port (0: any free port)",
     "sensitivity_threshold": "top-1 drop (as a fraction) above which --sensitivity suggests skipping a group",
 }
 
@@ -122,10 +136,12 @@ def _parser() -> argparse.ArgumentParser:
         PRUNE_RANKINGS,
         TRITON_INSTANCE_KINDS,
         TRITON_PLATFORMS,
+        BenchConfig,
         ExportConfig,
         FinetuneConfig,
         PruneConfig,
         QatConfig,
+        ServeConfig,
     )
 
     fmt = HelpFormatter
@@ -173,6 +189,22 @@ def _parser() -> argparse.ArgumentParser:
     export_choices = {"format": EXPORT_FORMATS, "precision": EXPORT_PRECISIONS, "target": ("auto", *EXPORT_TARGETS),
                       "input": EXPORT_INPUTS, "instance_kind": TRITON_INSTANCE_KINDS, "triton_platform": TRITON_PLATFORMS}
     add_dataclass_args(p, ExportConfig, HELP, export_choices, positional=("src",))
+
+    p = sub.add_parser("bench", formatter_class=fmt, parents=[common],
+                       help="latency, throughput, memory and accuracy of every variant, side by side against FP32",
+                       description="Measure artifacts and exports on every runtime that can run them here, in one run "
+                                   "on the same images. Writes results.json, results.csv, report.md and plots.")
+    add_dataclass_args(p, BenchConfig, {**HELP, "data": HELP["data"] + " (for accuracy; none: speed only)",
+                                        "batch": "batch sizes to time"}, positional=("srcs",))
+
+    p = sub.add_parser("serve", formatter_class=fmt, parents=[common],
+                       help="serve an exported model with a local Triton Inference Server (HTTP and gRPC)",
+                       description="Start Triton Inference Server on 127.0.0.1 with the model (ONNX through ONNX "
+                                   "Runtime, or a TensorRT engine), dynamic batching on, until Ctrl-C.")
+    add_dataclass_args(p, ServeConfig, {**HELP, "src": "an export directory (onnx or tensorrt format) or Triton repository",
+                                        "model_name": "the model's name on the server (default: the directory's)",
+                                        "max_batch_size": "largest batch the dynamic batcher forms"},
+                       positional=("src",))
 
     p = sub.add_parser("eval", formatter_class=fmt, parents=[common], help="score an artifact on a dataset's test split")
     p.add_argument("src", help="artifact directory")
@@ -225,6 +257,21 @@ def _run(args: argparse.Namespace) -> None:
 
         result = export(dataclass_from_args(ExportConfig, args))
         print(export_summary(result.path, result.manifest))
+    elif args.command == "bench":
+        from vitcompress.bench import bench
+        from vitcompress.bench_report import report_table, skipped_table
+        from vitcompress.cliargs import dataclass_from_args
+        from vitcompress.config import BenchConfig
+
+        result = bench(dataclass_from_args(BenchConfig, args))
+        skipped = skipped_table(result.results)
+        print(f"\n{report_table(result.results)}\n\n{skipped}\n\nreport: {result.path / 'report.md'}")
+    elif args.command == "serve":
+        from vitcompress.cliargs import dataclass_from_args
+        from vitcompress.config import ServeConfig
+        from vitcompress.serving import serve
+
+        serve(dataclass_from_args(ServeConfig, args))
     elif args.command == "eval":
         from vitcompress.evaluate import evaluate_artifact
         from vitcompress.report import metrics_table, per_class_table

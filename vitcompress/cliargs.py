@@ -49,7 +49,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, help_text: di
         default = getattr(defaults, f.name) if defaults is not None else f.default
         help_ = help_text.get(f.name, "")
         if f.name in positional:
-            parser.add_argument(f.name, help=help_)
+            many = typing.get_origin(hint) is list  # e.g. bench's SRC...
+            parser.add_argument(f.name, help=help_, nargs="+" if many else None, metavar=f.name.upper().rstrip("S"))
             continue
         flag = "--" + f.name.replace("_", "-")
         is_required = f.name in required or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)

@@ -293,3 +293,79 @@ def parse_batch_profile(text: str) -> tuple[int, int, int]:
     require(len(values) == 3 and 1 <= values[0] <= values[1] <= values[2],
             f"--batch {text!r} is not min,opt,max with 1 <= min <= opt <= max", "pass e.g. --batch 1,8,32")
     return values[0], values[1], values[2]
+
+
+BENCH_BACKENDS = ("torch", "torch-compile", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "triton")
+
+
+@dataclass
+class BenchConfig:
+    """Everything ``bench`` needs; the CLI flags are generated from these fields."""
+
+    srcs: list[str]
+    out: str
+    backends: str = "auto"
+    batch: str = "1,8,32"
+    data: str | None = None
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    eval_size: int = 0
+    baseline: str | None = None
+    threads: int = 0
+    warmup: int = 3
+    min_iters: int = 10
+    max_seconds: float = 3.0
+    concurrency: str = "1,4,16"
+    requests: int = 200
+    force: bool = False
+    quiet: bool = False
+
+    def validate(self) -> None:
+        require(bool(self.srcs), "bench needs at least one model", "pass artifact or export directories")
+        for name in self.backend_names():
+            require(name in BENCH_BACKENDS, f"--backends {name!r} is unknown", f"use auto or some of {', '.join(BENCH_BACKENDS)}")
+        self.batch_sizes()
+        self.concurrency_levels()
+        require(self.eval_size >= 0, f"--eval-size {self.eval_size} must not be negative", "pass 0 for the whole test split")
+        require(self.threads >= 0, f"--threads {self.threads} must not be negative", "pass 0 for the runtime's default")
+        require(self.warmup >= 0 and self.min_iters >= 1 and self.max_seconds > 0 and self.requests >= 1,
+                "--warmup, --min-iters, --max-seconds and --requests must be positive", "pass e.g. 3, 10, 3 and 200")
+
+    def backend_names(self) -> list[str]:
+        return list(BENCH_BACKENDS) if self.backends == "auto" else [b.strip() for b in self.backends.split(",") if b.strip()]
+
+    def batch_sizes(self) -> list[int]:
+        return _positive_ints(self.batch, "--batch", "1,8,32")
+
+    def concurrency_levels(self) -> list[int]:
+        return _positive_ints(self.concurrency, "--concurrency", "1,4,16")
+
+
+def _positive_ints(text: str, flag: str, example: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    require(bool(values) and all(v >= 1 for v in values), f"{flag} {text!r} is not a list of positive integers",
+            f"pass e.g. {flag} {example}")
+    return values
+
+
+@dataclass
+class ServeConfig:
+    """``serve``: one exported model behind a local Triton Inference Server."""
+
+    src: str
+    model_name: str = ""
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 100
+    threads: int = 0
+
+    def validate(self) -> None:
+        for flag, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
+                           ("--metrics-port", self.metrics_port)):
+            require(0 <= port < 65536, f"{flag} {port} is not a port", "pass e.g. 8000 (0: any free port)")
+        require(self.max_batch_size >= 1, f"--max-batch-size {self.max_batch_size} must be at least 1", "pass e.g. 32")

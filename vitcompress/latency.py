@@ -6,13 +6,14 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 
-def median_ms(call: Callable[[], object], warmup: int = 3, min_iters: int = 5, max_seconds: float = 3.0,
-              max_iters: int = 200) -> float:
-    """Median milliseconds of ``call()``: at least ``min_iters`` timed calls, no new ones after ``max_seconds``.
+def time_calls(call: Callable[[], object], warmup: int = 3, min_iters: int = 5, max_seconds: float = 3.0,
+               max_iters: int = 200) -> list[float]:
+    """Milliseconds of each timed ``call()``: at least ``min_iters``, no new ones after ``max_seconds``.
 
     ``call`` must return only when its work is done (synchronise devices inside it).
     """
@@ -24,7 +25,21 @@ def median_ms(call: Callable[[], object], warmup: int = 3, min_iters: int = 5, m
         t0 = time.perf_counter()
         call()
         times.append((time.perf_counter() - t0) * 1000)
-    return round(statistics.median(times), 3)
+    return times
+
+
+def median_ms(call: Callable[[], object], warmup: int = 3, min_iters: int = 5, max_seconds: float = 3.0,
+              max_iters: int = 200) -> float:
+    """Median milliseconds of ``call()`` (see :func:`time_calls`)."""
+    return round(statistics.median(time_calls(call, warmup, min_iters, max_seconds, max_iters)), 3)
+
+
+def latency_stats(times_ms: list[float]) -> dict[str, float]:
+    """p50/p90/p99, mean and standard deviation of a list of latencies, and how many there were."""
+    values = np.asarray(times_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {"p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3), "p99_ms": round(float(p99), 3),
+            "mean_ms": round(float(values.mean()), 3), "std_ms": round(float(values.std()), 3), "iters": len(values)}
 
 
 @torch.no_grad()

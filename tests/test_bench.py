@@ -1,0 +1,87 @@
+"""bench: every variant x backend x batch measured, every file written, skipped backends listed with a reason."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from vitcompress.bench import bench
+from vitcompress.config import BenchConfig, ExportConfig
+from vitcompress.export.exporter import export
+from vitcompress.plots import pareto_front
+
+LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_ips", "peak_memory_bytes")
+MODEL_FIELDS = ("file_bytes", "params", "macs", "top1", "f1_macro", "agreement", "speedup")
+
+
+@pytest.fixture(scope="module")
+def onnx_export(shapes_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench-src") / "onnx"
+    export(ExportConfig(src=str(shapes_artifact), out=str(out), verify_size=32, quiet=True))
+    return out
+
+
+def small_bench(srcs: list[Path], out: Path, **options) -> BenchConfig:
+    defaults = {"batch": "1,3", "data": "shapes", "eval_size": 96, "warmup": 1, "min_iters": 3, "max_seconds": 0.2,
+                "quiet": True}
+    return BenchConfig(srcs=[str(s) for s in srcs], out=str(out), **{**defaults, **options})
+
+
+def test_bench_writes_every_file_with_every_field(tmp_path: Path, shapes_artifact: Path, onnx_export: Path) -> None:
+    result = bench(small_bench([shapes_artifact, onnx_export], tmp_path / "bench", backends="torch,ort-cpu,ort-cuda"))
+    files = sorted(p.name for p in result.path.iterdir())
+    assert files == ["accuracy_vs_latency.png", "latency_vs_batch.png", "report.md", "results.csv", "results.json"]
+    results = json.loads((result.path / "results.json").read_text())
+    records = results["records"]
+    assert sorted((r["variant"], r["backend"], r["batch"]) for r in records) == [
+        ("onnx", "ort-cpu", 1), ("onnx", "ort-cpu", 3), ("shapes", "torch", 1), ("shapes", "torch", 3)]
+    for record in records:
+        for field in LATENCY_FIELDS + MODEL_FIELDS:
+            assert record[field] is not None, field
+        assert record["p50_ms"] <= record["p99_ms"] and record["iters"] >= 3
+    baseline = [r for r in records if r["baseline"]]
+    assert {r["variant"] for r in baseline} == {"shapes"} and all(r["agreement"] == 1.0 for r in baseline)
+    assert all(r["agreement"] >= 0.99 for r in records)  # the FP32 ONNX export predicts what PyTorch does
+    assert results["hardware"]["cpu_count"] and results["versions"]["onnxruntime"] and results["config"]["batch"] == "1,3"
+    skipped = {(s["variant"], s["backend"]): s["reason"] for s in results["skipped"]}
+    assert "CUDAExecutionProvider" in skipped[("onnx", "ort-cuda")] or not skipped  # listed with why, never dropped
+    with open(result.path / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(records)
+    report = (result.path / "report.md").read_text()
+    assert "vs baseline" in report and "latency_vs_batch.png" in report
+    if skipped:
+        assert "## Skipped" in report
+
+
+def test_speed_only_without_data(tmp_path: Path, onnx_export: Path) -> None:
+    result = bench(small_bench([onnx_export], tmp_path / "bench", data=None, backends="ort-cpu"))
+    assert all("top1" not in r for r in result.results["records"])
+    assert not (result.path / "accuracy_vs_latency.png").exists()
+
+
+def test_pareto_front() -> None:
+    points = [(1.0, 0.80), (2.0, 0.90), (1.5, 0.70), (3.0, 0.85), (0.5, 0.60)]
+    assert pareto_front(points) == [(0.5, 0.60), (1.0, 0.80), (2.0, 0.90)]
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "exists", "unknown-backend"])
+def test_bad_input_is_one_line(tmp_path: Path, onnx_export: Path, case: str, capsys: pytest.CaptureFixture) -> None:
+    src, out, extra = onnx_export, tmp_path / "out", []
+    if case == "missing":
+        src = tmp_path / "nothing-here"
+    elif case == "corrupt":
+        src = tmp_path / "corrupt"
+        src.mkdir()
+        (src / "export.json").write_text("{not json")
+    elif case == "exists":
+        out.mkdir()
+    else:
+        extra = ["--backends", "tflite"]
+    assert run_cli("bench", src, "--out", out, "--quiet", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and err.count("\n") == 0
+    assert (case == "exists") == out.exists()

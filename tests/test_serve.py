@@ -1,0 +1,86 @@
+"""serve: a real Triton Inference Server answers like ONNX Runtime, refuses bad requests and keeps serving,
+and answers every request of a concurrent burst."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+from vitcompress.config import ExportConfig
+from vitcompress.errors import UserError
+from vitcompress.export.exporter import export
+from vitcompress.runtimes import RUNTIMES
+from vitcompress.serving import TritonClient, TritonServer, server_unavailable
+from vitcompress.sources import open_source
+
+TOLERANCE = 1e-5  # the server runs the same ONNX Runtime session on the same bytes
+
+
+@pytest.fixture(scope="module")
+def served(shapes_artifact: Path, tmp_path_factory: pytest.TempPathFactory):
+    reason = server_unavailable()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path_factory.mktemp("serve") / "pixels"
+    export(ExportConfig(src=str(shapes_artifact), out=str(out), input="uint8", verify_size=16, quiet=True))
+    source = open_source(out)
+    server = TritonServer(source, "vit", http_port=0, grpc_port=0, metrics_port=0, max_batch_size=8)
+    try:
+        server.start()
+    except UserError as exc:  # e.g. a virtualenv not made from the system Python: the backend stub cannot start
+        pytest.skip(str(exc))
+    yield source, server
+    server.stop()
+
+
+def pixels(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def test_answers_equal_onnx_runtime(served) -> None:
+    source, server = served
+    x = pixels(5)
+    expected = RUNTIMES["ort-cpu"](source).run(x)
+    got = server.client()(x)
+    assert got.shape == (5, 10) and float(np.abs(got - expected).max()) <= TOLERANCE
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype", "empty"])
+def test_malformed_requests_get_errors_and_the_server_keeps_serving(served, bad: str) -> None:
+    source, server = served
+    client = server.client()
+    request = {"shape": pixels(2)[:, :16], "dtype": pixels(2).astype(np.float32), "empty": pixels(0)}[bad]
+    with pytest.raises(Exception) as error:
+        client(request)
+    assert "InferenceServerException" in type(error.value).__name__
+    assert client(pixels(1)).shape == (1, 10)
+
+
+def test_a_concurrent_burst_is_answered_in_full(served) -> None:
+    source, server = served
+    requests = [pixels(1 + i % 3, seed=i) for i in range(48)]
+    expected = [RUNTIMES["ort-cpu"](source).run(r) for r in requests[:1]]
+
+    def send(request: np.ndarray) -> np.ndarray:
+        client = TritonClient(server.url, server.model_name, source.input_name)
+        try:
+            return client(request)
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(send, requests))
+    assert [a.shape[0] for a in answers] == [r.shape[0] for r in requests]  # none lost, none merged wrongly
+    assert float(np.abs(answers[0] - expected[0]).max()) <= TOLERANCE
+    ort = RUNTIMES["ort-cpu"](source)
+    assert all(np.abs(a - ort.run(r)).max() <= TOLERANCE for a, r in zip(answers, requests, strict=True))
+
+
+def test_serving_an_artifact_says_export_it_first(shapes_artifact: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_cli("serve", shapes_artifact) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "vitcompress export" in err

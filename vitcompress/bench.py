@@ -1,0 +1,272 @@
+"""``vitcompress bench``: every model given, on every runtime that can run it here, at every batch size,
+measured in one run on the same images, against the FP32 baseline.
+
+One record per variant x backend x batch: latency (p50/p90/p99/mean/std), throughput, peak memory,
+file size, params, MACs; accuracy (top-1, macro F1) and agreement with the baseline's predictions
+when ``--data`` is given. The triton backend is also measured under ``--concurrency`` parallel clients.
+A backend that cannot run a model here is recorded as skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vitcompress.augment import BatchTransform
+from vitcompress.config import BenchConfig
+from vitcompress.data import DataOptions, load_data
+from vitcompress.errors import UserError, require
+from vitcompress.fsutil import check_output_dir, publish_dir
+from vitcompress.latency import latency_stats, time_calls
+from vitcompress.runtimes import RUNTIMES, Runtime
+from vitcompress.sources import ModelSource, open_source
+
+ACCURACY_BATCH = 32  # within the Triton server's max_batch_size
+STAGING_SUFFIX = ".tmp-bench"
+MAX_TRITON_SECONDS = 60.0  # per concurrency level, whatever --requests says
+
+
+@dataclass
+class EvalImages:
+    pixels: torch.Tensor  # uint8 N x S x S x 3 as stored; each model gets them at its own size
+    labels: np.ndarray | None
+    source: str
+
+
+@dataclass
+class BenchResult:
+    path: Path
+    results: dict[str, Any]
+
+
+def bench(cfg: BenchConfig) -> BenchResult:
+    """Measure ``cfg.srcs`` and write ``results.json``, ``results.csv``, ``report.md`` and plots to ``cfg.out``."""
+    cfg.validate()
+    sources = [open_source(src) for src in cfg.srcs]
+    require(len({tuple(s.classes) for s in sources}) == 1, "the models do not share the same classes",
+            "bench variants of one model (an artifact, its pruned/quantized children, their exports)")
+    _unique_names(sources)
+    baseline = _baseline(sources, cfg.baseline)
+    out = check_output_dir(cfg.out, cfg.force)
+    images = _eval_images(cfg, sources[0])
+    plan = [(s, name) for s in sources for name in cfg.backend_names() if s.kind in RUNTIMES[name].kinds]
+    records: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    predictions: dict[tuple[str, str], np.ndarray] = {}
+    steps = sum(len(cfg.batch_sizes()) for _ in plan)
+    with tqdm(total=steps, desc="bench", disable=cfg.quiet, unit="point") as progress:
+        for source, backend in plan:
+            reason = RUNTIMES[backend].unavailable(source)
+            if reason:
+                skipped.append({"variant": source.label, "backend": backend, "reason": reason})
+                progress.update(len(cfg.batch_sizes()))
+                continue
+            progress.set_postfix_str(f"{source.label} on {backend}")
+            try:
+                measured = _measure(source, backend, cfg, images, progress)
+            except UserError as exc:  # a runtime that fails to start here (e.g. Triton from the wrong Python)
+                skipped.append({"variant": source.label, "backend": backend, "reason": str(exc)})
+                continue
+            records += measured["records"]
+            if measured["predictions"] is not None:
+                predictions[(source.label, backend)] = measured["predictions"]
+    if not records:
+        raise UserError("no backend could run any of the models here (see the reasons with --backends auto)",
+                        "install onnxruntime, or pass artifacts for the torch backend")
+    _add_agreement(records, predictions, baseline)
+    results = {"command": "vitcompress bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "python API",
+               "config": asdict(cfg), "baseline": baseline.label, "data": images.source if images.labels is not None else None,
+               "hardware": hardware(), "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+               "records": records, "skipped": skipped}
+    from vitcompress.bench_report import write_report
+
+    staging = out.with_name(out.name + STAGING_SUFFIX)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        write_report(results, staging)
+        publish_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return BenchResult(out, results)
+
+
+def _unique_names(sources: list[ModelSource]) -> None:
+    """Name variants by their directory, with as many parent directories as it takes to tell them apart."""
+    for depth in range(1, 6):
+        names = ["/".join(s.path.resolve().parts[-depth:]) for s in sources]
+        if len(set(names)) == len(names):
+            break
+    for source, name in zip(sources, names, strict=True):
+        source.label = name
+
+
+def _baseline(sources: list[ModelSource], named: str | None) -> ModelSource:
+    """``--baseline`` (a path among the SRCs), else the first FP32 model, else the first model."""
+    if named:
+        match = [s for s in sources if s.path.resolve() == Path(named).resolve()]
+        require(bool(match), f"--baseline {named} is not one of the models benched", "pass one of the SRC paths")
+        return match[0]
+    return next((s for s in sources if s.precision == "fp32"), sources[0])
+
+
+def _eval_images(cfg: BenchConfig, source: ModelSource) -> EvalImages:
+    """The test split of ``--data`` (or its first ``--eval-size`` images); generated pixels without ``--data``."""
+    if cfg.data:
+        splits = load_data(DataOptions(spec=cfg.data, data_dir=cfg.data_dir, img_size=source.img_size, val_split=0.0,
+                                       cache_dir=cfg.cache_dir, quiet=cfg.quiet, expected_classes=source.classes))
+        test = splits.test
+        n = cfg.eval_size or len(test)
+        return EvalImages(test.images[:n], test.labels[:n].numpy(), f"{cfg.data} (test split, {min(n, len(test))} images)")
+    generator = torch.Generator().manual_seed(0)
+    size, n = source.img_size, max(cfg.batch_sizes())
+    return EvalImages(torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=generator), None,
+                      "generated pixels")
+
+
+def _measure(source: ModelSource, backend: str, cfg: BenchConfig, images: EvalImages, progress: tqdm) -> dict[str, Any]:
+    pixels = BatchTransform(source.img_size, source.mean, source.std).eval_pixels(images.pixels)
+    _reset_peak_rss()
+    runtime = RUNTIMES[backend](source, threads=cfg.threads or None)
+    try:
+        common = {"variant": source.label, "path": str(source.path), "backend": backend, "device": runtime.device,
+                  "precision": source.precision, "kind": source.kind, "file_bytes": source.file_bytes,
+                  "params": source.params, "macs": source.macs}
+        accuracy, predicted = _accuracy(runtime, source, pixels, images.labels)
+        records = []
+        for batch in cfg.batch_sizes():
+            inputs = source.prepare(_repeat_to(pixels, batch))
+            times = time_calls(lambda inputs=inputs: runtime.run(inputs), cfg.warmup, cfg.min_iters, cfg.max_seconds)
+            stats = latency_stats(times)
+            records.append({**common, "mode": "batch", "batch": batch, "concurrency": 1, **stats,
+                            "throughput_ips": round(batch * 1000 / stats["mean_ms"], 2), **accuracy})
+            progress.update(1)
+        if backend == "triton":
+            records += _concurrency_sweep(runtime, source, pixels, cfg, common, accuracy)
+        memory = runtime.memory_bytes() or _peak_rss()
+        for record in records:
+            record["peak_memory_bytes"] = memory
+            record["memory_kind"] = "device (torch allocator)" if runtime.memory_bytes() else "process peak RSS"
+    finally:
+        runtime.close()
+    return {"records": records, "predictions": predicted}
+
+
+def _accuracy(runtime: Runtime, source: ModelSource, pixels: torch.Tensor,
+              labels: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray | None]:
+    if labels is None:
+        return {}, None
+    logits = np.concatenate([runtime.run(source.prepare(chunk)) for chunk in pixels.split(ACCURACY_BATCH)])
+    predicted = logits.argmax(1)
+    return {"top1": float((predicted == labels).mean()), "f1_macro": macro_f1(predicted, labels, len(source.classes))}, predicted
+
+
+def macro_f1(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    scores = []
+    for c in range(num_classes):
+        tp = float(((predicted == c) & (labels == c)).sum())
+        fp = float(((predicted == c) & (labels != c)).sum())
+        fn = float(((predicted != c) & (labels == c)).sum())
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return float(np.mean(scores))
+
+
+def _concurrency_sweep(runtime: Runtime, source: ModelSource, pixels: torch.Tensor, cfg: BenchConfig,
+                       common: dict[str, Any], accuracy: dict[str, Any]) -> list[dict[str, Any]]:
+    """Batch-1 requests from N parallel clients, bounded by ``--requests`` and a time limit per level."""
+    server = runtime.server  # type: ignore[attr-defined]
+    one = source.prepare(pixels[:1])
+    records = []
+    for clients in cfg.concurrency_levels():
+        loop = partial(_client_loop, server.url, server.model_name, source.input_name, one,
+                       max(1, cfg.requests // clients), time.perf_counter() + MAX_TRITON_SECONDS)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            futures = [pool.submit(loop) for _ in range(clients)]
+            times = [t for future in futures for t in future.result()]
+        wall = time.perf_counter() - started
+        records.append({**common, "mode": "concurrency", "batch": 1, "concurrency": clients, **latency_stats(times),
+                        "throughput_ips": round(len(times) / wall, 2), **accuracy})
+    return records
+
+
+def _client_loop(url: str, model_name: str, input_name: str, request: np.ndarray, count: int,
+                 deadline: float) -> list[float]:
+    """One client sending ``request`` ``count`` times (or until ``deadline``); milliseconds of each answer."""
+    from vitcompress.serving import TritonClient
+
+    client = TritonClient(url, model_name, input_name)
+    times = []
+    try:
+        for _ in range(count):
+            if time.perf_counter() > deadline:
+                break
+            t0 = time.perf_counter()
+            client(request)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        client.close()
+    return times
+
+
+def _add_agreement(records: list[dict[str, Any]], predictions: dict[tuple[str, str], np.ndarray],
+                   baseline: ModelSource) -> None:
+    reference = next((p for (variant, _), p in predictions.items() if variant == baseline.label), None)
+    for record in records:
+        record["baseline"] = record["variant"] == baseline.label
+        mine = predictions.get((record["variant"], record["backend"]))
+        if reference is not None and mine is not None:
+            record["agreement"] = float((mine == reference).mean())
+
+
+def _repeat_to(pixels: torch.Tensor, batch: int) -> torch.Tensor:
+    reps = -(-batch // len(pixels))
+    return pixels.repeat(reps, 1, 1, 1)[:batch]
+
+
+def _reset_peak_rss() -> None:
+    try:  # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) of this process
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
+                            "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                           if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return info
+
+
+def versions() -> dict[str, str]:
+    from vitcompress.artifact import library_versions
+
+    return library_versions(("vitcompress", "torch", "timm", "onnx", "onnxruntime", "nvidia-modelopt", "tensorrt",
+                             "nvidia-pytriton", "tritonclient"))

@@ -1,0 +1,79 @@
+"""What ``bench`` writes: ``results.json``, ``results.csv``, ``report.md`` (ratios against the FP32
+baseline) and two plots (latency against batch size; accuracy against latency with the Pareto front)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from vitcompress.fsutil import atomic_file
+from vitcompress.plots import save_latency_png, save_pareto_png
+
+CSV_FIELDS = ("variant", "backend", "device", "precision", "mode", "batch", "concurrency", "p50_ms", "p90_ms", "p99_ms",
+              "mean_ms", "std_ms", "iters", "throughput_ips", "speedup", "top1", "f1_macro", "agreement",
+              "peak_memory_bytes", "memory_kind", "file_bytes", "params", "macs", "baseline", "path")
+
+
+def add_speedups(results: dict[str, Any]) -> None:
+    """``speedup``: the baseline's p50 over this record's, at the same batch, on the same backend when the
+    baseline ran there (else on the baseline's first backend)."""
+    base = [r for r in results["records"] if r["baseline"] and r["mode"] == "batch"]
+    for record in results["records"]:
+        if record["mode"] != "batch":
+            continue
+        same = [b for b in base if b["batch"] == record["batch"]]
+        ref = next((b for b in same if b["backend"] == record["backend"]), same[0] if same else None)
+        record["speedup"] = round(ref["p50_ms"] / record["p50_ms"], 3) if ref else None
+        record["speedup_against"] = f"{ref['variant']} on {ref['backend']}" if ref else None
+
+
+def report_table(results: dict[str, Any], fmt: str = "simple") -> str:
+    rows = []
+    for r in results["records"]:
+        rows.append((r["variant"] + (" (baseline)" if r["baseline"] else ""), r["backend"], r["precision"],
+                     r["batch"] if r["mode"] == "batch" else f"1 x {r['concurrency']} clients", f"{r['p50_ms']:.2f}",
+                     f"{r['p99_ms']:.2f}", f"{r['throughput_ips']:.1f}",
+                     f"{r['speedup']:.2f}x" if r.get("speedup") else "-", _pct(r.get("top1")), _pct(r.get("agreement")),
+                     f"{r['file_bytes'] / 1e6:.1f}"))
+    headers = ("variant", "backend", "precision", "batch", "p50 ms", "p99 ms", "img/s", "vs baseline", "top-1",
+               "agrees", "MB")
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+
+
+def skipped_table(results: dict[str, Any], fmt: str = "simple") -> str:
+    rows = [(s["variant"], s["backend"], s["reason"]) for s in results["skipped"]]
+    return tabulate(rows, headers=("variant", "backend", "skipped because"), tablefmt=fmt) if rows else ""
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    add_speedups(results)
+    with atomic_file(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+    with atomic_file(out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(results["records"])
+    batch_records = [r for r in results["records"] if r["mode"] == "batch"]
+    save_latency_png(batch_records, out / "latency_vs_batch.png")
+    plots = ["![latency against batch size](latency_vs_batch.png)"]
+    if any(r.get("top1") is not None for r in batch_records):
+        save_pareto_png(batch_records, out / "accuracy_vs_latency.png")
+        plots.append("![accuracy against latency](accuracy_vs_latency.png)")
+    hw = results["hardware"]
+    lines = [f"# Benchmark: {len(results['records'])} measurements",
+             "", f"Command: `{results['command']}`  ", f"Hardware: {hw['cpu']}, {hw['cpu_count']} CPUs, GPU: {hw['gpu']}  ",
+             f"Baseline: {results['baseline']}; accuracy on {results['data'] or 'nothing (no --data)'}", "",
+             report_table(results, "github"), ""]
+    if results["skipped"]:
+        lines += ["## Skipped", "", skipped_table(results, "github"), ""]
+    lines += [*plots, ""]
+    with atomic_file(out / "report.md") as tmp:
+        tmp.write_text("\n".join(lines))
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"

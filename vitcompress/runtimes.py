@@ -1,0 +1,171 @@
+"""Runtimes: the one way bench, serve and predict run a model, whatever it is and wherever it runs.
+
+Each runtime is a small class in :data:`RUNTIMES` with the same shape: ``unavailable(source)``
+says why it cannot run that model here (``None`` when it can), the constructor loads it, and
+``run(batch)`` maps the model's input (see :meth:`ModelSource.prepare`) to logits. A new backend
+is one class here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from vitcompress.sources import ModelSource
+
+
+class Runtime(ABC):
+    name: ClassVar[str]
+    kinds: ClassVar[tuple[str, ...]]  # the ModelSource kinds it runs
+    device: str = "cpu"
+
+    @classmethod
+    def unavailable(cls, source: ModelSource) -> str | None:
+        if source.kind not in cls.kinds:
+            return f"runs {' or '.join(cls.kinds)} models, not {source.kind}"
+        return cls._missing()
+
+    @classmethod
+    def _missing(cls) -> str | None:
+        return None
+
+    @abstractmethod
+    def __init__(self, source: ModelSource, threads: int | None = None) -> None: ...
+
+    @abstractmethod
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None:  # noqa: B027 (most runtimes hold nothing to release)
+        """Release what the runtime holds (a server, a GPU context)."""
+
+    def memory_bytes(self) -> int | None:
+        """Peak device memory since loading, where the runtime can tell (CUDA); ``None`` on CPUs."""
+        return None
+
+
+class TorchRuntime(Runtime):
+    name = "torch"
+    kinds = ("artifact",)
+
+    def __init__(self, source: ModelSource, threads: int | None = None) -> None:
+        from vitcompress.artifact import load_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.model, _ = load_model(source.path, self.device)
+        self.forward = self._compile(self.model)
+
+    def _compile(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    @torch.no_grad()
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        out = self.forward(torch.from_numpy(batch).to(self.device)).float()
+        return out.cpu().numpy()  # .cpu() waits for the GPU
+
+    def memory_bytes(self) -> int | None:
+        return torch.cuda.max_memory_allocated() if self.device == "cuda" else None
+
+
+class TorchCompileRuntime(TorchRuntime):
+    name = "torch-compile"
+
+    @classmethod
+    def _missing(cls) -> str | None:
+        return None if hasattr(torch, "compile") else "this torch has no torch.compile"
+
+    def _compile(self, model: torch.nn.Module) -> torch.nn.Module:
+        return torch.compile(model)
+
+
+class OrtRuntime(Runtime):
+    """ONNX Runtime with one execution provider (the CPU provider as fallback for unsupported nodes)."""
+
+    name = "ort-cpu"
+    kinds = ("onnx",)
+    provider = "CPUExecutionProvider"
+
+    @classmethod
+    def _missing(cls) -> str | None:
+        import onnxruntime
+
+        if cls.provider not in onnxruntime.get_available_providers():
+            return f"this onnxruntime has no {cls.provider} (install onnxruntime-gpu on a machine with a GPU)"
+        return None
+
+    def __init__(self, source: ModelSource, threads: int | None = None) -> None:
+        from vitcompress.export.onnx_runtime import ort_runner, ort_session
+
+        providers = (self.provider,) if self.provider == "CPUExecutionProvider" else (self.provider, "CPUExecutionProvider")
+        self.device = "cpu" if self.provider == "CPUExecutionProvider" else "cuda"
+        self._run = ort_runner(ort_session(source.file, threads=threads, providers=providers))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._run(batch), dtype=np.float32)
+
+
+class OrtCudaRuntime(OrtRuntime):
+    name = "ort-cuda"
+    provider = "CUDAExecutionProvider"
+
+
+class OrtTensorRTRuntime(OrtRuntime):
+    name = "ort-trt"
+    provider = "TensorrtExecutionProvider"
+
+
+class TensorRTRuntime(Runtime):
+    name = "tensorrt"
+    kinds = ("engine",)
+    device = "cuda"
+
+    @classmethod
+    def _missing(cls) -> str | None:
+        if importlib.util.find_spec("tensorrt") is None:
+            return "TensorRT is not installed (pip install 'vitcompress[tensorrt]' on a machine with an NVIDIA GPU)"
+        return None if torch.cuda.is_available() else "no CUDA GPU"
+
+    def __init__(self, source: ModelSource, threads: int | None = None) -> None:
+        from vitcompress.export.tensorrt import TensorRTRunner
+
+        self.runner = TensorRTRunner(source.file)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.runner.run(batch)
+
+
+class TritonRuntime(Runtime):
+    """A local Triton Inference Server hosting the model (``vitcompress serve``), called over HTTP."""
+
+    name = "triton"
+    kinds = ("onnx", "engine")
+
+    @classmethod
+    def _missing(cls) -> str | None:
+        from vitcompress.serving import server_unavailable
+
+        return server_unavailable()
+
+    def __init__(self, source: ModelSource, threads: int | None = None) -> None:
+        from vitcompress.serving import TritonServer
+
+        self.server = TritonServer(source, threads=threads, http_port=0, grpc_port=0, metrics_port=0)
+        self.server.start()
+        self.client = self.server.client()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.client(batch)
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (
+    TorchRuntime, TorchCompileRuntime, OrtRuntime, OrtCudaRuntime, OrtTensorRTRuntime, TensorRTRuntime, TritonRuntime)}

@@ -1,0 +1,182 @@
+"""A local Triton Inference Server for one exported model, and a client for it.
+
+The server is NVIDIA's ``tritonserver`` as shipped in the ``nvidia-pytriton`` wheel: the model is
+bound through PyTriton's Python backend and runs in a vitcompress runtime (ONNX Runtime for an ONNX
+export, TensorRT for an engine), with dynamic batching. It speaks Triton's standard HTTP and gRPC
+protocols on 127.0.0.1, so any Triton client works against it.
+
+PyTriton's Python backend stub links the system ``libpython3.X``: it starts only from a Python
+whose version matches it (a virtualenv made from ``/usr/bin/python3.11`` on Debian, which is what
+``make`` uses when it exists). Otherwise :meth:`TritonServer.start` fails with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from vitcompress.errors import UserError
+from vitcompress.sources import ModelSource
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 120
+REQUEST_TIMEOUT_S = 60
+
+
+def server_unavailable() -> str | None:
+    """Why no Triton server can start here (``None`` when the pieces are installed)."""
+    for module, package in (("pytriton", "nvidia-pytriton"), ("tritonclient", "tritonclient[http]")):
+        if importlib.util.find_spec(module) is None:
+            return f"{package} is not installed (pip install 'vitcompress[serve]')"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class TritonServer:
+    """Triton hosting ``source`` under ``model_name``: ``start()``, call, ``stop()`` (or ``serve()`` to block)."""
+
+    def __init__(self, source: ModelSource, model_name: str = "model", runtime: str | None = None,
+                 threads: int | None = None, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
+                 max_batch_size: int = 32, max_queue_delay_us: int = 100, quiet: bool = True) -> None:
+        reason = server_unavailable()
+        if reason:
+            raise UserError(f"cannot start a Triton server: {reason}", "pip install 'vitcompress[serve]'")
+        self.source, self.model_name = source, model_name
+        self.runtime_name = runtime or ("tensorrt" if source.kind == "engine" else "ort-cpu")
+        self.threads, self.max_batch_size, self.max_queue_delay_us = threads, max_batch_size, max_queue_delay_us
+        self.http_port, self.grpc_port, self.metrics_port = (p or free_port() for p in (http_port, grpc_port, metrics_port))
+        self.quiet = quiet
+        self._triton: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"{HOST}:{self.http_port}"
+
+    def _bind(self) -> Any:
+        from pytriton.decorators import batch
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+
+        from vitcompress.runtimes import RUNTIMES
+
+        runtime = RUNTIMES[self.runtime_name](self.source, threads=self.threads)
+        input_name = self.source.input_name
+
+        @batch
+        def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+            return {"logits": runtime.run(inputs[input_name])}
+
+        size = self.source.img_size
+        shape = (size, size, 3) if self.source.takes_pixels else (3, size, size)
+        dtype = np.uint8 if self.source.takes_pixels else np.float32
+        config = TritonConfig(http_address=HOST, http_port=self.http_port, grpc_address=HOST, grpc_port=self.grpc_port,
+                              metrics_address=HOST, metrics_port=self.metrics_port, log_verbose=0)
+        triton = Triton(config=config)
+        triton.bind(model_name=self.model_name, infer_func=infer,
+                    inputs=[Tensor(name=input_name, dtype=dtype, shape=shape)],
+                    outputs=[Tensor(name="logits", dtype=np.float32, shape=(len(self.source.classes),))],
+                    config=ModelConfig(max_batch_size=self.max_batch_size,
+                                       batcher=DynamicBatcher(max_queue_delay_microseconds=self.max_queue_delay_us)),
+                    strict=True)
+        return triton
+
+    def start(self) -> None:
+        """Start in the background and wait until the model answers; a one-line error if it cannot."""
+        if self.quiet:
+            logging.getLogger("pytriton").setLevel(logging.ERROR)
+        triton = self._bind()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                triton.run()
+            self._triton = triton
+            self._wait_ready()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                triton.stop()
+            self._triton = None
+            raise UserError(f"the Triton server did not start ({str(exc).splitlines()[0][:300]})",
+                            "make the virtualenv from the system Python (/usr/bin/python3.11 on Debian), "
+                            "as `make setup` does; see docs/serving.md") from None
+
+    def _wait_ready(self) -> None:
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(self.url)
+        try:
+            if not client.is_model_ready(self.model_name):
+                raise RuntimeError(f"model {self.model_name} is not ready")
+        finally:
+            client.close()
+
+    def serve(self) -> None:
+        """Run in the foreground until interrupted."""
+        triton = self._bind()
+        self._triton = triton
+        triton.serve()
+
+    def stop(self) -> None:
+        if self._triton is not None:
+            with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+                self._triton.stop()
+            self._triton = None
+
+    def client(self) -> Callable[[np.ndarray], np.ndarray]:
+        """A function sending one batch over HTTP and returning the logits."""
+        return TritonClient(self.url, self.model_name, self.source.input_name)
+
+
+class TritonClient:
+    """Triton's standard HTTP client for one model: ``client(batch) -> logits``."""
+
+    def __init__(self, url: str, model_name: str, input_name: str, concurrency: int = 1) -> None:
+        import tritonclient.http as httpclient
+
+        self._http = httpclient
+        self.client = httpclient.InferenceServerClient(url, concurrency=concurrency, network_timeout=REQUEST_TIMEOUT_S,
+                                                       connection_timeout=REQUEST_TIMEOUT_S)
+        self.model_name, self.input_name = model_name, input_name
+
+    def request(self, batch: np.ndarray) -> Any:
+        from tritonclient.utils import np_to_triton_dtype
+
+        tensor = self._http.InferInput(self.input_name, list(batch.shape), np_to_triton_dtype(batch.dtype))
+        tensor.set_data_from_numpy(batch, binary_data=True)
+        return tensor
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        result = self.client.infer(self.model_name, [self.request(batch)],
+                                   outputs=[self._http.InferRequestedOutput("logits", binary_data=True)])
+        return result.as_numpy("logits")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def serve(cfg: Any) -> None:
+    """``vitcompress serve``: host ``cfg.src`` until interrupted (a ``ServeConfig``)."""
+    from vitcompress.sources import open_source
+
+    cfg.validate()
+    source = open_source(cfg.src)
+    if source.kind == "artifact":
+        raise UserError(f"{cfg.src} is an artifact; Triton serves exported models",
+                        f"run `vitcompress export {cfg.src} --out DIR` and serve DIR")
+    name = cfg.model_name or "".join(c if c.isalnum() or c in "_-" else "_" for c in source.name)
+    server = TritonServer(source, name, threads=cfg.threads or None, http_port=cfg.http_port, grpc_port=cfg.grpc_port,
+                          metrics_port=cfg.metrics_port, max_batch_size=cfg.max_batch_size,
+                          max_queue_delay_us=cfg.max_queue_delay_us, quiet=False)
+    print(f"serving {source.path} as '{name}' on http://{HOST}:{server.http_port} and grpc {HOST}:{server.grpc_port} "
+          "(Ctrl-C stops)", flush=True)
+    server.serve()

@@ -1,0 +1,101 @@
+"""What a path a user hands to ``bench``, ``serve`` or ``predict`` holds: an artifact, an ONNX export,
+a TensorRT engine, or a Triton model repository made by ``export``, with the facts every runtime needs
+(input contract, classes, size, params)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitcompress.artifact import META_FILE, WEIGHTS_FILE, read_meta
+from vitcompress.augment import BatchTransform
+from vitcompress.errors import UserError
+
+EXPORT_MANIFEST = "export.json"
+
+
+@dataclass
+class ModelSource:
+    """One model on disk and how to talk to it."""
+
+    path: Path  # the directory the user named
+    kind: str  # artifact | onnx | engine
+    file: Path  # the weights file, the .onnx, or the .plan
+    precision: str
+    classes: list[str]
+    img_size: int
+    mean: list[float]
+    std: list[float]
+    takes_pixels: bool  # uint8 N x H x W x 3 in, else normalised float N x 3 x H x W
+    input_name: str
+    params: int | None = None
+    macs: int | None = None
+    label: str = ""  # how reports name it (bench makes labels unique)
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.path.name
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def file_bytes(self) -> int:
+        return self.file.stat().st_size
+
+    def prepare(self, pixels: torch.Tensor) -> np.ndarray:
+        """The model's input for uint8 ``N x H x W x 3`` pixels at its size (done outside any timing)."""
+        if self.takes_pixels:
+            return pixels.numpy()
+        return BatchTransform(self.img_size, self.mean, self.std).eval(pixels).numpy().astype(np.float32)
+
+
+def open_source(path: str | Path) -> ModelSource:
+    """Recognise ``path``; a one-line error for anything that is not one of ours or is incomplete."""
+    path = Path(path)
+    if (path / META_FILE).is_file():
+        return _artifact(path)
+    if (path / EXPORT_MANIFEST).is_file():
+        return _export(path)
+    raise UserError(f"{path} is neither an artifact nor an export (no {META_FILE} or {EXPORT_MANIFEST})",
+                    "pass a directory written by a vitcompress stage or by `vitcompress export`")
+
+
+def _artifact(path: Path) -> ModelSource:
+    meta = read_meta(path)
+    if not (path / WEIGHTS_FILE).is_file():
+        raise UserError(f"{path} has no {WEIGHTS_FILE}", "re-create the artifact")
+    return ModelSource(path, "artifact", path / WEIGHTS_FILE, "int8" if meta.quantization else "fp32", meta.classes,
+                       meta.img_size, meta.mean, meta.std, False, "input", meta.metrics.get("params"),
+                       meta.metrics.get("macs"))
+
+
+def _export(path: Path) -> ModelSource:
+    try:
+        manifest = json.loads((path / EXPORT_MANIFEST).read_text())
+        contract = manifest["contract"]
+        model_input = contract["input"]
+        size = int(model_input["shape"][2 if model_input["layout"] == "NHWC" else 3])
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as exc:
+        raise UserError(f"{path / EXPORT_MANIFEST} is corrupt ({type(exc).__name__}: {exc})",
+                        "re-export with `vitcompress export`") from None
+    file, kind = _model_file(path, manifest)
+    source_metrics: dict[str, Any] = manifest.get("source_metrics", {})
+    return ModelSource(path, kind, file, manifest["precision"], contract["classes"], size, contract["mean"],
+                       contract["std"], model_input["dtype"] == "uint8", model_input["name"],
+                       source_metrics.get("params"), source_metrics.get("macs"))
+
+
+def _model_file(path: Path, manifest: dict[str, Any]) -> tuple[Path, str]:
+    root = path / manifest["triton"]["name"] if manifest["format"] == "triton" else path
+    candidates = [(root / "model.plan", "engine"), (root / "1" / "model.plan", "engine"),
+                  (root / "model.onnx", "onnx"), (root / "1" / "model.onnx", "onnx")]
+    for file, kind in candidates:
+        if file.is_file():
+            return file, kind
+    raise UserError(f"{path} has no model.onnx or model.plan", "re-export with `vitcompress export`")
