@@ -71,13 +71,37 @@ def test_archives_match_the_folder(tmp_path: Path, suffix: str) -> None:
     assert len(list((tmp_path / "c" / "archives").iterdir())) == 1  # extracted once, into the cache
 
 
-def test_unsafe_archive_member_is_rejected(tmp_path: Path) -> None:
+@pytest.fixture(params=["stdlib-filter", "files-only"])
+def extraction(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both extraction paths: the stdlib's data filter, and ours for Pythons without it (Debian's 3.11.2)."""
+    if request.param == "files-only":
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python has no extraction filters")
+    return request.param
+
+
+def test_both_extraction_paths_match_the_folder(tmp_path: Path, extraction: str) -> None:
+    root = write_image_folder(tmp_path / "mydata", per_class=3, classes=3)
+    archive = make_tar(root, tmp_path / "mydata.tar.gz")
+    cache = str(tmp_path / "c")
+    from_folder = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0, cache_dir=cache))
+    from_archive = load_data(DataOptions(spec=f"folder:{archive}", img_size=32, val_split=0, cache_dir=cache))
+    assert torch.equal(from_folder.train.images, from_archive.train.images)
+
+
+@pytest.mark.parametrize("member", ["../../escaped.txt", "link"])
+def test_unsafe_archive_member_is_rejected(tmp_path: Path, extraction: str, member: str) -> None:
     archive = tmp_path / "evil.tar"
     with tarfile.open(archive, "w") as tar:
         payload = b"owned"
-        info = tarfile.TarInfo("../../escaped.txt")
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
+        info = tarfile.TarInfo(member)
+        if member == "link":  # a link out of the tree
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        else:
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
     with pytest.raises(UserError, match="unsafe member"):
         load_data(DataOptions(spec=f"folder:{archive}", cache_dir=str(tmp_path / "c")))
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path.parent / "escaped.txt").exists()

@@ -1,8 +1,10 @@
 """Safe extraction of ``.tar`` / ``.tar.gz`` / ``.tar.xz`` datasets into a cache directory.
 
 Members are checked by the standard library's ``data`` filter (no absolute paths, no ``..``, no
-links out of the tree, no devices); the archive is extracted into a temporary folder that is
-renamed into place only when complete, so an interrupted extraction is never reused.
+links out of the tree, no devices). Pythons older than the filters (3.10.12 / 3.11.4; Debian 12
+ships 3.11.2) get a stricter check of our own: regular files and folders inside the tree only.
+The archive is extracted into a temporary folder that is renamed into place only when complete,
+so an interrupted extraction is never reused.
 """
 
 from __future__ import annotations
@@ -30,22 +32,43 @@ def extract_cached(archive: Path, cache_dir: Path, quiet: bool = False) -> Path:
     target = cache_dir / "archives" / f"{archive.name.split('.')[0]}-{key}"
     if target.is_dir():
         return target
-    if not hasattr(tarfile, "data_filter"):  # extraction filters arrived in 3.10.12 / 3.11.4 / 3.12
-        raise UserError(f"this Python ({sys.version.split()[0]}) cannot extract {archive} safely",
-                        "upgrade to Python 3.10.12+ / 3.11.4+, or extract it yourself and pass folder:DIR")
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     staging.mkdir(parents=True, exist_ok=True)
     if not quiet:
         print(f"extracting {archive} into {target} (once)", file=sys.stderr, flush=True)
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(staging, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(staging, filter="data")
+            else:
+                _extract_files_only(tar, staging)
+    except (tarfile.TarError, EOFError, OSError, UnsafeMember) as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, tarfile.FilterError):
+        if isinstance(exc, (getattr(tarfile, "FilterError", UnsafeMember), UnsafeMember)):
             raise UserError(f"archive {archive} has an unsafe member ({exc})",
                             "rebuild the archive with relative paths only and no links out of it") from None
         raise UserError(f"archive {archive} could not be read ({exc})",
                         "it may be truncated or corrupt: copy it again") from None
     os.replace(staging, target)
     return target
+
+
+class UnsafeMember(Exception):
+    """An archive member that is not a regular file or folder inside the tree."""
+
+
+def _extract_files_only(tar: tarfile.TarFile, dest: Path) -> None:
+    """For Pythons without extraction filters: regular files and folders, each inside ``dest``; nothing else."""
+    root = dest.resolve()
+    for member in tar:
+        target = (root / member.name).resolve()
+        if os.path.isabs(member.name) or not target.is_relative_to(root) or not (member.isfile() or member.isdir()):
+            raise UnsafeMember(f"{member.name!r} is not a regular file or folder inside the archive's tree")
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(member)
+        assert source is not None  # a regular file always has data
+        with source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out)
