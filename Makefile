@@ -16,18 +16,10 @@ $(BIN)/vitcompress: pyproject.toml
 
 setup: $(BIN)/vitcompress
 
-# Train a small ViT on the generated `shapes` data set (no network), prune half its heads, quantize it to INT8,
-# export it as INT8 ONNX that takes raw pixels.
+# The built-in pipeline (recipes/default.yaml): a small ViT on the generated `shapes` data (no network),
+# half its heads pruned, INT8 of both, ONNX exports, and the bench report of all four, side by side.
 demo: setup
-	$(BIN)/vitcompress finetune --model vit_tiny_patch16_224 --data shapes --img-size 32 --patch-size 8 \
-		--model-kwargs depth=2,embed_dim=64,num_heads=4 --drop-path 0 --lr 3e-3 --batch-size 64 \
-		--epochs 10 --out $(DEMO_OUT)/fp32 --force
-	$(BIN)/vitcompress prune $(DEMO_OUT)/fp32 --heads 0.5 --criterion taylor --finetune-epochs 3 --lr 1e-3 \
-		--batch-size 64 --out $(DEMO_OUT)/pruned --force
-	$(BIN)/vitcompress qat $(DEMO_OUT)/pruned --epochs 1 --batch-size 64 --out $(DEMO_OUT)/pruned-int8 --force
-	$(BIN)/vitcompress export $(DEMO_OUT)/pruned-int8 --input uint8 --out $(DEMO_OUT)/onnx-int8 --force
-	$(BIN)/vitcompress info $(DEMO_OUT)/pruned-int8
-	$(BIN)/vitcompress eval $(DEMO_OUT)/pruned-int8 --data shapes
+	$(BIN)/vitcompress pipeline --out $(DEMO_OUT)
 
 test: setup
 	$(BIN)/ruff check vitcompress compress export benchmarks tests

@@ -12,7 +12,8 @@ from vitcompress.errors import UserError
 
 HELP = {
     "model": "timm model name, e.g. vit_tiny_patch16_224, deit_small_patch16_224, beitv2_base_patch16_224",
-    "data": "dataset: cifar10 | folder:PATH (ImageFolder tree or .tar/.tar.gz/.tar.xz of one) | shapes",
+    "data": "dataset: cifar10 | folder:PATH (ImageFolder tree or .tar/.tar.gz/.tar.xz of one) | "
+            "shapes[:N] (generated, no network; N training images per class, default 500)",
     "out": "output artifact directory",
     "img_size": "input resolution (default: the model's own, e.g. 224)",
     "patch_size": "patch size passed to timm (default: the model's own)",
@@ -206,6 +207,27 @@ def _parser() -> argparse.ArgumentParser:
                                         "max_batch_size": "largest batch the dynamic batcher forms"},
                        positional=("src",))
 
+    p = sub.add_parser("pipeline", formatter_class=fmt, parents=[common],
+                       help="finetune -> prune -> qat -> export -> bench from one YAML recipe; re-run to resume",
+                       description="Run every stage from a recipe (default: the built-in one, no network, a few "
+                                   "minutes on a CPU). Complete stages made from the same recipe section are skipped "
+                                   "on a re-run, and an interrupted finetune resumes.")
+    p.add_argument("recipe", nargs="?", default=None, help="YAML recipe (see recipes/); default: the built-in default")
+    p.add_argument("--out", required=True, help="directory for every artifact, export and the bench report")
+    p.add_argument("--from", dest="from_stage", default=None, help="first stage to run: finetune|prune|qat|export|bench")
+    p.add_argument("--until", dest="until_stage", default=None, help="last stage to run")
+    p.add_argument("--quiet", action="store_true", help=HELP["quiet"])
+
+    p = sub.add_parser("predict", formatter_class=fmt, parents=[common],
+                       help="classify image files with an artifact, ONNX export or TensorRT engine",
+                       description="Print the top-k classes of each image, with the preprocessing recorded with the model.")
+    p.add_argument("src", help="artifact, export directory (ONNX or TensorRT) or Triton repository")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, any mode PIL opens)")
+    p.add_argument("--top-k", type=int, default=5, help="classes to show per image")
+    p.add_argument("--backend", default=None,
+                   help="runtime (default: torch for artifacts, ort-cpu for ONNX, tensorrt for engines)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = sub.add_parser("eval", formatter_class=fmt, parents=[common], help="score an artifact on a dataset's test split")
     p.add_argument("src", help="artifact directory")
     p.add_argument("--data", required=True, help=HELP["data"])
@@ -272,6 +294,19 @@ def _run(args: argparse.Namespace) -> None:
         from vitcompress.serving import serve
 
         serve(dataclass_from_args(ServeConfig, args))
+    elif args.command == "pipeline":
+        from vitcompress.bench_report import report_table
+        from vitcompress.pipeline import pipeline
+
+        result = pipeline(args.recipe, args.out, args.from_stage, args.until_stage, quiet=args.quiet)
+        table = f"\n{report_table(result.bench.results)}\n\nreport: {result.bench.path / 'report.md'}" if result.bench else ""
+        print(f"{table}\n\npipeline: {result.path} (ran: {', '.join(result.ran) or 'nothing'})")
+    elif args.command == "predict":
+        from vitcompress.predict import predict
+        from vitcompress.report import predictions_table
+
+        records = predict(args.src, args.images, args.top_k, args.backend)
+        print(json.dumps({"model": args.src, "predictions": records}) if args.json else predictions_table(records))
     elif args.command == "eval":
         from vitcompress.evaluate import evaluate_artifact
         from vitcompress.report import metrics_table, per_class_table

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from vitcompress.datasets.folder import load_folder
 from vitcompress.datasets.imageset import DataSplits, ImageSet, check_classes, holdout_split
-from vitcompress.datasets.shapes import load_shapes
+from vitcompress.datasets.shapes import TRAIN_PER_CLASS, load_shapes
 from vitcompress.datasets.torchvision_sets import load_cifar10
 from vitcompress.errors import UserError, require
 
-SPEC_HELP = "cifar10 | folder:PATH (ImageFolder tree or .tar/.tar.gz/.tar.xz of one) | shapes"
+SPEC_HELP = "cifar10 | folder:PATH (ImageFolder tree or .tar/.tar.gz/.tar.xz of one) | shapes[:N]"
 
 
 def default_cache_dir() -> Path:
@@ -40,9 +40,11 @@ def load_data(opts: DataOptions) -> DataSplits:
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
     name, _, arg = opts.spec.partition(":")
     val: ImageSet | None = None
-    if opts.spec == "shapes":
-        train, test = load_shapes()
-        described = {"spec": "shapes"}
+    if name == "shapes":
+        require(not arg or (arg.isdigit() and int(arg) > 0), f"data spec {opts.spec!r} needs a positive count",
+                "use shapes or shapes:N (N training images per class)")
+        train, test = load_shapes(int(arg) if arg else TRAIN_PER_CLASS)
+        described = {"spec": opts.spec}
     elif opts.spec == "cifar10":
         root = Path(opts.data_dir) if opts.data_dir else cache_dir / "cifar10"
         train, test = load_cifar10(root, opts.download)

@@ -160,3 +160,13 @@ def export_summary(path: Path, manifest: dict[str, Any]) -> str:
                      headers=("file", "size"), tablefmt="simple", disable_numparse=True)
     table = tabulate(rows, tablefmt="simple", disable_numparse=True)
     return f"\n{table}\n\n{files}\n\nexport: {path}"
+
+
+def predictions_table(records: list[dict[str, Any]]) -> str:
+    """What ``predict`` prints: each image's top classes with their probabilities."""
+    blocks = []
+    for record in records:
+        rows = [(item["class"], f"{100 * item['probability']:.2f}%") for item in record["top"]]
+        blocks.append(f"{record['image']}\n" + tabulate(rows, headers=("class", "probability"), tablefmt="simple",
+                                                          disable_numparse=True))
+    return "\n\n".join(blocks)

@@ -81,9 +81,12 @@ def _find_classes(split_dir: Path) -> tuple[list[str], dict[str, int]]:
 
 def storage_size(first_image: str, img_size: int) -> int:
     """Side length images are cached at: enough for a centre crop to ``img_size``, never upscaled."""
-    wanted = math.ceil(img_size / CROP_PCT)
     with Image.open(first_image) as img:
-        return max(1, min(wanted, min(img.size)))
+        return storage_side(img.size, img_size)
+
+
+def storage_side(image_size: tuple[int, int], img_size: int) -> int:
+    return max(1, min(math.ceil(img_size / CROP_PCT), min(image_size)))
 
 
 class _DecodeDataset(Dataset):
@@ -96,19 +99,20 @@ class _DecodeDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None]:
         try:
             with Image.open(self.samples[i][0]) as img:
-                return i, _square(img.convert("RGB"), self.size)
+                return i, square_pixels(img.convert("RGB"), self.size)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
             return i, None
 
 
-def _square(img: Image.Image, size: int) -> np.ndarray:
+def square_pixels(img: Image.Image, size: int) -> np.ndarray:
+    """Shorter side resized to ``size`` (bicubic), centre-cropped square: uint8 ``size x size x 3``."""
     w, h = img.size
     scale = size / min(w, h)
     if (w, h) != (size, size):
         img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
         left, top = (img.width - size) // 2, (img.height - size) // 2
         img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
 def _decode_split(samples: list[tuple[str, int]], size: int, out: Path, workers: int, quiet: bool) -> list[str]:

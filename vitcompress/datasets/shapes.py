@@ -68,6 +68,6 @@ def generate(per_class: int, seed: int, size: int = IMAGE_SIZE) -> ImageSet:
     return ImageSet(torch.from_numpy(images), torch.from_numpy(labels).long(), list(CLASSES))
 
 
-def load_shapes(seed: int = 0) -> tuple[ImageSet, ImageSet]:
-    """Train and test splits (test uses another seed, so no image is in both)."""
-    return generate(TRAIN_PER_CLASS, seed), generate(TEST_PER_CLASS, seed + 10_000)
+def load_shapes(train_per_class: int = TRAIN_PER_CLASS, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """Train and test splits (test uses another seed, so no image is in both; it is the same for every size)."""
+    return generate(train_per_class, seed), generate(TEST_PER_CLASS, seed + 10_000)

@@ -1,0 +1,142 @@
+"""pipeline: a shrunken recipe end to end, skipping complete stages and resuming after a kill;
+recipes with mistakes refused before anything runs; predict agreeing with eval."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, run_cli, write_image_folder
+from vitcompress.config import ExportConfig
+from vitcompress.export.exporter import export
+from vitcompress.pipeline import default_recipe, pipeline
+from vitcompress.predict import Classifier
+from vitcompress.recipe import load_recipe
+
+SMALL = {
+    "finetune": {"model": "vit_tiny_patch16_224", "data": "shapes", "img_size": 32, "patch_size": 8,
+                 "model_kwargs": "depth=1,embed_dim=32,num_heads=2", "epochs": 2, "lr": "3e-3", "batch_size": 128,
+                 "drop_path": 0.0, "quiet": True},
+    "prune": {"heads": 0.5, "criterion": "l1", "finetune_epochs": 0},
+    "qat": {"epochs": 0, "calib_size": 64},
+    "export": {"verify_size": 16},
+    "bench": {"data": "shapes", "eval_size": 64, "backends": "ort-cpu", "batch": "1", "warmup": 1, "min_iters": 2,
+              "max_seconds": 0.05},
+}
+STEPS = ["fp32", "pruned", "int8", "pruned-int8", "onnx-fp32", "onnx-pruned", "onnx-int8", "onnx-pruned-int8", "bench"]
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def test_pipeline_runs_every_stage_then_skips_them(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", SMALL)
+    first = pipeline(str(recipe), str(tmp_path / "out"), quiet=True, log=lambda _: None)
+    assert first.ran == STEPS and all((tmp_path / "out" / s).is_dir() for s in STEPS)
+    variants = {r["variant"] for r in first.bench.results["records"]}
+    assert variants == {"onnx-fp32", "onnx-pruned", "onnx-int8", "onnx-pruned-int8"}  # FP32, pruned, INT8, both
+    state = json.loads((tmp_path / "out" / "pipeline.json").read_text())
+    assert all(step["status"] == "done" for step in state["steps"].values())
+    again = pipeline(str(recipe), str(tmp_path / "out"), quiet=True, log=lambda _: None)
+    assert again.ran == [] and again.skipped == STEPS and again.bench is not None
+    changed = write_recipe(tmp_path / "r.yaml", {**SMALL, "export": {"verify_size": 8}})  # only export and bench change
+    third = pipeline(str(changed), str(tmp_path / "out"), quiet=True, log=lambda _: None)
+    assert third.ran == STEPS[4:]
+
+
+def test_from_and_until(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", SMALL)
+    until = pipeline(str(recipe), str(tmp_path / "out"), until_stage="prune", quiet=True, log=lambda _: None)
+    assert until.ran == ["fp32", "pruned"]
+    rest = pipeline(str(recipe), str(tmp_path / "out"), from_stage="qat", until_stage="qat", quiet=True, log=lambda _: None)
+    assert rest.ran == ["int8", "pruned-int8"]
+
+
+def _run_until(recipe: Path, out: Path, ready) -> None:
+    """Start the pipeline in a subprocess and kill it (SIGKILL) once ``ready()`` holds."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "vitcompress", "pipeline", str(recipe), "--out", str(out), "--quiet"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_resumes_after_a_kill_without_redoing_finished_stages(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", {**SMALL, "prune": {**SMALL["prune"], "finetune_epochs": 2}})
+    out = tmp_path / "out"
+    _run_until(recipe, out, lambda: (out / "pruned.tmp-run").exists())  # killed while prune recovers
+    assert (out / "fp32").is_dir() and not (out / "pruned").exists()
+    finished = (out / "fp32" / "model.safetensors").stat().st_mtime_ns
+    result = pipeline(str(recipe), str(out), quiet=True, log=lambda _: None)
+    assert "fp32" in result.skipped and result.ran == STEPS[1:]
+    assert (out / "fp32" / "model.safetensors").stat().st_mtime_ns == finished
+
+
+def test_an_interrupted_finetune_resumes(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", {"finetune": {**SMALL["finetune"], "epochs": 4}})
+    out = tmp_path / "out"
+    _run_until(recipe, out, lambda: (out / "fp32.tmp-run" / "last.ckpt").exists())
+    messages: list[str] = []
+    result = pipeline(str(recipe), str(out), quiet=True, log=messages.append)
+    assert result.ran == ["fp32"] and any("resuming" in m for m in messages)
+    log = (out / "fp32" / "train_log.csv").read_text().splitlines()
+    assert len(log) == 1 + 4  # a header and each epoch once
+
+
+@pytest.mark.parametrize("mistake, expected", [
+    ({"finetune": {**SMALL["finetune"], "epoch": 3}}, "did you mean 'epochs'"),
+    ({"finetune": {**SMALL["finetune"], "epochs": "ten"}}, "finetune.epochs should be an integer"),
+    ({"qat": SMALL["qat"], "finetune": SMALL["finetune"]}, "cannot run in that order"),
+    ({"finetune": SMALL["finetune"], "quantize": {}}, "unknown stage 'quantize'"),
+    ({"prune": SMALL["prune"]}, "no finetune section comes before it"),
+])
+def test_bad_recipes_are_refused_before_anything_runs(tmp_path: Path, mistake: dict, expected: str,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", mistake)
+    assert run_cli("pipeline", recipe, "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and err.count("\n") == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_recipes_are_valid() -> None:
+    for path in [default_recipe(), *sorted((REPO / "recipes").glob("*.yaml"))]:
+        load_recipe(path)
+
+
+def test_predict_agrees_with_eval_for_an_artifact_and_its_export(tmp_path: Path, shapes_artifact: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    root = write_image_folder(tmp_path / "imgs", per_class=4, classes=10, splits=("train", "test"), seed=3)
+    assert run_cli("eval", shapes_artifact, "--data", f"folder:{root}", "--json", "--quiet") == 0
+    eval_top1 = json.loads(capsys.readouterr().out)["top1"]
+    files = sorted((root / "test").rglob("*.png"))
+    truth = [f.parent.name for f in files]
+    onnx = export(ExportConfig(src=str(shapes_artifact), out=str(tmp_path / "onnx"), input="uint8", verify_size=8,
+                               quiet=True)).path
+    for src in (shapes_artifact, onnx):
+        top1 = [answer[0][0] for answer in Classifier(src)(list(files), top_k=1)]
+        assert sum(p == t for p, t in zip(top1, truth, strict=True)) / len(files) == pytest.approx(eval_top1)
+    assert run_cli("predict", onnx, files[0], "--json", "--top-k", "3") == 0
+    answer = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert len(answer["top"]) == 3 and answer["top"][0]["probability"] >= answer["top"][1]["probability"]
+
+
+def test_predict_names_an_unreadable_image(tmp_path: Path, shapes_artifact: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    assert run_cli("predict", shapes_artifact, bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(bad) in err and err.count("\n") == 0

@@ -1,0 +1,176 @@
+"""``vitcompress pipeline``: finetune -> prune -> qat -> export -> bench from one recipe, resumable.
+
+Every step writes one directory under ``OUT`` (``fp32``, ``pruned``, ``int8``, ``pruned-int8``,
+``onnx-*``, ``bench``) through its stage's own atomic publish. ``OUT/pipeline.json`` records, per
+step, a digest of the recipe section and of the steps it read from. A re-run skips a step whose
+directory is complete and whose digest matches, resumes an interrupted finetune (``--resume``),
+and redoes anything else (a prune or qat cut off starts over: those stages have no resume yet).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vitcompress.errors import UserError, require
+from vitcompress.fsutil import atomic_file
+from vitcompress.recipe import STAGES, build_config, load_recipe, section_digest
+
+STATE_FILE = "pipeline.json"
+DEFAULT_RECIPE = "default.yaml"
+
+
+@dataclass
+class Step:
+    """One stage run: ``stage`` with its recipe section, reading ``inputs`` (other steps), writing ``name``."""
+
+    name: str
+    stage: str
+    inputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineResult:
+    path: Path
+    ran: list[str]
+    skipped: list[str]
+    bench: Any = None  # the BenchResult, when bench ran or was complete
+
+
+def default_recipe() -> Path:
+    return Path(str(resources.files("vitcompress.recipes") / DEFAULT_RECIPE))
+
+
+def plan(recipe: dict[str, dict[str, Any]]) -> list[Step]:
+    """The steps a recipe makes: FP32, pruned, INT8 of both, an export of each, and one bench of all."""
+    steps: list[Step] = []
+    artifacts: list[str] = []
+    if "finetune" in recipe:
+        steps.append(Step("fp32", "finetune"))
+        artifacts.append("fp32")
+    elif recipe:
+        artifacts.append("src")  # the first section's src: artifact (checked by the recipe)
+    if "prune" in recipe:
+        steps.append(Step("pruned", "prune", [artifacts[0]]))
+        artifacts.append("pruned")
+    if "qat" in recipe:
+        for source in list(artifacts):
+            name = "int8" if source in ("fp32", "src") else f"{source}-int8"
+            steps.append(Step(name, "qat", [source]))
+            artifacts.append(name)
+    exports = []
+    if "export" in recipe:
+        for source in artifacts:
+            steps.append(Step(f"onnx-{source}", "export", [source]))
+            exports.append(f"onnx-{source}")
+    if "bench" in recipe:
+        steps.append(Step("bench", "bench", exports or artifacts))
+    return steps
+
+
+def pipeline(recipe_path: str | None, out: str, from_stage: str | None = None, until_stage: str | None = None,
+             quiet: bool = False, log: Callable[[str], None] = print) -> PipelineResult:
+    """Run (or finish) the recipe's stages into ``out``."""
+    for flag, stage in (("--from", from_stage), ("--until", until_stage)):
+        require(stage is None or stage in STAGES, f"{flag} {stage!r} is not a stage", f"use one of {', '.join(STAGES)}")
+    recipe = load_recipe(recipe_path or default_recipe())
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    state = _read_state(root)
+    selected = set(STAGES[STAGES.index(from_stage or STAGES[0]) : STAGES.index(until_stage or STAGES[-1]) + 1])
+    digests: dict[str, str] = {}
+    ran, skipped, bench_result = [], [], None
+    for step in plan(recipe):
+        section = recipe[step.stage]
+        digests[step.name] = section_digest({"step": step.name, **section}, [digests.get(i, i) for i in step.inputs])
+        target = root / step.name
+        done = state.get(step.name, {})
+        complete = target.exists() and done.get("digest") == digests[step.name] and done.get("status") == "done"
+        if complete:
+            skipped.append(step.name)
+            log(f"[pipeline] {step.name}: complete, skipped")
+            bench_result = _load_bench(target) if step.stage == "bench" else bench_result
+            continue
+        if step.stage not in selected:
+            if not target.exists() and _needed_later(step, recipe, selected):
+                raise UserError(f"{target} is missing and --from/--until leave {step.stage} out",
+                                f"run without --from/--until, or with --from {step.stage}")
+            skipped.append(step.name)
+            log(f"[pipeline] {step.name}: not selected")
+            continue
+        resume = _resumable(step, target, done, digests[step.name])
+        log(f"[pipeline] {step.name}: {step.stage}{' (resuming)' if resume else ''}")
+        state[step.name] = {"digest": digests[step.name], "status": "running", "stage": step.stage}
+        _write_state(root, state, recipe)
+        result = _run_step(step, section, root, resume, quiet)
+        state[step.name]["status"] = "done"
+        _write_state(root, state, recipe)
+        ran.append(step.name)
+        if step.stage == "bench":
+            bench_result = result
+    return PipelineResult(root, ran, skipped, bench_result)
+
+
+def _needed_later(step: Step, recipe: dict[str, Any], selected: set[str]) -> bool:
+    """Whether a selected step reads ``step``'s output."""
+    return any(step.name in s.inputs and s.stage in selected for s in plan(recipe))
+
+
+def _resumable(step: Step, target: Path, done: dict[str, Any], digest: str) -> bool:
+    from vitcompress.stage import staging_dir
+    from vitcompress.train import CHECKPOINT_FILE
+
+    return (step.stage == "finetune" and done.get("digest") == digest
+            and (staging_dir(target) / CHECKPOINT_FILE).is_file())
+
+
+def _run_step(step: Step, section: dict[str, Any], root: Path, resume: bool, quiet: bool) -> Any:
+    out = str(root / step.name)
+    sources = [section["src"] if name == "src" else str(root / name) for name in step.inputs]
+    if step.stage == "finetune":
+        from vitcompress.compress.finetune import finetune
+
+        config = build_config("finetune", section, out=out, force=not resume, resume=resume)
+        config.train.quiet = config.train.quiet or quiet
+        return finetune(config)
+    if step.stage == "bench":
+        from vitcompress.bench import bench
+
+        config = build_config("bench", section, srcs=sources, out=out, force=True)
+        config.quiet = config.quiet or quiet
+        return bench(config)
+    from vitcompress.compress.prune import prune
+    from vitcompress.compress.qat import qat
+    from vitcompress.export.exporter import export
+
+    config = build_config(step.stage, section, src=sources[0], out=out, force=True)
+    if hasattr(config, "train"):
+        config.train.quiet = config.train.quiet or quiet
+    else:
+        config.quiet = config.quiet or quiet
+    return {"prune": prune, "qat": qat, "export": export}[step.stage](config)
+
+
+def _load_bench(target: Path) -> Any:
+    from vitcompress.bench import BenchResult
+
+    return BenchResult(target, json.loads((target / "results.json").read_text()))
+
+
+def _read_state(root: Path) -> dict[str, Any]:
+    path = root / STATE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text()).get("steps", {})
+    except (json.JSONDecodeError, AttributeError):
+        return {}  # a damaged state file only means nothing is known to be complete
+
+
+def _write_state(root: Path, state: dict[str, Any], recipe: dict[str, Any]) -> None:
+    with atomic_file(root / STATE_FILE) as tmp:
+        tmp.write_text(json.dumps({"recipe": recipe, "steps": state}, indent=2) + "\n")
