@@ -8,7 +8,6 @@ verification leaves nothing behind.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from vitcompress.data import default_cache_dir
 from vitcompress.errors import UserError, require
 from vitcompress.export.onnx import OUTPUT, export_onnx, input_name
 from vitcompress.export.verify import TOLERANCES, Tolerance, VerificationSet, verification_set, verify_onnx
-from vitcompress.fsutil import atomic_file, check_output_dir, publish_dir
+from vitcompress.fsutil import atomic_file, check_output_dir, staged_directory
 
 ONNX_FILE = "model.onnx"
 ENGINE_FILE = "model.plan"
@@ -72,16 +71,9 @@ def export(cfg: ExportConfig) -> ExportResult:
     model, meta = load_model(cfg.src)
     data = verification_set(meta, cfg.verify_data, cfg.verify_size, cfg.data_dir, cfg.cache_dir, quiet=cfg.quiet)
     job = ExportJob(cfg, model, meta, precision, target, data)
-    staging = out.with_name(out.name + STAGING_SUFFIX)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_directory(out, STAGING_SUFFIX) as staging:
         manifest = FORMAT_WRITERS[cfg.format](job, staging)
         _write_json(staging / MANIFEST_FILE, manifest)
-        publish_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ExportResult(out, manifest)
 
 

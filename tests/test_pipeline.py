@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli, write_image_folder
+from tests.conftest import REPO, TINY, run_cli, write_image_folder
 from vitcompress.config import ExportConfig
 from vitcompress.export.exporter import export
 from vitcompress.pipeline import default_recipe, pipeline
@@ -117,16 +117,18 @@ def test_shipped_recipes_are_valid() -> None:
         load_recipe(path)
 
 
-def test_predict_agrees_with_eval_for_an_artifact_and_its_export(tmp_path: Path, shapes_artifact: Path,
-                                                                 capsys: pytest.CaptureFixture) -> None:
-    root = write_image_folder(tmp_path / "imgs", per_class=4, classes=10, splits=("train", "test"), seed=3)
-    assert run_cli("eval", shapes_artifact, "--data", f"folder:{root}", "--json", "--quiet") == 0
+def test_predict_agrees_with_eval_for_an_artifact_and_its_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_image_folder(tmp_path / "imgs", per_class=8, classes=10, splits=("train", "test"), seed=3)
+    artifact = tmp_path / "model"
+    assert run_cli("finetune", *TINY, "--data", f"folder:{root}", "--epochs", "2", "--val-split", "0", "--out", artifact) == 0
+    capsys.readouterr()
+    assert run_cli("eval", artifact, "--data", f"folder:{root}", "--json", "--quiet") == 0
     eval_top1 = json.loads(capsys.readouterr().out)["top1"]
     files = sorted((root / "test").rglob("*.png"))
     truth = [f.parent.name for f in files]
-    onnx = export(ExportConfig(src=str(shapes_artifact), out=str(tmp_path / "onnx"), input="uint8", verify_size=8,
+    onnx = export(ExportConfig(src=str(artifact), out=str(tmp_path / "onnx"), input="uint8", verify_size=8,
                                quiet=True)).path
-    for src in (shapes_artifact, onnx):
+    for src in (artifact, onnx):
         top1 = [answer[0][0] for answer in Classifier(src)(list(files), top_k=1)]
         assert sum(p == t for p, t in zip(top1, truth, strict=True)) / len(files) == pytest.approx(eval_top1)
     assert run_cli("predict", onnx, files[0], "--json", "--top-k", "3") == 0

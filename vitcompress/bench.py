@@ -10,7 +10,6 @@ A backend that cannot run a model here is recorded as skipped, with the reason.
 from __future__ import annotations
 
 import platform
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,7 @@ from vitcompress.augment import BatchTransform
 from vitcompress.config import BenchConfig
 from vitcompress.data import DataOptions, load_data
 from vitcompress.errors import UserError, require
-from vitcompress.fsutil import check_output_dir, publish_dir
+from vitcompress.fsutil import check_output_dir, staged_directory
 from vitcompress.latency import latency_stats, time_calls
 from vitcompress.runtimes import RUNTIMES, Runtime
 from vitcompress.sources import ModelSource, open_source
@@ -91,15 +90,8 @@ def bench(cfg: BenchConfig) -> BenchResult:
                "records": records, "skipped": skipped}
     from vitcompress.bench_report import write_report
 
-    staging = out.with_name(out.name + STAGING_SUFFIX)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_directory(out, STAGING_SUFFIX) as staging:
         write_report(results, staging)
-        publish_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return BenchResult(out, results)
 
 

@@ -55,6 +55,21 @@ def publish_dir(staging: Path, out: Path) -> None:
         os.replace(staging, out)
 
 
+@contextlib.contextmanager
+def staged_directory(out: Path, suffix: str) -> Iterator[Path]:
+    """A fresh ``OUT<suffix>`` directory to build ``out`` in: published onto ``out`` by one rename when
+    the block succeeds, removed when it fails (nothing half-written is ever left under ``out``)."""
+    staging = out.with_name(out.name + suffix)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_dir(staging, out)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

@@ -6,6 +6,8 @@ colour. The class is the shape, so a model must learn form, not colour. Determin
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -68,6 +70,7 @@ def generate(per_class: int, seed: int, size: int = IMAGE_SIZE) -> ImageSet:
     return ImageSet(torch.from_numpy(images), torch.from_numpy(labels).long(), list(CLASSES))
 
 
+@functools.lru_cache(maxsize=2)  # a pipeline loads the same data in every stage; generating it takes seconds
 def load_shapes(train_per_class: int = TRAIN_PER_CLASS, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """Train and test splits (test uses another seed, so no image is in both; it is the same for every size)."""
     return generate(train_per_class, seed), generate(TEST_PER_CLASS, seed + 10_000)
