@@ -9,6 +9,8 @@ Steps, in order, each logged with its wall time; a step that fails is recorded a
   4. prune   the CIFAR model pruned on the GPU (heads 0.25 / 0.5 / 0.5 + MLP 0.25; l1, taylor, random)
              with distillation recovery, each with and without recovery
   5. latency the base and pruned models in torch fp32, bf16 and torch.compile at batch 1 and 256
+  6. bench   `vitcompress bench` of the base and pruned models on torch, torch-bf16, torch-compile
+             (and ort-cuda / ort-trt / tensorrt where they exist, else listed as skipped), CIFAR-10 accuracy
 
 Usage:  python benchmarks/gpu_session.py --data data/cifar10-jpeg.tar.xz --out OUTDIR [--cifar-seconds 300]
 Writes: OUTDIR/gpu_results.json (all numbers, hardware, commands) and OUTDIR/session.log.
@@ -185,6 +187,19 @@ def step_latency(args: argparse.Namespace, paths: dict[str, Path], deadline: flo
     return results
 
 
+def step_bench(args: argparse.Namespace, variants: list[Path], out: Path) -> dict:
+    """The bench variants on the GPU runtimes; the report lands in OUTDIR/bench/."""
+    proc = cli("bench", *map(str, variants), "--backends", "torch,torch-bf16,torch-compile,ort-cuda,ort-trt,tensorrt",
+               "--batch", "1,32,256", "--data", f"folder:{args.data}", "--eval-size", "2000", "--max-seconds", "2",
+               "--out", str(out / "bench"), "--force", "--quiet")
+    results = out / "bench" / "results.json"
+    if not results.is_file():
+        return {"error": proc.stderr[-3000:]}
+    data = json.loads(results.read_text())
+    return {"records": [{k: r.get(k) for k in ("variant", "backend", "batch", "p50_ms", "throughput_ips", "top1",
+                                                "speedup")} for r in data["records"]], "skipped": data["skipped"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/cifar10-jpeg.tar.xz")
@@ -193,7 +208,7 @@ def main() -> None:
     parser.add_argument("--cifar-seconds", type=float, default=300)
     parser.add_argument("--recovery-epochs", type=int, default=10)
     parser.add_argument("--budget-seconds", type=float, default=560, help="stop starting new work after this")
-    parser.add_argument("--steps", default="smoke,speed,cifar,prune,latency")
+    parser.add_argument("--steps", default="smoke,speed,cifar,prune,latency,bench")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,7 +245,9 @@ def main() -> None:
             (out / f"cifar_{name}").write_bytes((base / name).read_bytes())
         run("prune", step_prune, args, work, base, deadline - 60)
         pruned = [Path(r["artifact"]) for r in results.get("prune", []) if isinstance(r, dict) and r.get("artifact")]
-        run("latency", step_latency, args, {"base": base, **({"pruned_h0.5": pruned[0]} if pruned else {})}, deadline)
+        variants = {"base": base, **({"pruned_h0.5": pruned[0]} if pruned else {})}
+        run("latency", step_latency, args, variants, deadline)
+        run("bench", step_bench, args, list(variants.values()), out)
     log(out, "finished")
 
 

@@ -115,13 +115,15 @@ def _baseline(sources: list[ModelSource], named: str | None) -> ModelSource:
 
 
 def _eval_images(cfg: BenchConfig, source: ModelSource) -> EvalImages:
-    """The test split of ``--data`` (or its first ``--eval-size`` images); generated pixels without ``--data``."""
+    """The test split of ``--data`` (or ``--eval-size`` images of it); generated pixels without ``--data``."""
     if cfg.data:
         splits = load_data(DataOptions(spec=cfg.data, data_dir=cfg.data_dir, img_size=source.img_size, val_split=0.0,
                                        cache_dir=cfg.cache_dir, quiet=cfg.quiet, expected_classes=source.classes))
         test = splits.test
-        n = cfg.eval_size or len(test)
-        return EvalImages(test.images[:n], test.labels[:n].numpy(), f"{cfg.data} (test split, {min(n, len(test))} images)")
+        if cfg.eval_size and cfg.eval_size < len(test):  # a seeded sample: folder splits are sorted by class
+            order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: cfg.eval_size]
+            test = test.subset(order.sort().values)
+        return EvalImages(test.images, test.labels.numpy(), f"{cfg.data} (test split, {len(test)} images)")
     generator = torch.Generator().manual_seed(0)
     size, n = source.img_size, max(cfg.batch_sizes())
     return EvalImages(torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=generator), None,
@@ -134,7 +136,7 @@ def _measure(source: ModelSource, backend: str, cfg: BenchConfig, images: EvalIm
     runtime = RUNTIMES[backend](source, threads=cfg.threads or None)
     try:
         common = {"variant": source.label, "path": str(source.path), "backend": backend, "device": runtime.device,
-                  "precision": source.precision, "kind": source.kind, "file_bytes": source.file_bytes,
+                  "precision": runtime.precision(source), "kind": source.kind, "file_bytes": source.file_bytes,
                   "params": source.params, "macs": source.macs}
         accuracy, predicted = _accuracy(runtime, source, pixels, images.labels)
         records = []

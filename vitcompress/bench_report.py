@@ -20,13 +20,15 @@ CSV_FIELDS = ("variant", "backend", "device", "precision", "mode", "batch", "con
 
 def add_speedups(results: dict[str, Any]) -> None:
     """``speedup``: the baseline's p50 over this record's, at the same batch, on the same backend when the
-    baseline ran there (else on the baseline's first backend)."""
+    baseline ran there (else on the baseline's first backend; the baseline's own rows on other backends
+    compare with its first backend too, e.g. torch-bf16 against torch)."""
     base = [r for r in results["records"] if r["baseline"] and r["mode"] == "batch"]
     for record in results["records"]:
         if record["mode"] != "batch":
             continue
         same = [b for b in base if b["batch"] == record["batch"]]
-        ref = next((b for b in same if b["backend"] == record["backend"]), same[0] if same else None)
+        first = same[0] if same else None
+        ref = first if record["baseline"] else next((b for b in same if b["backend"] == record["backend"]), first)
         record["speedup"] = round(ref["p50_ms"] / record["p50_ms"], 3) if ref else None
         record["speedup_against"] = f"{ref['variant']} on {ref['backend']}" if ref else None
 

@@ -46,6 +46,10 @@ class Runtime(ABC):
         """Peak device memory since loading, where the runtime can tell (CUDA); ``None`` on CPUs."""
         return None
 
+    def precision(self, source: ModelSource) -> str:
+        """The arithmetic it runs the model in (the model's own, unless the runtime changes it)."""
+        return source.precision
+
 
 class TorchRuntime(Runtime):
     name = "torch"
@@ -65,13 +69,26 @@ class TorchRuntime(Runtime):
     def _compile(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
+    autocast: torch.dtype | None = None
+
     @torch.no_grad()
     def run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.forward(torch.from_numpy(batch).to(self.device)).float()
+        with torch.autocast(self.device, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            out = self.forward(torch.from_numpy(batch).to(self.device)).float()
         return out.cpu().numpy()  # .cpu() waits for the GPU
 
     def memory_bytes(self) -> int | None:
         return torch.cuda.max_memory_allocated() if self.device == "cuda" else None
+
+
+class TorchBf16Runtime(TorchRuntime):
+    """bf16 autocast: tensor cores on GPUs, AMX/AVX-512 BF16 on CPUs that have them."""
+
+    name = "torch-bf16"
+    autocast = torch.bfloat16
+
+    def precision(self, source: ModelSource) -> str:
+        return "bf16 autocast" if source.precision == "fp32" else f"{source.precision} + bf16 autocast"
 
 
 class TorchCompileRuntime(TorchRuntime):
@@ -168,4 +185,5 @@ class TritonRuntime(Runtime):
 
 
 RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (
-    TorchRuntime, TorchCompileRuntime, OrtRuntime, OrtCudaRuntime, OrtTensorRTRuntime, TensorRTRuntime, TritonRuntime)}
+    TorchRuntime, TorchBf16Runtime, TorchCompileRuntime, OrtRuntime, OrtCudaRuntime, OrtTensorRTRuntime,
+    TensorRTRuntime, TritonRuntime)}
