@@ -8,6 +8,7 @@ quantizers (straight-through gradients) while distilling from the FP32 source mo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -18,19 +19,29 @@ from torch import nn
 
 from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta, write_artifact
 from vitcompress.augment import BatchTransform
-from vitcompress.compress.quantize import calibrate, insert_quantizers, modelopt, parse_skip, quant_config, quantized_layers
+from vitcompress.compress.quantize import (
+    calibrate,
+    insert_quantizers,
+    modelopt,
+    parse_skip,
+    quant_config,
+    quantized_layers,
+    restore_quantizers,
+)
 from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher
 from vitcompress.config import QatConfig
 from vitcompress.datasets.imageset import DataSplits, ImageSet
 from vitcompress.distributed import DistContext, resolve_device
 from vitcompress.errors import UserError, require
 from vitcompress.evaluate import evaluate
+from vitcompress.fsutil import atomic_file
 from vitcompress.loader import BatchLoader
 from vitcompress.models import count_macs, count_params
 from vitcompress.stage import StageResult, prepare_staging, publish, staging_guard
-from vitcompress.train import seed_everything
+from vitcompress.train import CHECKPOINT_FILE, seed_everything
 
 CALIB_BATCH = 64
+PROGRESS_FILE = "qat_progress.json"  # in the staging dir: what --resume needs from before the QAT epochs
 
 
 def qat(cfg: QatConfig) -> StageResult | dict[str, Any]:
@@ -47,7 +58,7 @@ def qat(cfg: QatConfig) -> StageResult | dict[str, Any]:
     ctx = DistContext(device=resolve_device(cfg.device))
     model, meta = load_model(cfg.src, ctx.device)
     if not cfg.sensitivity:
-        out, staging = prepare_staging(cfg.out, cfg.force, resume=False)
+        out, staging = prepare_staging(cfg.out, cfg.force, resume=cfg.resume)
     seed_everything(cfg.train.seed)
     data = load_source_data(cfg.source, meta, cfg.src, cfg.train)
     require(cfg.calib_size <= len(data.train), f"--calib-size {cfg.calib_size} is more than the {len(data.train)} "
@@ -57,21 +68,31 @@ def qat(cfg: QatConfig) -> StageResult | dict[str, Any]:
         from vitcompress.compress.sensitivity import sensitivity
 
         return sensitivity(model, cfg, data, transform, ctx)
-    with staging_guard(staging, resumable=False):
+    with staging_guard(staging, resumable=cfg.train.epochs > 0):
         return _quantize_and_publish(cfg, model, meta, data, transform, ctx, out, staging)
 
 
 def _quantize_and_publish(cfg: QatConfig, model: nn.Module, meta: ArtifactMeta, data: DataSplits,
                           transform: BatchTransform, ctx: DistContext, out: Path, staging: Path) -> StageResult:
-    top1_fp32 = evaluate(model, data.test, transform, ctx)["top1"]
     teacher = make_teacher(model, cfg.kd, cfg.train.epochs)
     config = quant_config(cfg.calib_method, parse_skip(cfg.skip), cfg.quantize_attention)
-    unreached = quantize_and_calibrate(model, config, cfg, data, transform, ctx)
-    test = evaluate(model, data.test, transform, ctx)
-    top1_ptq = test["top1"]
+    progress_file = staging / PROGRESS_FILE
+    if cfg.resume:  # the ranges are in the checkpoint; calibration and the PTQ scores were done before the stop
+        progress = json.loads(progress_file.read_text())
+        checkpoint = torch.load(staging / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["model"]
+        restore_quantizers(model, config, checkpoint, progress["unreached"])
+        model.to(ctx.device)
+    else:
+        progress = {"top1_fp32": evaluate(model, data.test, transform, ctx)["top1"]}
+        progress["unreached"] = quantize_and_calibrate(model, config, cfg, data, transform, ctx)
+        progress["top1_ptq"] = evaluate(model, data.test, transform, ctx)["top1"]
+        with atomic_file(progress_file) as tmp:
+            tmp.write_text(json.dumps(progress))
+    top1_fp32, top1_ptq, unreached = progress["top1_fp32"], progress["top1_ptq"], progress["unreached"]
     if cfg.train.epochs:
-        fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, cfg.train)
-        test = evaluate(model, data.test, transform, ctx)
+        fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, cfg.train, resume=cfg.resume)
+    test = evaluate(model, data.test, transform, ctx)
+    progress_file.unlink()
     quantized, skipped = quantized_layers(model)
     quantization = {"format": "int8 fake-quant (nvidia-modelopt)", "method": cfg.calib_method,
                     "percentile": cfg.percentile if cfg.calib_method == "percentile" else None,

@@ -37,10 +37,15 @@ def make_teacher(model: nn.Module, kd: DistillOptions, epochs: int) -> nn.Module
 
 def fine_tune_in_place(model: nn.Module, teacher: nn.Module | None, kd: DistillOptions, data: DataSplits,
                        transform: BatchTransform, ctx: DistContext, workdir: Path, train: TrainConfig,
-                       log_name: str | None = None) -> None:
-    """Train ``model`` for ``train.epochs`` (distilling from ``teacher``) and keep its best validation weights."""
+                       log_name: str | None = None, resume: bool = False) -> None:
+    """Train ``model`` for ``train.epochs`` (distilling from ``teacher``) and keep its best validation weights.
+
+    ``resume`` continues from ``workdir/last.ckpt`` (the model must already have the checkpoint's shape).
+    """
     distill = DistillationLoss(teacher, kd.distill, kd.kd_temperature, kd.kd_alpha) if teacher is not None else None
     trainer = Trainer(model, data, train, transform, ctx, workdir, distill=distill)
+    if resume:
+        trainer.load_checkpoint()
     trainer.fit()
     best = workdir / BEST_WEIGHTS_FILE
     if best.is_file():

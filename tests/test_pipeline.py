@@ -85,6 +85,15 @@ def test_resumes_after_a_kill_without_redoing_finished_stages(tmp_path: Path) ->
     assert (out / "fp32" / "model.safetensors").stat().st_mtime_ns == finished
 
 
+def test_an_interrupted_qat_step_resumes(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", {"finetune": SMALL["finetune"], "qat": {"epochs": 3, "calib_size": 64}})
+    out = tmp_path / "out"
+    _run_until(recipe, out, lambda: (out / "int8.tmp-run" / "last.ckpt").exists())
+    messages: list[str] = []
+    result = pipeline(str(recipe), str(out), quiet=True, log=messages.append)
+    assert result.skipped == ["fp32"] and result.ran == ["int8"] and any("int8: qat (resuming)" in m for m in messages)
+
+
 def test_an_interrupted_finetune_resumes(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", {"finetune": {**SMALL["finetune"], "epochs": 4}})
     out = tmp_path / "out"

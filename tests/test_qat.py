@@ -152,3 +152,31 @@ def test_attention_matmuls_quantize_and_reload(tmp_path: Path, name: str) -> Non
         for part in "qkv":
             getattr(block.attn, f"{part}_bmm_quantizer").disable()
     assert not torch.equal(logits(reloaded), with_bmm)  # the attention quantizers really act
+
+
+def test_an_interrupted_qat_resumes(tmp_path: Path, shapes_artifact: Path) -> None:
+    import os
+    import signal
+    import time
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "int8"
+    checkpoint = tmp_path / "int8.tmp-run" / "last.ckpt"
+    args = ["qat", str(shapes_artifact), "--epochs", "3", "--calib-size", "128", "--batch-size", "64", "--quiet",
+            "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "vitcompress", *args], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists() and not out.exists()
+    assert run_cli(*args, "--resume") == 0
+    meta = json.loads((out / "vitcompress.json").read_text())
+    assert meta["metrics"]["qat"]["top1_ptq"] is not None and meta["metrics"]["qat"]["epochs"] == 3
+    assert len((out / "train_log.csv").read_text().splitlines()) == 1 + 3  # each epoch once
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "train_log.csv", "vitcompress.json"]
+    reloaded, _ = load_model(out)  # the ranges came back with the checkpoint
+    assert torch.isfinite(logits(reloaded)).all()

@@ -200,6 +200,7 @@ class QatConfig:
     sensitivity_threshold: float = 0.005
     device: str = "auto"
     force: bool = False
+    resume: bool = False
     kd: DistillOptions = field(default_factory=DistillOptions)
     source: SourceData = field(default_factory=SourceData)
     train: TrainConfig = field(default_factory=qat_train_config)

@@ -4,7 +4,8 @@ Every step writes one directory under ``OUT`` (``fp32``, ``pruned``, ``int8``, `
 ``onnx-*``, ``bench``) through its stage's own atomic publish. ``OUT/pipeline.json`` records, per
 step, a digest of the recipe section and of the steps it read from. A re-run skips a step whose
 directory is complete and whose digest matches, resumes an interrupted finetune (``--resume``),
-and redoes anything else (a prune or qat cut off starts over: those stages have no resume yet).
+resumes an interrupted qat the same way, and redoes anything else (a prune cut off starts over: prune
+has no resume yet).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from vitcompress.fsutil import atomic_file
 from vitcompress.recipe import STAGES, build_config, load_recipe, section_digest
 
 STATE_FILE = "pipeline.json"
+RESUMABLE_STAGES = ("finetune", "qat")  # the stages with --resume; prune does not have it yet
 DEFAULT_RECIPE = "default.yaml"
 
 
@@ -124,7 +126,7 @@ def _resumable(step: Step, target: Path, done: dict[str, Any], digest: str) -> b
     from vitcompress.stage import staging_dir
     from vitcompress.train import CHECKPOINT_FILE
 
-    return (step.stage == "finetune" and done.get("digest") == digest
+    return (step.stage in RESUMABLE_STAGES and done.get("digest") == digest
             and (staging_dir(target) / CHECKPOINT_FILE).is_file())
 
 
@@ -147,7 +149,8 @@ def _run_step(step: Step, section: dict[str, Any], root: Path, resume: bool, qui
     from vitcompress.compress.qat import qat
     from vitcompress.export.exporter import export
 
-    config = build_config(step.stage, section, src=sources[0], out=out, force=True)
+    resume_option = {"resume": resume} if step.stage in RESUMABLE_STAGES else {}
+    config = build_config(step.stage, section, src=sources[0], out=out, force=not resume, **resume_option)
     if hasattr(config, "train"):
         config.train.quiet = config.train.quiet or quiet
     else:
