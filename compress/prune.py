@@ -8,6 +8,7 @@ through the one ``Trainer``). ``--iterative K`` repeats the step K times towards
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,14 @@ from vitcompress.compress.surgery import (
     mlp_widths,
     remove_heads,
     remove_mlp_channels,
+    reshape_to,
 )
 from vitcompress.config import PruneConfig
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext, resolve_device
 from vitcompress.errors import UserError
 from vitcompress.evaluate import evaluate
+from vitcompress.fsutil import atomic_file
 from vitcompress.latency import torch_latency_ms
 from vitcompress.loader import BatchLoader
 from vitcompress.models import count_macs, count_params, heads_per_block
@@ -41,6 +44,7 @@ from vitcompress.stage import StageResult, prepare_staging, publish, staging_gua
 from vitcompress.train import seed_everything
 
 LATENCY_BATCHES = (1, 64)
+PROGRESS_FILE = "prune_progress.json"  # in the staging dir: what --resume needs from before a recovery
 
 
 @dataclass
@@ -102,35 +106,48 @@ def prune(cfg: PruneConfig) -> StageResult | PrunePreview:
     check_prunable(model, meta.model_name)
     if cfg.dry_run:
         return _preview(cfg, model, meta, ctx)
-    out, staging = prepare_staging(cfg.out, cfg.force, resume=False)
+    out, staging = prepare_staging(cfg.out, cfg.force, resume=cfg.resume)
     seed_everything(cfg.train.seed)
     data = load_source_data(cfg.source, meta, cfg.src, cfg.train)
     transform = BatchTransform(meta.img_size, meta.mean, meta.std, cfg.train.augment)
-    with staging_guard(staging, resumable=False):
+    with staging_guard(staging, resumable=cfg.finetune_epochs > 0):
         return _prune_and_publish(cfg, model, meta, data, transform, ctx, out, staging)
 
 
 def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, data: DataSplits,
                        transform: BatchTransform, ctx: DistContext, out: Path, staging: Path) -> StageResult:
-    before_top1 = evaluate(model, data.test, transform, ctx)["top1"]
-    before = _measure(model, ctx, meta.img_size)
-    teacher = make_teacher(model, cfg.kd, cfg.finetune_epochs)
+    teacher = make_teacher(model, cfg.kd, cfg.finetune_epochs)  # the unpruned model, in both paths
     heads0, mlp0 = heads_per_block(model), mlp_widths(model)
     alive = _Alive(heads0)
     epochs = _epochs_per_step(cfg.finetune_epochs, cfg.iterative)
-    steps: list[PruneStep] = []
-    for k in range(1, cfg.iterative + 1):
-        step = _prune_step(cfg, model, data, transform, ctx, heads0, mlp0, alive, k, meta.img_size)
-        test = evaluate(model, data.test, transform, ctx)  # the last evaluation is the artifact's test report
-        step.top1_after_surgery = test["top1"]
+    progress_file = staging / PROGRESS_FILE
+    if cfg.resume:  # a recovery was cut off: take the pruned shape and the report so far from before the stop
+        progress = json.loads(progress_file.read_text())
+        reshape_to(model, progress["heads"], progress["mlp"], meta.img_size)
+        model.to(ctx.device)
+        alive.heads = progress["alive"]
+        steps = [PruneStep(**s) for s in progress["steps"]]
+        before_top1, before, first = progress["top1_before"], progress["before"], progress["step"]
+    else:
+        before_top1 = evaluate(model, data.test, transform, ctx)["top1"]
+        before = _measure(model, ctx, meta.img_size)
+        steps, first = [], 1
+    for k in range(first, cfg.iterative + 1):
+        resuming = cfg.resume and k == first
+        if not resuming:
+            steps.append(_prune_step(cfg, model, data, transform, ctx, heads0, mlp0, alive, k, meta.img_size))
+            test = evaluate(model, data.test, transform, ctx)  # the last evaluation is the artifact's test report
+            steps[-1].top1_after_surgery = test["top1"]
         if epochs[k - 1]:
+            if not resuming:
+                _save_progress(progress_file, k, steps, alive, model, before_top1, before)
             train = copy.deepcopy(cfg.train)
             train.epochs = epochs[k - 1]
             fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, train,
-                               log_name=f"train_log_step{k}.csv" if cfg.iterative > 1 else None)
+                               log_name=f"train_log_step{k}.csv" if cfg.iterative > 1 else None, resume=resuming)
             test = evaluate(model, data.test, transform, ctx)
-            step.top1_after_recovery = test["top1"]
-        steps.append(step)
+            steps[-1].top1_after_recovery = test["top1"]
+    progress_file.unlink(missing_ok=True)
     after = _measure(model, ctx, meta.img_size)
     pruning = {
         "criterion": cfg.criterion, "ranking": cfg.ranking, "iterative": cfg.iterative,
@@ -153,6 +170,15 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
     write_artifact(staging, model, new_meta)
     publish(staging, out)
     return StageResult(out, new_meta, model)
+
+
+def _save_progress(path: Path, step: int, steps: list[PruneStep], alive: _Alive, model: nn.Module,
+                   top1_before: float, before: dict[str, Any]) -> None:
+    """What ``--resume`` needs before step ``step``'s recovery: the shape, the head mapping, the report so far."""
+    progress = {"step": step, "steps": [asdict(s) for s in steps], "alive": alive.heads, "heads": heads_per_block(model),
+                "mlp": mlp_widths(model), "top1_before": top1_before, "before": before}
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(progress))
 
 
 def _prune_step(cfg: PruneConfig, model: nn.Module, data: DataSplits, transform: BatchTransform, ctx: DistContext,

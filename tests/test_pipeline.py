@@ -77,12 +77,17 @@ def _run_until(recipe: Path, out: Path, ready) -> None:
 def test_resumes_after_a_kill_without_redoing_finished_stages(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", {**SMALL, "prune": {**SMALL["prune"], "finetune_epochs": 2}})
     out = tmp_path / "out"
-    _run_until(recipe, out, lambda: (out / "pruned.tmp-run").exists())  # killed while prune recovers
+    _run_until(recipe, out, lambda: (out / "pruned.tmp-run" / "last.ckpt").exists())  # killed while prune recovers
     assert (out / "fp32").is_dir() and not (out / "pruned").exists()
     finished = (out / "fp32" / "model.safetensors").stat().st_mtime_ns
-    result = pipeline(str(recipe), str(out), quiet=True, log=lambda _: None)
+    messages: list[str] = []
+    result = pipeline(str(recipe), str(out), quiet=True, log=messages.append)
     assert "fp32" in result.skipped and result.ran == STEPS[1:]
     assert (out / "fp32" / "model.safetensors").stat().st_mtime_ns == finished
+    assert any("pruned: prune (resuming)" in m for m in messages)
+    assert len((out / "pruned" / "train_log.csv").read_text().splitlines()) == 1 + 2  # each recovery epoch once
+    pruning = json.loads((out / "pruned" / "vitcompress.json").read_text())["metrics"]["pruning"]
+    assert pruning["heads_after"] == [1] and pruning["top1_before"] is not None  # the report survived the stop
 
 
 def test_an_interrupted_qat_step_resumes(tmp_path: Path) -> None:

@@ -234,3 +234,38 @@ def test_distillation_loss() -> None:
     expected = torch.nn.functional.cross_entropy(same * 0, same.argmax(1))
     assert torch.isclose(hard(x, same * 0, task), expected)
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_an_interrupted_iterative_prune_resumes(tmp_path: Path, shapes_artifact: Path) -> None:
+    """Killed in the second step's recovery, ``--resume`` finishes it with the first step's report intact."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    out, staging = tmp_path / "pruned", tmp_path / "pruned.tmp-run"
+    args = ["prune", str(shapes_artifact), "--heads", "0.5", "--iterative", "2", "--finetune-epochs", "4",
+            "--criterion", "l1", "--quiet", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "vitcompress", *args], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+
+    def in_second_recovery() -> bool:
+        return (staging / "train_log_step1.csv").exists() and (staging / "last.ckpt").exists()
+
+    while not in_second_recovery() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert in_second_recovery() and not out.exists()
+    assert run_cli(*args, "--resume") == 0
+    pruning = json.loads((out / "vitcompress.json").read_text())["metrics"]["pruning"]
+    assert [len(s["removed_heads"]) for s in pruning["steps"]] == [2, 2]
+    assert all(s["top1_after_recovery"] is not None for s in pruning["steps"])
+    assert pruning["heads_after"] == [1, 1]
+    assert sorted(pruning["removed_heads"][0] + [h for h in range(2) if h not in pruning["removed_heads"][0]]) == [0, 1]
+    assert len((out / "train_log_step2.csv").read_text().splitlines()) == 1 + 2  # each epoch of step 2 once
+    load_model(out)

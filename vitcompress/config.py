@@ -164,6 +164,7 @@ class PruneConfig:
     device: str = "auto"
     dry_run: bool = False
     force: bool = False
+    resume: bool = False
     kd: DistillOptions = field(default_factory=DistillOptions)
     source: SourceData = field(default_factory=SourceData)
     train: TrainConfig = field(default_factory=recovery_train_config)

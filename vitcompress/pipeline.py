@@ -3,9 +3,8 @@
 Every step writes one directory under ``OUT`` (``fp32``, ``pruned``, ``int8``, ``pruned-int8``,
 ``onnx-*``, ``bench``) through its stage's own atomic publish. ``OUT/pipeline.json`` records, per
 step, a digest of the recipe section and of the steps it read from. A re-run skips a step whose
-directory is complete and whose digest matches, resumes an interrupted finetune (``--resume``),
-resumes an interrupted qat the same way, and redoes anything else (a prune cut off starts over: prune
-has no resume yet).
+directory is complete and whose digest matches, resumes an interrupted finetune, prune recovery or
+qat (``--resume`` of that stage), and redoes anything else (exports and bench are short).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from vitcompress.fsutil import atomic_file
 from vitcompress.recipe import STAGES, build_config, load_recipe, section_digest
 
 STATE_FILE = "pipeline.json"
-RESUMABLE_STAGES = ("finetune", "qat")  # the stages with --resume; prune does not have it yet
+RESUMABLE_STAGES = ("finetune", "prune", "qat")  # the stages with --resume (a checkpoint in OUT.tmp-run/)
 DEFAULT_RECIPE = "default.yaml"
 
 
