@@ -31,12 +31,14 @@ import torch
 from tabulate import tabulate
 
 from vitcompress.artifact import ArtifactMeta, load_model, write_artifact
+from vitcompress.augment import BatchTransform
+from vitcompress.bench import cpu_name
 from vitcompress.compress.qat import qat
 from vitcompress.config import ExportConfig, QatConfig, TrainConfig
 from vitcompress.datasets.shapes import CLASSES
 from vitcompress.export.exporter import export
 from vitcompress.export.onnx_runtime import ort_runner, ort_session, run_in_batches
-from vitcompress.export.verify import model_inputs, torch_logits, verification_set
+from vitcompress.export.verify import torch_logits, verification_set
 from vitcompress.latency import median_ms
 from vitcompress.models import build_kwargs, create_model, heads_per_block
 
@@ -97,7 +99,8 @@ def accuracy(qat_artifact: Path, work: Path) -> dict:
     model, meta = load_model(qat_artifact)
     data = verification_set(meta, None, 10**9)
     labels = data.labels.numpy()
-    got = run_in_batches(ort_runner(ort_session(out / "model.onnx")), model_inputs(meta, data.pixels, False), 256)
+    inputs = BatchTransform(meta.img_size, meta.mean, meta.std).model_input(data.pixels, False)
+    got = run_in_batches(ort_runner(ort_session(out / "model.onnx")), inputs, 256)
     expected = torch_logits(model, meta, data.pixels)
     return {"artifact": str(qat_artifact), "images": len(labels), "data": data.source,
             "top1_qat_torch_stage": meta.metrics["top1"], "top1_qat_torch": float((expected.argmax(1) == labels).mean()),
@@ -125,7 +128,7 @@ def main() -> None:
     accuracies = [accuracy(Path(p), work) for p in args.qat.split(",") if p]
     record = {"benchmark": "export_ort", "date": time.strftime("%Y-%m-%d"),
               "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-              "hardware": {"platform": platform.platform(), "processor": _cpu_name(), "cpu_flags": _cpu_flags(),
+              "hardware": {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": _cpu_flags(),
                            "cpu_count": os.cpu_count(),
                            "intra_op_threads": args.threads, "onnxruntime": onnxruntime.__version__,
                            "torch": torch.__version__},
@@ -149,16 +152,6 @@ def _cpu_flags() -> list[str]:
     except (OSError, StopIteration):
         return []
     return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma"})
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta
+from vitcompress.augment import BatchTransform
 from vitcompress.config import ExportConfig, parse_batch_profile
 from vitcompress.data import default_cache_dir
 from vitcompress.errors import UserError, require
@@ -140,7 +141,7 @@ def _build_engine(job: ExportJob, directory: Path) -> dict[str, Any]:
     """Build ``model.plan`` from the verified ONNX in ``directory``, run it on the same images, describe it."""
     from vitcompress.export.onnx_runtime import run_in_batches
     from vitcompress.export.tensorrt import EngineSpec, TensorRTRunner, build_engine
-    from vitcompress.export.verify import compare, model_inputs, torch_logits
+    from vitcompress.export.verify import compare, torch_logits
 
     cfg = job.cfg
     cache = Path(cfg.timing_cache) if cfg.timing_cache else default_cache_dir() / "tensorrt-timing.cache"
@@ -148,7 +149,7 @@ def _build_engine(job: ExportJob, directory: Path) -> dict[str, Any]:
                       parse_batch_profile(cfg.batch), cfg.workspace_gb, cache)
     engine = build_engine(spec)
     runner = TensorRTRunner(spec.engine_path)
-    inputs = model_inputs(job.meta, job.data.pixels, job.pixels)
+    inputs = BatchTransform(job.meta.img_size, job.meta.mean, job.meta.std).model_input(job.data.pixels, job.pixels)
     got = run_in_batches(runner.run, inputs, min(spec.batch[2], 8))
     tolerance = TOLERANCES["int8"] if job.precision == "int8" else ENGINE_TOLERANCE
     report = compare(torch_logits(job.model, job.meta, job.data.pixels), got, job.data.labels, tolerance)
@@ -170,10 +171,10 @@ def _write_tensorrt(job: ExportJob, staging: Path) -> dict[str, Any]:
 
 
 def _write_triton(job: ExportJob, staging: Path) -> dict[str, Any]:
-    from vitcompress.export.triton import TritonModel, describe, write_model_repository
+    from vitcompress.export.triton import TritonModel, describe, model_name_for, write_model_repository
 
     cfg = job.cfg
-    name = cfg.model_name or _default_model_name(cfg.src)
+    name = cfg.model_name or model_name_for(Path(cfg.src).resolve())
     work = staging / name
     work.mkdir()
     manifest = write_verified_onnx(job, work)
@@ -193,12 +194,6 @@ def _write_triton(job: ExportJob, staging: Path) -> dict[str, Any]:
     manifest["triton"] = describe(model)
     manifest["files"] = _file_sizes(staging)
     return manifest
-
-
-def _default_model_name(src: str) -> str:
-    """Triton model names are directory names: the artifact's, with anything unusual replaced."""
-    name = Path(src).resolve().name
-    return "".join(c if c.isalnum() or c in "_-" else "_" for c in name) or "model"
 
 
 FORMAT_WRITERS: dict[str, Callable[[ExportJob, Path], dict[str, Any]]] = {

@@ -83,6 +83,11 @@ def write_model_repository(root: Path, model: TritonModel, model_bytes_path: Pat
     return model_dir
 
 
+def model_name_for(path: Path) -> str:
+    """Triton model names are directory names: ``path``'s name, with anything unusual replaced."""
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in path.name) or "model"
+
+
 def describe(model: TritonModel) -> dict[str, Any]:
     return {"name": model.name, "platform": PLATFORMS[model.platform][0], "max_batch_size": model.max_batch_size,
             "dynamic_batching": model.dynamic_batching, "instances": model.instances,

@@ -17,7 +17,7 @@ from torch import nn
 
 from vitcompress.artifact import ArtifactMeta
 from vitcompress.augment import BatchTransform
-from vitcompress.data import DataOptions, load_data
+from vitcompress.data import DataOptions, generated_pixels, test_sample
 from vitcompress.errors import UserError
 from vitcompress.export.onnx_runtime import ort_runner, ort_session, run_in_batches
 
@@ -52,20 +52,15 @@ def verification_set(meta: ArtifactMeta, spec: str | None, size: int, data_dir: 
     spec = spec or meta.data.get("spec")
     if spec:
         try:
-            splits = load_data(DataOptions(spec=spec, data_dir=data_dir, img_size=meta.img_size, val_split=0.0,
-                                           cache_dir=cache_dir, quiet=quiet, expected_classes=meta.classes))
+            test = test_sample(DataOptions(spec=spec, data_dir=data_dir, img_size=meta.img_size, val_split=0.0,
+                                           cache_dir=cache_dir, quiet=quiet, expected_classes=meta.classes), size)
         except UserError:
             if explicit:
                 raise
         else:
-            test = splits.test
-            order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:size].sort().values
-            subset = test.subset(order)
-            pixels = BatchTransform(meta.img_size, meta.mean, meta.std).eval_pixels(subset.images)
-            return VerificationSet(pixels, subset.labels, f"{spec} (test split, {len(order)} images)")
-    generator = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (size, meta.img_size, meta.img_size, 3), dtype=torch.uint8, generator=generator)
-    return VerificationSet(pixels, None, f"generated pixels ({size} images)")
+            pixels = BatchTransform(meta.img_size, meta.mean, meta.std).eval_pixels(test.images)
+            return VerificationSet(pixels, test.labels, f"{spec} (test split, {len(test)} images)")
+    return VerificationSet(generated_pixels(size, meta.img_size), None, f"generated pixels ({size} images)")
 
 
 @torch.no_grad()
@@ -75,18 +70,11 @@ def torch_logits(model: nn.Module, meta: ArtifactMeta, pixels: torch.Tensor, bat
     return torch.cat([model(transform.eval(chunk)).float() for chunk in pixels.split(batch)]).numpy()
 
 
-def model_inputs(meta: ArtifactMeta, pixels: torch.Tensor, takes_pixels: bool) -> np.ndarray:
-    """What the exported graph is fed: the pixels themselves, or normalised float NCHW."""
-    if takes_pixels:
-        return pixels.numpy()
-    return BatchTransform(meta.img_size, meta.mean, meta.std).eval(pixels).numpy().astype(np.float32)
-
-
 def verify_onnx(path: Path, model: nn.Module, meta: ArtifactMeta, data: VerificationSet, takes_pixels: bool,
                 tolerance: Tolerance) -> dict[str, Any]:
     """Compare ONNX Runtime on ``path`` with PyTorch on ``data``; raise ``UserError`` when it fails ``tolerance``."""
     expected = torch_logits(model, meta, data.pixels)
-    inputs = model_inputs(meta, data.pixels, takes_pixels)
+    inputs = BatchTransform(meta.img_size, meta.mean, meta.std).model_input(data.pixels, takes_pixels)
     run = ort_runner(ort_session(path))
     single = run_in_batches(run, inputs[:1], 1)
     got = run_in_batches(run, inputs, VERIFY_BATCH)

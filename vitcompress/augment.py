@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
@@ -62,6 +63,10 @@ class BatchTransform:
         if batch.shape[1] == self.img_size and batch.shape[2] == self.img_size:
             return batch
         return self._eval_view(batch).mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    def model_input(self, pixels: torch.Tensor, takes_pixels: bool) -> np.ndarray:
+        """What a deployed graph is fed for pixels at its size: the pixels, or normalised float NCHW."""
+        return pixels.numpy() if takes_pixels else self.eval(pixels).numpy().astype(np.float32)
 
     def _eval_view(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.permute(0, 3, 1, 2).float().div_(255)

@@ -9,6 +9,7 @@ A backend that cannot run a model here is recorded as skipped, with the reason.
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from vitcompress.augment import BatchTransform
 from vitcompress.config import BenchConfig
-from vitcompress.data import DataOptions, load_data
+from vitcompress.data import DataOptions, generated_pixels, test_sample
 from vitcompress.errors import UserError, require
 from vitcompress.fsutil import check_output_dir, staged_directory
 from vitcompress.latency import latency_stats, time_calls
@@ -117,17 +118,11 @@ def _baseline(sources: list[ModelSource], named: str | None) -> ModelSource:
 def _eval_images(cfg: BenchConfig, source: ModelSource) -> EvalImages:
     """The test split of ``--data`` (or ``--eval-size`` images of it); generated pixels without ``--data``."""
     if cfg.data:
-        splits = load_data(DataOptions(spec=cfg.data, data_dir=cfg.data_dir, img_size=source.img_size, val_split=0.0,
-                                       cache_dir=cfg.cache_dir, quiet=cfg.quiet, expected_classes=source.classes))
-        test = splits.test
-        if cfg.eval_size and cfg.eval_size < len(test):  # a seeded sample: folder splits are sorted by class
-            order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: cfg.eval_size]
-            test = test.subset(order.sort().values)
+        test = test_sample(DataOptions(spec=cfg.data, data_dir=cfg.data_dir, img_size=source.img_size, val_split=0.0,
+                                       cache_dir=cfg.cache_dir, quiet=cfg.quiet, expected_classes=source.classes),
+                           cfg.eval_size)
         return EvalImages(test.images, test.labels.numpy(), f"{cfg.data} (test split, {len(test)} images)")
-    generator = torch.Generator().manual_seed(0)
-    size, n = source.img_size, max(cfg.batch_sizes())
-    return EvalImages(torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=generator), None,
-                      "generated pixels")
+    return EvalImages(generated_pixels(max(cfg.batch_sizes()), source.img_size), None, "generated pixels")
 
 
 def _measure(source: ModelSource, backend: str, cfg: BenchConfig, images: EvalImages, progress: tqdm) -> dict[str, Any]:
@@ -149,10 +144,11 @@ def _measure(source: ModelSource, backend: str, cfg: BenchConfig, images: EvalIm
             progress.update(1)
         if backend == "triton":
             records += _concurrency_sweep(runtime, source, pixels, cfg, common, accuracy)
-        memory = runtime.memory_bytes() or _peak_rss()
+        device_memory = runtime.memory_bytes()
+        memory = device_memory or _peak_rss()
         for record in records:
             record["peak_memory_bytes"] = memory
-            record["memory_kind"] = "device (torch allocator)" if runtime.memory_bytes() else "process peak RSS"
+            record["memory_kind"] = "device (torch allocator)" if device_memory else "process peak RSS"
     finally:
         runtime.close()
     return {"records": records, "predictions": predicted}
@@ -248,15 +244,17 @@ def _peak_rss() -> int | None:
 
 
 def hardware() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
-                            "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads()}
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu_name(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def cpu_name() -> str:
     try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                           if line.startswith("model name"))
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
     except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
-    info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return info
+        return platform.processor()
 
 
 def versions() -> dict[str, str]:

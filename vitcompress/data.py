@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from vitcompress.datasets.folder import load_folder
 from vitcompress.datasets.imageset import DataSplits, ImageSet, check_classes, holdout_split
 from vitcompress.datasets.shapes import TRAIN_PER_CLASS, load_shapes
@@ -65,3 +67,21 @@ def load_data(opts: DataOptions) -> DataSplits:
     require(len(train) > 0, f"dataset {opts.spec} has an empty train split", "check the data path")
     described.update(train=len(train), val=len(val) if val is not None else 0, test=len(test))
     return DataSplits(train=train, val=val, test=test, classes=train.classes, description=described)
+
+
+def test_sample(opts: DataOptions, size: int = 0, seed: int = 0) -> ImageSet:
+    """``size`` images of ``opts.spec``'s test split in a seeded sample (all of it for 0 or more than it has).
+
+    A sample, not the first ``size``: folder splits are stored sorted by class.
+    """
+    test = load_data(opts).test
+    if size and size < len(test):
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:size]
+        test = test.subset(order.sort().values)
+    return test
+
+
+def generated_pixels(count: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Seeded random uint8 ``count x size x size x 3`` pixels, for measuring without a dataset."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (count, size, size, 3), dtype=torch.uint8, generator=generator)

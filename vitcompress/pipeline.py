@@ -85,7 +85,8 @@ def pipeline(recipe_path: str | None, out: str, from_stage: str | None = None, u
     selected = set(STAGES[STAGES.index(from_stage or STAGES[0]) : STAGES.index(until_stage or STAGES[-1]) + 1])
     digests: dict[str, str] = {}
     ran, skipped, bench_result = [], [], None
-    for step in plan(recipe):
+    steps = plan(recipe)
+    for step in steps:
         section = recipe[step.stage]
         digests[step.name] = section_digest({"step": step.name, **section}, [digests.get(i, i) for i in step.inputs])
         target = root / step.name
@@ -97,7 +98,7 @@ def pipeline(recipe_path: str | None, out: str, from_stage: str | None = None, u
             bench_result = _load_bench(target) if step.stage == "bench" else bench_result
             continue
         if step.stage not in selected:
-            if not target.exists() and _needed_later(step, recipe, selected):
+            if not target.exists() and _needed_later(step, steps, selected):
                 raise UserError(f"{target} is missing and --from/--until leave {step.stage} out",
                                 f"run without --from/--until, or with --from {step.stage}")
             skipped.append(step.name)
@@ -116,9 +117,9 @@ def pipeline(recipe_path: str | None, out: str, from_stage: str | None = None, u
     return PipelineResult(root, ran, skipped, bench_result)
 
 
-def _needed_later(step: Step, recipe: dict[str, Any], selected: set[str]) -> bool:
+def _needed_later(step: Step, steps: list[Step], selected: set[str]) -> bool:
     """Whether a selected step reads ``step``'s output."""
-    return any(step.name in s.inputs and s.stage in selected for s in plan(recipe))
+    return any(step.name in s.inputs and s.stage in selected for s in steps)
 
 
 def _resumable(step: Step, target: Path, done: dict[str, Any], digest: str) -> bool:

@@ -69,8 +69,9 @@ def check_recipe(raw: Any, where: str) -> dict[str, dict[str, Any]]:
         require(isinstance(section, dict), f"recipe {where}: section {stage} is not a mapping",
                 "write option: value lines under it")
         recipe[stage] = {key.replace("-", "_"): value for key, value in section.items()}
+        valid = options(stage)
         for key, value in recipe[stage].items():
-            _check_option(stage, key, value, where)
+            _check_option(stage, key, value, valid, where)
         for key in REQUIRED.get(stage, ()):
             require(key in recipe[stage], f"recipe {where}: {stage} needs {key}", f"add {key}: ... under {stage}")
     return recipe
@@ -95,8 +96,7 @@ def options(stage: str) -> dict[str, Any]:
     return found
 
 
-def _check_option(stage: str, key: str, value: Any, where: str) -> None:
-    valid = options(stage)
+def _check_option(stage: str, key: str, value: Any, valid: dict[str, Any], where: str) -> None:
     if key not in valid:
         raise UserError(f"recipe {where}: {stage} has no option {key!r}", _closest(key, valid))
     if not _fits(value, valid[key]):
@@ -113,9 +113,10 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, bool)
     if hint in (int, float) and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
         try:
-            return float(value) == int(float(value)) if hint is int else bool(float(value) == float(value))
+            number = float(value)
         except ValueError:
             return False
+        return hint is float or number.is_integer()
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
@@ -138,17 +139,11 @@ def _closest(word: str, valid: Any) -> str:
 
 def build_config(stage: str, section: dict[str, Any], **paths: Any) -> Any:
     """The stage's config: its own defaults, the section's options, and the paths the pipeline sets."""
-    cls = CONFIGS[stage]
-    required = {name: paths.pop(name) for name in ("model", "data", "src", "srcs", "out") if name in paths}
-    section = dict(section)
-    for name in ("model", "data"):
-        if stage == "finetune" and name in section:
-            required[name] = section.pop(name)
-    config = cls(**required, **paths)
+    section = {key: value for key, value in section.items() if key != "src"}  # the pipeline passes src in paths
+    given = {name: section.pop(name) for name in REQUIRED.get(stage, ())}  # finetune's model and data
+    config = CONFIGS[stage](**paths, **given)
     owners = _owners(config)
     for key, value in section.items():
-        if key == "src":
-            continue
         owner = owners[key]
         setattr(owner, key, ",".join(str(v) for v in value) if isinstance(value, list) else _as_field(owner, key, value))
     return config

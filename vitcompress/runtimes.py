@@ -54,6 +54,7 @@ class Runtime(ABC):
 class TorchRuntime(Runtime):
     name = "torch"
     kinds = ("artifact",)
+    autocast: torch.dtype | None = None  # run under autocast to this dtype (TorchBf16Runtime)
 
     def __init__(self, source: ModelSource, threads: int | None = None) -> None:
         from vitcompress.artifact import load_model
@@ -68,8 +69,6 @@ class TorchRuntime(Runtime):
 
     def _compile(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
-
-    autocast: torch.dtype | None = None
 
     @torch.no_grad()
     def run(self, batch: np.ndarray) -> np.ndarray:

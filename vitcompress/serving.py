@@ -173,7 +173,9 @@ def serve(cfg: Any) -> None:
     if source.kind == "artifact":
         raise UserError(f"{cfg.src} is an artifact; Triton serves exported models",
                         f"run `vitcompress export {cfg.src} --out DIR` and serve DIR")
-    name = cfg.model_name or "".join(c if c.isalnum() or c in "_-" else "_" for c in source.name)
+    from vitcompress.export.triton import model_name_for
+
+    name = cfg.model_name or model_name_for(source.path)
     server = TritonServer(source, name, threads=cfg.threads or None, http_port=cfg.http_port, grpc_port=cfg.grpc_port,
                           metrics_port=cfg.metrics_port, max_batch_size=cfg.max_batch_size,
                           max_queue_delay_us=cfg.max_queue_delay_us, quiet=False)

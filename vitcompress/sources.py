@@ -41,18 +41,12 @@ class ModelSource:
         self.label = self.label or self.path.name
 
     @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
     def file_bytes(self) -> int:
         return self.file.stat().st_size
 
     def prepare(self, pixels: torch.Tensor) -> np.ndarray:
         """The model's input for uint8 ``N x H x W x 3`` pixels at its size (done outside any timing)."""
-        if self.takes_pixels:
-            return pixels.numpy()
-        return BatchTransform(self.img_size, self.mean, self.std).eval(pixels).numpy().astype(np.float32)
+        return BatchTransform(self.img_size, self.mean, self.std).model_input(pixels, self.takes_pixels)
 
 
 def open_source(path: str | Path) -> ModelSource:
