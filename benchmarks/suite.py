@@ -12,6 +12,7 @@ Runtime at batch 1, pruned 0.5 + INT8 at least 2.5x; accuracy within 0.3 (INT8) 
 INT8) points of FP32.
 
 Usage:  python benchmarks/suite.py [--work runs/suite] [--epochs 30] [--recovery-epochs 5] [--qat-epochs 2]
+                                   [--model-args '...'] [--recovery-args '--train-subset 5000'] [--tag cpu]
 Writes: benchmarks/results/suite_<device>.json and the bench report (report.md, plots) next to it.
 """
 
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--recovery-epochs", type=int, default=5)
     parser.add_argument("--qat-epochs", type=int, default=2)
+    parser.add_argument("--recovery-args", default="", help="extra options for prune and qat, e.g. '--train-subset 5000'")
     parser.add_argument("--backends", default="ort-cpu,triton")
     parser.add_argument("--batch", default="1,8,32")
     parser.add_argument("--threads", type=int, default=0)
@@ -62,16 +64,17 @@ def main() -> None:
     args = parser.parse_args()
     work, log = Path(args.work), []
     quiet = ["--quiet"]
+    recovery = shlex.split(args.recovery_args)
     step(work / "base", ["finetune", "--model", args.model, *shlex.split(args.model_args), "--data", args.data,
                          "--epochs", str(args.epochs), "--out", str(work / "base"), *quiet], args.force, log)
     for ratio in ("0.25", "0.5"):
         step(work / f"pruned-{ratio}", ["prune", str(work / "base"), "--heads", ratio, "--criterion", "taylor",
-                                        "--finetune-epochs", str(args.recovery_epochs), "--out",
+                                        "--finetune-epochs", str(args.recovery_epochs), *recovery, "--out",
                                         str(work / f"pruned-{ratio}"), *quiet], args.force, log)
     for src in ("base", "pruned-0.5"):
-        step(work / f"{src}-ptq", ["qat", str(work / src), "--epochs", "0", "--out", str(work / f"{src}-ptq"), *quiet],
+        step(work / f"{src}-ptq", ["qat", str(work / src), "--epochs", "0", *recovery, "--out", str(work / f"{src}-ptq"), *quiet],
              args.force, log)
-        step(work / f"{src}-qat", ["qat", str(work / src), "--epochs", str(args.qat_epochs), "--out",
+        step(work / f"{src}-qat", ["qat", str(work / src), "--epochs", str(args.qat_epochs), *recovery, "--out",
                                    str(work / f"{src}-qat"), *quiet], args.force, log)
     exports = []
     for name in FP32_VARIANTS + INT8_VARIANTS:

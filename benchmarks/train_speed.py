@@ -6,11 +6,13 @@ Measures in one run, on one machine:
   pipeline_ips  our data path alone: uint8 tensor (decoded once) -> BatchLoader -> BatchTransform.train
   classic_ips   the usual torchvision path on the same JPEG files: ImageFolder + PIL transforms + DataLoader
   plain_loop_ips  a plain timm-style training loop (that DataLoader, autocast, AdamW) on the same model
-and records three ratios: pipeline_ips / train_ips (>1: the data path cannot starve the model),
+  compiled_train_ips  with --compile: the Trainer again with ``--compile`` (torch.compile of the step)
+and records three ratios (four with --compile): pipeline_ips / train_ips (>1: the data path cannot starve the model),
 pipeline_ips / classic_ips (what decoding once and augmenting batches on the device buys) and
-train_ips / plain_loop_ips (what the whole training path buys end to end).
+train_ips / plain_loop_ips (what the whole training path buys end to end), and
+compiled_train_ips / plain_loop_ips.
 
-Usage:  python benchmarks/train_speed.py [--device cpu|cuda] [--steps 10] [--batch-size 64]
+Usage:  python benchmarks/train_speed.py [--device cpu|cuda] [--steps 10] [--batch-size 64] [--compile]
 Writes: benchmarks/results/train_speed_<device>_<precision>.json (with hardware and the exact command).
 """
 
@@ -49,15 +51,16 @@ def hardware(device: torch.device) -> dict:
     return info
 
 
-def train_ips(data: DataSplits, args: argparse.Namespace, ctx: DistContext, workdir: Path) -> float:
-    """Images/s of the real training loop over ``steps`` batches (after one warm-up epoch)."""
+def train_ips(data: DataSplits, args: argparse.Namespace, ctx: DistContext, workdir: Path, compile_step: bool = False) -> float:
+    """Images/s of the real training loop over ``steps`` batches (after one warm-up epoch, which compiles)."""
     kwargs = build_kwargs(len(data.classes), 32, 4, {})
     model = create_model(args.model, kwargs)
     data_cfg = resolve_data_config({}, model=model)
     transform = BatchTransform(32, data_cfg["mean"], data_cfg["std"], AugmentOptions())
     subset = data.train.subset(torch.arange(args.steps * args.batch_size))
     splits = DataSplits(subset, None, data.test, data.classes, {})
-    trainer = Trainer(model, splits, TrainConfig(epochs=2, batch_size=args.batch_size, quiet=True, amp=args.amp),
+    trainer = Trainer(model, splits, TrainConfig(epochs=2, batch_size=args.batch_size, quiet=True, amp=args.amp,
+                                                  compile=compile_step),
                       transform, ctx, workdir)
     result = trainer.fit()
     return result.history[-1]["images_per_s"]  # epoch 2: compiled kernels and allocator warm
@@ -133,6 +136,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="training steps timed")
     parser.add_argument("--pipeline-batches", type=int, default=50)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--compile", action="store_true", help="also time the Trainer with --compile")
     args = parser.parse_args()
     ctx = DistContext(device=resolve_device(args.device))
     data = load_data(DataOptions(spec=f"folder:{args.data}", img_size=32, val_split=0))
@@ -144,6 +148,9 @@ def main() -> None:
     measured["pipeline_over_train"] = measured["pipeline_ips"] / measured["train_ips"]
     measured["pipeline_over_classic"] = measured["pipeline_ips"] / measured["classic_ips"]
     measured["train_over_plain_loop"] = measured["train_ips"] / measured["plain_loop_ips"]
+    if args.compile:
+        measured["compiled_train_ips"] = train_ips(data, args, ctx, workdir, compile_step=True)
+        measured["compiled_over_plain_loop"] = measured["compiled_train_ips"] / measured["plain_loop_ips"]
     record = {"benchmark": "train_speed", "model": args.model, "img_size": 32, "patch_size": 4,
               "batch_size": args.batch_size, "amp": args.amp, "device": str(ctx.device), "hardware": hardware(ctx.device),
               "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),

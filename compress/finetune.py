@@ -102,7 +102,7 @@ def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, 
 def _load_data_rank0_first(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> DataSplits:
     """Rank 0 builds any decode cache first; the other ranks then read it."""
     opts = DataOptions(spec=cfg.data, data_dir=cfg.data_dir, download=cfg.download, img_size=img_size,
-                       val_split=cfg.val_split, seed=cfg.train.seed, cache_dir=cfg.cache_dir,
+                       val_split=cfg.val_split, train_subset=cfg.train_subset, seed=cfg.train.seed, cache_dir=cfg.cache_dir,
                        quiet=cfg.train.quiet or not ctx.is_main)
     data = load_data(opts) if ctx.is_main else None
     ctx.barrier()

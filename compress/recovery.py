@@ -26,8 +26,8 @@ def load_source_data(source: SourceData, meta: ArtifactMeta, src: str, train: Tr
     require(bool(spec), f"{src} does not say which data it was trained on", "pass --data")
     seed = meta.recipe.get("train", {}).get("seed", train.seed)  # the parent's validation split
     return load_data(DataOptions(spec=spec, data_dir=source.data_dir, download=source.download, img_size=meta.img_size,
-                                 val_split=source.val_split, seed=seed, cache_dir=source.cache_dir, quiet=train.quiet,
-                                 expected_classes=meta.classes))
+                                 val_split=source.val_split, train_subset=source.train_subset, seed=seed,
+                                 cache_dir=source.cache_dir, quiet=train.quiet, expected_classes=meta.classes))
 
 
 def make_teacher(model: nn.Module, kd: DistillOptions, epochs: int) -> nn.Module | None:

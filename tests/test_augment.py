@@ -56,3 +56,17 @@ def test_eval_centre_crops_larger_storage() -> None:
     img[:, 2:34, 2:34] = 255  # the centre 32x32 (offset (37 - 32) // 2 = 2) is white
     x = BatchTransform(32, [0, 0, 0], [1, 1, 1]).eval(img)
     assert x.shape == (1, 3, 32, 32) and torch.all(x == 1)
+
+
+def test_auto_augment_draws_once_per_group() -> None:
+    same = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8).expand(24, -1, -1, -1).contiguous()
+
+    def distinct_outputs(group: int) -> int:
+        torch.manual_seed(0)
+        options = AugmentOptions(crop="none", hflip=False, auto_augment="trivialaugment", auto_augment_group=group)
+        out = BatchTransform(32, MEAN, STD, options).train(same)
+        return len({bytes(img.numpy()) for img in out})
+
+    assert distinct_outputs(24) == 1  # one draw for the whole batch
+    assert distinct_outputs(8) <= 3
+    assert distinct_outputs(1) > 5  # a draw per image

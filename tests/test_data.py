@@ -125,6 +125,19 @@ def test_real_cifar10_archive(tmp_path: Path) -> None:
     assert torch.bincount(data.test.labels).tolist() == [1000] * 10
 
 
+def test_train_subset_is_a_balanced_sample_outside_validation() -> None:
+    full = load_data(DataOptions(spec="shapes:30", val_split=0.2))
+    data = load_data(DataOptions(spec="shapes:30", val_split=0.2, train_subset=60))
+    assert len(data.train) == 60 and torch.bincount(data.train.labels).tolist() == [6] * 10
+    assert torch.equal(data.val.images, full.val.images) and len(data.test) == len(full.test)
+    train_rows = {bytes(img.numpy()) for img in data.train.images}
+    assert train_rows <= {bytes(img.numpy()) for img in full.train.images}
+    assert not train_rows & {bytes(img.numpy()) for img in data.val.images}
+    assert data.description["train"] == 60
+    with pytest.raises(UserError, match="--train-subset"):
+        load_data(DataOptions(spec="shapes:30", train_subset=-1))
+
+
 def test_split_too_big_for_ram_stays_memory_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from vitcompress.datasets import folder
     from vitcompress.loader import BatchLoader

@@ -65,3 +65,23 @@ def test_freeze_blocks(tmp_path: Path) -> None:
     assert not any(p.requires_grad for b in model.blocks[:2] for p in b.parameters())
     assert all(p.requires_grad for p in model.blocks[2].parameters())
     assert all(p.requires_grad for p in model.head.parameters())
+
+
+def test_compiled_training_matches_eager_and_checkpoints_plain_keys(tmp_path: Path) -> None:
+    def trained(compile_step: bool) -> tuple[Trainer, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        trainer = _tiny_trainer(tmp_path / str(compile_step), compile=compile_step)
+        (tmp_path / str(compile_step)).mkdir()
+        initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        torch.manual_seed(1)  # the same augmentation draws for both runs
+        trainer.fit()
+        assert not torch.equal(initial["head.weight"], trainer.model.head.weight)  # it really trained
+        return trainer, torch.load(tmp_path / str(compile_step) / "last.ckpt", weights_only=True)["model"]
+
+    eager, eager_state = trained(False)
+    compiled, compiled_state = trained(True)
+    assert compiled.step_model is not compiled.model  # the step really ran through torch.compile
+    assert compiled_state.keys() == eager_state.keys()  # no "_orig_mod." prefixes in what is saved
+    for name, weight in compiled_state.items():
+        torch.testing.assert_close(weight, eager_state[name], atol=2e-4, rtol=1e-3, msg=name)
+    assert abs(compiled.history[0]["train_loss"] - eager.history[0]["train_loss"]) < 1e-3

@@ -2,7 +2,8 @@
 
 Per-sample random crops, flips and colour jitter are tensor operations over the batch;
 RandAugment / AutoAugment / TrivialAugment come from torchvision and are applied per group of
-``AUTO_AUGMENT_GROUP`` images (each group draws its own operations), which keeps them cheap on a GPU.
+``--auto-augment-group`` images (each group draws its own operations): every call costs a chain of
+Python dispatches, which on a GPU outweigh the arithmetic, so few large groups keep them cheap.
 MixUp/CutMix are applied afterwards by the training loop (timm's ``Mixup``).
 """
 
@@ -18,7 +19,6 @@ from torchvision.transforms import v2
 
 from vitcompress.config import AugmentOptions
 
-AUTO_AUGMENT_GROUP = 8
 _AUTO_AUGMENT = {
     "randaugment": lambda: v2.RandAugment(num_ops=2, magnitude=9),
     "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
@@ -42,7 +42,7 @@ class BatchTransform:
         o = self.options
         x = batch.permute(0, 3, 1, 2)
         if self.auto_augment is not None:
-            x = torch.cat([self.auto_augment(group) for group in x.split(AUTO_AUGMENT_GROUP)])
+            x = torch.cat([self.auto_augment(group) for group in x.split(o.auto_augment_group)])
         x = x.float().div_(255)
         if o.crop == "pad":
             x = _pad_crop(x, round(o.crop_padding * x.shape[-1]))

@@ -25,6 +25,7 @@ class AugmentOptions:
     hflip: bool = True
     color_jitter: float = 0.0
     auto_augment: str = "none"
+    auto_augment_group: int = 64
 
 
 @dataclass
@@ -42,6 +43,7 @@ class TrainConfig:
     head_only: bool = False
     accum_steps: int = 1
     amp: str = "auto"
+    compile: bool = False
     clip_grad: float = 1.0
     ema: bool = False
     ema_decay: float = 0.999
@@ -76,6 +78,8 @@ class TrainConfig:
         require(a.crop in CROP_CHOICES, f"--crop {a.crop!r} is unknown", f"use one of {', '.join(CROP_CHOICES)}")
         require(a.auto_augment in AUTO_AUGMENT_CHOICES, f"--auto-augment {a.auto_augment!r} is unknown",
                 f"use one of {', '.join(AUTO_AUGMENT_CHOICES)}")
+        require(a.auto_augment_group >= 1, f"--auto-augment-group {a.auto_augment_group} must be at least 1",
+                "pass e.g. 64 (images per operation draw)")
         require(0 <= a.crop_padding < 1 and 0 < a.rrc_min_scale <= 1 and a.color_jitter >= 0,
                 "crop padding must be in [0, 1), rrc min scale in (0, 1], colour jitter >= 0", "fix the augmentation options")
 
@@ -96,6 +100,7 @@ class FinetuneConfig:
     data_dir: str | None = None
     download: bool = False
     val_split: float = 0.1
+    train_subset: int = 0
     cache_dir: str | None = None
     device: str = "auto"
     force: bool = False
@@ -145,6 +150,7 @@ class SourceData:
     data_dir: str | None = None
     download: bool = False
     val_split: float = 0.1
+    train_subset: int = 0
     cache_dir: str | None = None
 
 

@@ -30,6 +30,7 @@ class DataOptions:
     download: bool = False
     img_size: int = 32
     val_split: float = 0.1
+    train_subset: int = 0  # a class-balanced, seeded sample of this many training images (0: all)
     seed: int = 0
     cache_dir: str | None = None
     quiet: bool = False
@@ -39,6 +40,7 @@ class DataOptions:
 def load_data(opts: DataOptions) -> DataSplits:
     """Load the dataset named by ``opts.spec``; carve a validation split from train if it has none."""
     require(0.0 <= opts.val_split < 1.0, f"--val-split {opts.val_split} is not in [0, 1)", "use e.g. 0.1, or 0 for none")
+    require(opts.train_subset >= 0, f"--train-subset {opts.train_subset} must not be negative", "pass 0 for all images")
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
     name, _, arg = opts.spec.partition(":")
     val: ImageSet | None = None
@@ -65,6 +67,9 @@ def load_data(opts: DataOptions) -> DataSplits:
         train, val = holdout_split(train, opts.val_split, seed=opts.seed)
         described["val"] = f"{opts.val_split:g} of train, stratified, seed {opts.seed}"
     require(len(train) > 0, f"dataset {opts.spec} has an empty train split", "check the data path")
+    if 0 < opts.train_subset < len(train):
+        _, train = holdout_split(train, opts.train_subset / len(train), seed=opts.seed)
+        described["train_subset"] = f"{len(train)} images, class-balanced, seed {opts.seed}"
     described.update(train=len(train), val=len(val) if val is not None else 0, test=len(test))
     return DataSplits(train=train, val=val, test=test, classes=train.classes, description=described)
 

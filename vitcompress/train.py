@@ -1,9 +1,9 @@
 """The one training loop that finetune, prune-recovery and QAT use.
 
-It owns optimisation only: AdamW with layer-wise LR decay (timm), warmup + cosine schedule,
-gradient accumulation, AMP, clipping, EMA, MixUp/CutMix, an optional distillation loss, early
-stopping, DDP, and a resumable
-``last.ckpt`` (model, optimizer, scheduler, scaler, EMA, RNG) written atomically after every epoch.
+It owns optimisation only: AdamW with layer-wise LR decay (timm; fused on GPUs), warmup + cosine
+schedule, gradient accumulation, AMP, optional ``torch.compile``, clipping, EMA, MixUp/CutMix, an
+optional distillation loss, early stopping, DDP, and a resumable ``last.ckpt`` (model, optimizer,
+scheduler, scaler, EMA, RNG) written atomically after every epoch.
 """
 
 from __future__ import annotations
@@ -142,8 +142,9 @@ class Trainer:
                 f"--batch-size {cfg.batch_size} x --accum-steps {cfg.accum_steps} is more than the "
                 f"{len(data.train)} training images per rank", "use a smaller --batch-size")
         self.steps_per_epoch = len(self.train_loader) // cfg.accum_steps
+        fused = {"fused": True} if ctx.device.type == "cuda" else {}  # one kernel for the whole update on a GPU
         self.optimizer = create_optimizer_v2(self.model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                             layer_decay=cfg.layer_decay if cfg.layer_decay < 1 else None)
+                                             layer_decay=cfg.layer_decay if cfg.layer_decay < 1 else None, **fused)
         self.scheduler = CosineLRScheduler(self.optimizer, t_initial=cfg.epochs * self.steps_per_epoch,
                                            lr_min=cfg.min_lr, warmup_t=int(cfg.warmup_epochs * self.steps_per_epoch),
                                            warmup_lr_init=cfg.lr * 1e-3, warmup_prefix=True, t_in_epochs=False)
@@ -151,6 +152,8 @@ class Trainer:
         # DDP broadcasts rank 0's weights when wrapping, so the EMA copy must be taken after it.
         self.ddp = (DistributedDataParallel(self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
                     if ctx.distributed else self.model)
+        # Only the training step runs compiled: checkpoints, EMA and evaluation keep the plain module (and its keys).
+        self.step_model = torch.compile(self.ddp) if cfg.compile else self.ddp
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema else None
         self.mixup = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
                             num_classes=data.num_classes) if cfg.mixup > 0 or cfg.cutmix > 0 else None)
@@ -240,7 +243,7 @@ class Trainer:
             sync = nullcontext() if (last_micro or not self.ctx.distributed) else model.no_sync()
             with sync:
                 with torch.autocast(self.ctx.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-                    logits = model(x)
+                    logits = self.step_model(x)
                     loss = self.criterion(logits.float(), targets)
                     if self.distill is not None:
                         loss = self.distill(x, logits.float(), loss)
