@@ -49,3 +49,24 @@ def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture, argv: list[str
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "a", "b c", "--out", "o", "--backends", "ort-cpu,triton", "--threads", "2", "--quiet"],
+    ["finetune", "--model", "m", "--data", "shapes:20", "--out", "o", "--epochs", "3", "--no-hflip", "--compile",
+     "--model-kwargs", "depth=2,embed_dim=64", "--lr", "0.002"],
+    ["qat", "src", "--out", "o", "--epochs", "0", "--skip", "head*"],
+])
+def test_command_line_rebuilds_the_same_config(argv: list[str]) -> None:
+    import shlex
+
+    from vitcompress.cli import _parser
+    from vitcompress.cliargs import command_line, dataclass_from_args
+    from vitcompress.config import BenchConfig, FinetuneConfig, QatConfig
+
+    cls, positional = {"bench": (BenchConfig, ("srcs",)), "finetune": (FinetuneConfig, ()),
+                       "qat": (QatConfig, ("src",))}[argv[0]]
+    cfg = dataclass_from_args(cls, _parser().parse_args(argv))
+    line = command_line(argv[0], cfg, positional)
+    assert line.startswith(f"vitcompress {argv[0]} ")
+    assert dataclass_from_args(cls, _parser().parse_args(shlex.split(line)[1:])) == cfg

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from vitcompress.augment import BatchTransform
+from vitcompress.cliargs import command_line
 from vitcompress.config import BenchConfig
 from vitcompress.data import DataOptions, generated_pixels, test_sample
 from vitcompress.errors import UserError, require
@@ -85,7 +85,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
         raise UserError("no backend could run any of the models here (see the reasons with --backends auto)",
                         "install onnxruntime, or pass artifacts for the torch backend")
     _add_agreement(records, predictions, baseline)
-    results = {"command": "vitcompress bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "python API",
+    results = {"command": command_line("bench", cfg, positional=("srcs",)),
                "config": asdict(cfg), "baseline": baseline.label, "data": images.source if images.labels is not None else None,
                "hardware": hardware(), "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                "records": records, "skipped": skipped}

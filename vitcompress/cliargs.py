@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import types
 import typing
 from typing import Any
@@ -74,3 +75,36 @@ def dataclass_from_args(cls: type, namespace: argparse.Namespace) -> Any:
         elif hasattr(namespace, f.name):
             values[f.name] = getattr(namespace, f.name)
     return cls(**values)
+
+
+def command_line(command: str, cfg: Any, positional: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
+    """The ``vitcompress`` line that builds ``cfg``: its positional fields, then each option that is not the default.
+
+    The inverse of ``dataclass_from_args`` (``skip``: the fields the command sets itself), so a record made
+    from the Python API still names a command to rerun.
+    """
+    words = ["vitcompress", command]
+    for name in positional:
+        value = getattr(cfg, name)
+        words += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return shlex.join(words + _options(cfg, positional + skip))
+
+
+def _options(cfg: Any, not_options: tuple[str, ...]) -> list[str]:
+    words: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            words += _options(value, not_options)
+            continue
+        if f.name in not_options:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if value == default or value is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words += [flag, str(value)]
+    return words
