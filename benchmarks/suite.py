@@ -12,7 +12,7 @@ Runtime at batch 1, pruned 0.5 + INT8 at least 2.5x; accuracy within 0.3 (INT8) 
 INT8) points of FP32.
 
 Usage:  python benchmarks/suite.py [--work runs/suite] [--epochs 30] [--recovery-epochs 5] [--qat-epochs 2]
-                                   [--model-args '...'] [--recovery-args '--train-subset 5000'] [--tag cpu]
+                                   [--model-args '...'] [--amp bf16] [--recovery-args '--train-subset 5000'] [--tag cpu]
 Writes: benchmarks/results/suite_<device>.json and the bench report (report.md, plots) next to it.
 """
 
@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("--work", default="runs/suite")
     parser.add_argument("--data", default=f"folder:{CIFAR}")
     parser.add_argument("--model", default="vit_small_patch16_224")
-    parser.add_argument("--model-args", default="--img-size 32 --patch-size 4 --lr 1e-3 --batch-size 128 --amp bf16")
+    parser.add_argument("--model-args", default="--img-size 32 --patch-size 4 --lr 1e-3 --batch-size 128")
+    parser.add_argument("--amp", default="bf16", help="precision of finetune and of prune's recovery (qat keeps its own)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--recovery-epochs", type=int, default=5)
     parser.add_argument("--qat-epochs", type=int, default=2)
@@ -65,11 +66,11 @@ def main() -> None:
     work, log = Path(args.work), []
     quiet = ["--quiet"]
     recovery = shlex.split(args.recovery_args)
-    step(work / "base", ["finetune", "--model", args.model, *shlex.split(args.model_args), "--data", args.data,
-                         "--epochs", str(args.epochs), "--out", str(work / "base"), *quiet], args.force, log)
+    step(work / "base", ["finetune", "--model", args.model, *shlex.split(args.model_args), "--amp", args.amp,
+                         "--data", args.data, "--epochs", str(args.epochs), "--out", str(work / "base"), *quiet], args.force, log)
     for ratio in ("0.25", "0.5"):
         step(work / f"pruned-{ratio}", ["prune", str(work / "base"), "--heads", ratio, "--criterion", "taylor",
-                                        "--finetune-epochs", str(args.recovery_epochs), *recovery, "--out",
+                                        "--finetune-epochs", str(args.recovery_epochs), "--amp", args.amp, *recovery, "--out",
                                         str(work / f"pruned-{ratio}"), *quiet], args.force, log)
     for src in ("base", "pruned-0.5"):
         step(work / f"{src}-ptq", ["qat", str(work / src), "--epochs", "0", *recovery, "--out", str(work / f"{src}-ptq"), *quiet],
