@@ -87,7 +87,8 @@ def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, 
         metrics={**test, "params": count_params(final), "macs": count_macs(final, transform.img_size),
                  "best_epoch": fit.best_epoch, "best_val_top1": fit.best_val_top1, "epochs_run": len(fit.history),
                  "stopped_early": fit.stopped_early, "train_images_per_s": round(fit.images_per_second, 2),
-                 "train_seconds": round(fit.seconds, 2), "world_size": ctx.world_size,
+                 "train_seconds": round(fit.seconds, 2), "train_wall_seconds": round(fit.wall_seconds, 2),
+                 "time_budget": cfg.train.time_budget or None, "world_size": ctx.world_size,
                  "device": _device_name(ctx.device), "wall_seconds_this_run": round(time.time() - started, 2)},
     )
     if ctx.is_main:

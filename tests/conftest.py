@@ -12,8 +12,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from vitcompress.augment import BatchTransform  # noqa: E402
 from vitcompress.cli import main  # noqa: E402
+from vitcompress.config import TrainConfig  # noqa: E402
+from vitcompress.datasets.imageset import DataSplits  # noqa: E402
 from vitcompress.datasets.shapes import generate  # noqa: E402
+from vitcompress.distributed import DistContext  # noqa: E402
+from vitcompress.models import create_model  # noqa: E402
+from vitcompress.train import Trainer  # noqa: E402
 
 # Two blocks of two heads at 32px with 8px patches: trains in seconds on a CPU.
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "8",
@@ -30,6 +36,16 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 def run_cli(*args: str) -> int:
     return main([str(a) for a in args])
+
+
+def tiny_trainer(workdir: Path, **overrides) -> Trainer:
+    """A Trainer of a 3-block ViT on 40 `shapes` images, batch 8, one epoch unless ``overrides`` say otherwise."""
+    data = generate(4, seed=0)
+    model = create_model("vit_tiny_patch16_224", {"num_classes": 10, "img_size": 32, "patch_size": 8,
+                                                  "depth": 3, "embed_dim": 32, "num_heads": 2})
+    cfg = TrainConfig(**{"epochs": 1, "batch_size": 8, "quiet": True, **overrides})
+    splits = DataSplits(data, None, data, data.classes, {})
+    return Trainer(model, splits, cfg, BatchTransform(32, [0.5] * 3, [0.5] * 3), DistContext(), workdir)
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ def finetune_args(out: Path, *extra: str, data: str = "shapes") -> list:
 @pytest.mark.parametrize("extra, needle", [
     (["--epochs", "0"], "--epochs 0"),
     (["--lr", "-0.1"], "--lr -0.1"),
+    (["--time-budget", "-5"], "--time-budget -5"),
     (["--batch-size", "0"], "--batch-size 0"),
     (["--val-split", "1.5"], "--val-split"),
     (["--layer-decay", "0"], "--layer-decay"),

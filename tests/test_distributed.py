@@ -14,7 +14,7 @@ from vitcompress.artifact import read_meta
 def test_torchrun_two_processes(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "vitcompress", "finetune", *TINY, "--data", "shapes", "--epochs", "6", "--batch-size", "16",
+           "-m", "vitcompress", "finetune", *TINY, "--data", "shapes", "--epochs", "8", "--batch-size", "16",
            "--accum-steps", "2", "--ema", "--ema-decay", "0.9",
            "--device", "cpu", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

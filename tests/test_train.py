@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, tiny_trainer
 from vitcompress.artifact import read_meta
 from vitcompress.augment import BatchTransform
 from vitcompress.config import TrainConfig
@@ -38,17 +38,8 @@ def test_without_validation_the_last_epoch_is_kept(tmp_path: Path) -> None:
     assert torch.isfinite(torch.tensor(metrics["loss"]))
 
 
-def _tiny_trainer(tmp_path: Path, **overrides) -> Trainer:
-    data = generate(4, seed=0)
-    model = create_model("vit_tiny_patch16_224", {"num_classes": 10, "img_size": 32, "patch_size": 8,
-                                                  "depth": 3, "embed_dim": 32, "num_heads": 2})
-    cfg = TrainConfig(epochs=1, batch_size=8, quiet=True, **overrides)
-    splits = DataSplits(data, None, data, data.classes, {})
-    return Trainer(model, splits, cfg, BatchTransform(32, [0.5] * 3, [0.5] * 3), DistContext(), tmp_path)
-
-
 def test_layer_decay_scales_learning_rates_by_depth(tmp_path: Path) -> None:
-    trainer = _tiny_trainer(tmp_path, layer_decay=0.5)
+    trainer = tiny_trainer(tmp_path, layer_decay=0.5)
     head = trainer.model.head.weight
     scale_of = {id(p): g["lr_scale"] for g in trainer.optimizer.param_groups for p in g["params"]}
     patch = trainer.model.patch_embed.proj.weight
@@ -59,7 +50,7 @@ def test_layer_decay_scales_learning_rates_by_depth(tmp_path: Path) -> None:
 
 
 def test_freeze_blocks(tmp_path: Path) -> None:
-    model = _tiny_trainer(tmp_path, freeze_blocks=2).model
+    model = tiny_trainer(tmp_path, freeze_blocks=2).model
     assert not any(p.requires_grad for p in model.patch_embed.parameters())
     assert not model.pos_embed.requires_grad and not model.cls_token.requires_grad
     assert not any(p.requires_grad for b in model.blocks[:2] for p in b.parameters())
@@ -70,7 +61,7 @@ def test_freeze_blocks(tmp_path: Path) -> None:
 def test_compiled_training_matches_eager_and_checkpoints_plain_keys(tmp_path: Path) -> None:
     def trained(compile_step: bool) -> tuple[Trainer, dict[str, torch.Tensor]]:
         torch.manual_seed(0)
-        trainer = _tiny_trainer(tmp_path / str(compile_step), compile=compile_step)
+        trainer = tiny_trainer(tmp_path / str(compile_step), compile=compile_step)
         (tmp_path / str(compile_step)).mkdir()
         initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         torch.manual_seed(1)  # the same augmentation draws for both runs

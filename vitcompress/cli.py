@@ -30,7 +30,10 @@ HELP = {
     "device": "auto | cpu | cuda | cuda:N (under torchrun each rank uses cuda:LOCAL_RANK)",
     "force": "replace an existing output directory",
     "resume": "continue an interrupted run from OUT.tmp-run/last.ckpt",
-    "epochs": "training epochs",
+    "epochs": "training epochs (with --time-budget: the most it may run)",
+    "time_budget": "train for this many seconds of wall time (steps, validation, checkpoints) instead of exactly "
+                   "--epochs: whole epochs, re-planned after each from their measured time, the cosine schedule "
+                   "ending with the last (0: off)",
     "batch_size": "images per step on each process",
     "lr": "peak learning rate (AdamW)",
     "min_lr": "learning rate at the end of the cosine decay",
@@ -173,7 +176,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "accuracy. Data defaults to the artifact's own.")
     prune_choices = {**choices, "criterion": PRUNE_CRITERIA, "ranking": PRUNE_RANKINGS, "distill": KD_CHOICES}
     source_help = {**HELP, "data": HELP["data"] + " (default: the artifact's own)"}
-    add_dataclass_args(p, PruneConfig, source_help, prune_choices, positional=("src",), skip=("epochs",))
+    add_dataclass_args(p, PruneConfig, source_help, prune_choices, positional=("src",),
+                       skip=("epochs", "time_budget"))
     p.add_argument("--global", dest="ranking", action="store_const", const="global", default=argparse.SUPPRESS,
                    help="same as --ranking global")
     p.add_argument("--uniform", dest="ranking", action="store_const", const="uniform", default=argparse.SUPPRESS,

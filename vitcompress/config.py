@@ -33,6 +33,7 @@ class TrainConfig:
     """Hyper-parameters of the training loop (shared by every stage that trains)."""
 
     epochs: int = 10
+    time_budget: float = 0.0
     batch_size: int = 128
     lr: float = 1e-3
     min_lr: float = 1e-6
@@ -57,6 +58,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         require(self.epochs >= 1, f"--epochs {self.epochs} must be at least 1", "pass --epochs 1 or more")
+        require(self.time_budget >= 0, f"--time-budget {self.time_budget:g} must not be negative",
+                "pass the seconds to train for, e.g. --time-budget 420, or 0 for exactly --epochs")
         require(self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1", "pass --batch-size 1 or more")
         require(self.lr > 0, f"--lr {self.lr} must be positive", "pass e.g. --lr 1e-3")
         require(self.min_lr >= 0, f"--min-lr {self.min_lr} must not be negative", "pass e.g. --min-lr 1e-6")
@@ -187,6 +190,8 @@ class PruneConfig:
         require(self.score_batches >= 1, f"--score-batches {self.score_batches} must be at least 1", "pass e.g. 4")
         require(bool(self.out) or self.dry_run, "--out is required", "pass --out DIR (or --dry-run to only look)")
         self.kd.validate()
+        require(not self.train.time_budget, "prune's recovery runs in epochs, not to a time budget",
+                "pass --finetune-epochs N (train.time_budget=0)")
         if self.finetune_epochs:
             self.train.epochs = self.finetune_epochs
             self.train.validate()

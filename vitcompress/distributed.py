@@ -28,6 +28,14 @@ class DistContext:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def broadcast_int(self, value: int) -> int:
+        """Rank 0's ``value`` on every rank (itself when not distributed)."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.broadcast(tensor, src=0)
+        return int(tensor.item())
+
     def barrier(self) -> None:
         if self.distributed:  # NCCL wants the device named, or it guesses (and warns)
             dist.barrier(device_ids=[self.device.index]) if self.device.type == "cuda" else dist.barrier()

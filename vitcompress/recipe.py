@@ -32,7 +32,7 @@ CONFIGS: dict[str, type] = {"finetune": FinetuneConfig, "prune": PruneConfig, "q
                             "export": ExportConfig, "bench": BenchConfig}
 # Set by the pipeline itself (paths between stages), or not an option of the stage's command.
 MANAGED = {"src", "srcs", "out", "force", "resume", "dry_run", "sensitivity"}
-NOT_OPTIONS = {"prune": {"epochs"}}  # prune's length is finetune_epochs, as on its command line
+NOT_OPTIONS = {"prune": {"epochs", "time_budget"}}  # prune's length is finetune_epochs, as on its command line
 REQUIRED = {"finetune": ("model", "data")}
 
 

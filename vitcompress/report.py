@@ -21,7 +21,7 @@ def _fmt(value: Any) -> str:
 def metrics_table(metrics: dict[str, Any]) -> str:
     """The headline metrics of a report as a two-column table."""
     keys = ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "loss", "samples", "params", "macs",
-            "best_epoch", "epochs_run", "train_images_per_s", "train_seconds", "device")
+            "best_epoch", "epochs_run", "train_images_per_s", "train_seconds", "train_wall_seconds", "device")
     rows = [(k, _fmt(metrics[k])) for k in keys if metrics.get(k) is not None]
     return tabulate(rows, headers=("metric", "value"), tablefmt="simple", disable_numparse=True)
 

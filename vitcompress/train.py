@@ -1,9 +1,10 @@
 """The one training loop that finetune, prune-recovery and QAT use.
 
 It owns optimisation only: AdamW with layer-wise LR decay (timm; fused on GPUs), warmup + cosine
-schedule, gradient accumulation, AMP, optional ``torch.compile``, clipping, EMA, MixUp/CutMix, an
-optional distillation loss, early stopping, DDP, and a resumable ``last.ckpt`` (model, optimizer,
-scheduler, scaler, EMA, RNG) written atomically after every epoch.
+schedule over a fixed number of epochs or a wall-clock budget (``budget.py``), gradient accumulation,
+AMP, optional ``torch.compile``, clipping, EMA, MixUp/CutMix, an optional distillation loss, early
+stopping, DDP, and a resumable ``last.ckpt`` (model, optimizer, scheduler, scaler, EMA, RNG) written
+atomically after every epoch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vitcompress.augment import BatchTransform
+from vitcompress.budget import RECENT_EPOCHS, planned_epochs
 from vitcompress.config import TrainConfig
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext
@@ -50,8 +53,9 @@ class FitResult:
     best_epoch: int
     best_val_top1: float | None
     stopped_early: bool
-    seconds: float
+    seconds: float  # in training steps alone
     images_per_second: float
+    wall_seconds: float  # the whole loop: steps, validation, checkpoints (what --time-budget counts)
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -145,9 +149,11 @@ class Trainer:
         fused = {"fused": True} if ctx.device.type == "cuda" else {}  # one kernel for the whole update on a GPU
         self.optimizer = create_optimizer_v2(self.model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
                                              layer_decay=cfg.layer_decay if cfg.layer_decay < 1 else None, **fused)
-        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=cfg.epochs * self.steps_per_epoch,
-                                           lr_min=cfg.min_lr, warmup_t=int(cfg.warmup_epochs * self.steps_per_epoch),
-                                           warmup_lr_init=cfg.lr * 1e-3, warmup_prefix=True, t_in_epochs=False)
+        warmup = int(cfg.warmup_epochs * self.steps_per_epoch)
+        self.planned_epochs = cfg.epochs  # --time-budget re-plans it after every epoch
+        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=self._decay_updates(cfg.epochs, warmup),
+                                           lr_min=cfg.min_lr, warmup_t=warmup, warmup_lr_init=cfg.lr * 1e-3,
+                                           warmup_prefix=True, t_in_epochs=False)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp == torch.float16)
         # DDP broadcasts rank 0's weights when wrapping, so the EMA copy must be taken after it.
         self.ddp = (DistributedDataParallel(self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
@@ -161,6 +167,15 @@ class Trainer:
         self.start_epoch, self.history = 0, []
         self.best_val, self.best_epoch, self.bad_epochs = None, -1, 0
         self.train_seconds, self.train_images = 0.0, 0
+        self.epoch_wall_seconds: list[float] = []  # each epoch's wall time: training, validation, checkpoint
+
+    def _decay_updates(self, epochs: int, warmup: int) -> int:
+        """The cosine decay's length: it follows the warmup and ends with the last update of ``epochs``."""
+        return max(1, epochs * self.steps_per_epoch - warmup)
+
+    def _set_schedule_length(self, epochs: int) -> None:
+        self.planned_epochs = epochs
+        self.scheduler.t_initial = self._decay_updates(epochs, self.scheduler.warmup_t)
 
     # ---------------------------------------------------------------- resume
     def save_checkpoint(self, epoch: int) -> None:
@@ -170,6 +185,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema else None, "history": self.history,
             "best_val": self.best_val, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
             "train_seconds": self.train_seconds, "train_images": self.train_images,
+            "planned_epochs": self.planned_epochs, "epoch_wall_seconds": self.epoch_wall_seconds,
             "config": asdict(self.cfg), "rng": _rng_state(),
         }
         with atomic_file(self.workdir / CHECKPOINT_FILE) as tmp:
@@ -192,18 +208,26 @@ class Trainer:
         self.history, self.best_val = state["history"], state["best_val"]
         self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
         self.train_seconds, self.train_images = state["train_seconds"], state["train_images"]
+        self.planned_epochs = state.get("planned_epochs", self.cfg.epochs)
+        self.epoch_wall_seconds = state.get("epoch_wall_seconds", [])
         self.start_epoch = state["epoch"] + 1
         _set_rng_state(state["rng"])
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> FitResult:
         stopped_early = False
-        started = time.perf_counter()
-        for epoch in range(self.start_epoch, self.cfg.epochs):
+        mark = time.perf_counter()
+        epoch = self.start_epoch
+        while epoch < self.planned_epochs:
             row = self._train_epoch(epoch)
             row.update(self._validate())
-            per_epoch = (time.perf_counter() - started) / (epoch + 1 - self.start_epoch)
-            row["eta_seconds"] = round(per_epoch * (self.cfg.epochs - epoch - 1), 1)
+            now = time.perf_counter()
+            self.epoch_wall_seconds.append(now - mark)  # the previous epoch's checkpoint lands here: it is training time too
+            mark = now
+            if self.cfg.time_budget:
+                self._set_schedule_length(self._replan())
+            row["wall_seconds"] = self.epoch_wall_seconds[-1]
+            row["eta_seconds"] = round(fmean(self.epoch_wall_seconds[-RECENT_EPOCHS:]) * (self.planned_epochs - epoch - 1), 1)
             self._select(epoch, row)
             self.history.append(row)
             if self.ctx.is_main:
@@ -215,8 +239,15 @@ class Trainer:
                 if self.ctx.is_main and not self.cfg.quiet:
                     print(f"early stopping: no val improvement for {self.cfg.patience} epochs", flush=True)
                 break
+            epoch += 1
         ips = self.train_images / self.train_seconds if self.train_seconds else 0.0
-        return FitResult(self.history, self.best_epoch, self.best_val, stopped_early, self.train_seconds, ips)
+        return FitResult(self.history, self.best_epoch, self.best_val, stopped_early, self.train_seconds, ips,
+                         sum(self.epoch_wall_seconds))
+
+    def _replan(self) -> int:
+        """Rank 0's plan for the budget, so that every rank stops after the same epoch."""
+        plan = planned_epochs(self.cfg.time_budget, self.cfg.epochs, sum(self.epoch_wall_seconds), self.epoch_wall_seconds)
+        return self.ctx.broadcast_int(plan)
 
     def eval_model(self) -> nn.Module:
         """The weights validation scores: the EMA copy when EMA is on."""
@@ -228,7 +259,7 @@ class Trainer:
         self.train_loader.set_epoch(epoch)
         totals = torch.zeros(3, device=self.ctx.device)  # loss sum, correct, count
         micro_steps = self.steps_per_epoch * cfg.accum_steps  # whole optimizer steps only: no gradient leaks
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.planned_epochs}", unit="batch", leave=False,
                    total=micro_steps, disable=cfg.quiet or not self.ctx.is_main, dynamic_ncols=True)
         start = time.perf_counter()
         update = epoch * self.steps_per_epoch
@@ -297,7 +328,7 @@ class Trainer:
             self.bad_epochs += 1
         if self.ctx.is_main and not self.cfg.quiet:
             val = f" val_top1 {score:.4f}" if score is not None else ""
-            print(f"epoch {epoch + 1}/{self.cfg.epochs}: loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f}"
+            print(f"epoch {epoch + 1}/{self.planned_epochs}: loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f}"
                   f"{val} ({row['images_per_s']:.0f} img/s, eta {_hms(row['eta_seconds'])})"
                   f"{' *' if improved and score is not None else ''}", flush=True)
 

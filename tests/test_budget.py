@@ -1,0 +1,56 @@
+"""--time-budget: whole epochs re-planned from their measured time, the schedule ending with the last."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_trainer
+from vitcompress.budget import planned_epochs
+from vitcompress.config import PruneConfig, TrainConfig
+from vitcompress.errors import UserError
+
+
+def test_plan_before_any_epoch_is_the_cap() -> None:
+    assert planned_epochs(60, max_epochs=100, elapsed_seconds=0, epoch_seconds=[]) == 100
+
+
+def test_plan_leaves_out_the_compiling_first_epoch() -> None:
+    # epoch 1 took 30 s (compile), epoch 2 took 2 s: 60 - 32 = 28 s left fit 14 more
+    assert planned_epochs(60, max_epochs=100, elapsed_seconds=32, epoch_seconds=[30, 2]) == 16
+
+
+def test_plan_follows_recent_epochs_and_stops_when_nothing_fits() -> None:
+    walls = [5, 1, 1, 1, 3, 3, 3]  # slowed down: the last three say 3 s an epoch
+    assert planned_epochs(26, 100, sum(walls), walls) == 7 + 3  # 9 s left
+    assert planned_epochs(18, 100, sum(walls), walls) == 7  # 1 s left: stop now
+    assert planned_epochs(10, 100, 12, [6, 6]) == 2  # over budget already: never below the epochs done
+
+
+def test_plan_never_exceeds_the_epoch_cap() -> None:
+    assert planned_epochs(1000, max_epochs=5, elapsed_seconds=2, epoch_seconds=[1, 1]) == 5
+
+
+def test_trainer_stops_within_the_budget_with_the_schedule_finished(tmp_path: Path) -> None:
+    budget = 4.0
+    trainer = tiny_trainer(tmp_path, epochs=10_000, time_budget=budget, warmup_epochs=1, min_lr=1e-5)
+    fit = trainer.fit()
+    walls = trainer.epoch_wall_seconds
+    assert 2 < len(fit.history) < 10_000  # stopped by the clock, not by the cap
+    assert fit.wall_seconds == pytest.approx(sum(walls))
+    assert budget - 2 * max(walls) <= fit.wall_seconds <= budget + 2 * max(walls)  # used the budget, overran by < 1 epoch or so
+    assert fit.history[-1]["lr"] == pytest.approx(1e-5)  # the cosine decay ended with the last epoch
+    assert trainer.planned_epochs == len(fit.history)
+
+
+def test_fixed_epochs_also_end_the_schedule_at_min_lr(tmp_path: Path) -> None:
+    fit = tiny_trainer(tmp_path, epochs=3, warmup_epochs=1, min_lr=1e-5).fit()
+    lrs = [row["lr"] for row in fit.history]
+    assert lrs[0] > lrs[1] > lrs[2] == pytest.approx(1e-5)
+
+
+def test_prune_refuses_a_time_budget() -> None:
+    cfg = PruneConfig(src="x", out="y", finetune_epochs=1, train=TrainConfig(time_budget=60))
+    with pytest.raises(UserError, match="time budget"):
+        cfg.validate()

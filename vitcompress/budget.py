@@ -1,0 +1,31 @@
+"""Training for a wall-clock budget instead of a fixed number of epochs (``--time-budget``).
+
+After every epoch the Trainer asks how many whole epochs still fit, from the measured time of the
+latest epochs (validation and checkpoint included), and stretches or shrinks its cosine schedule to
+end with them. Re-planning every epoch absorbs what a one-off estimate cannot: the first epoch's
+compile, and steps that slow down or speed up as a run goes on (a launch-bound GPU step's time moves
+with the host's load).
+"""
+
+from __future__ import annotations
+
+from statistics import fmean
+
+# Epochs the estimate averages: recent enough to follow drift, more than one to damp noise.
+RECENT_EPOCHS = 3
+
+
+def planned_epochs(budget_seconds: float, max_epochs: int, elapsed_seconds: float, epoch_seconds: list[float]) -> int:
+    """The total number of epochs to run, given the wall time of each epoch so far.
+
+    With no epoch measured yet it is ``max_epochs``. Otherwise it is the epochs done plus as many as
+    fit in the time left, never fewer than done (equal means stop now) nor more than ``max_epochs``.
+    The first epoch is left out of the estimate once a later one exists: it pays for compiling.
+    """
+    done = len(epoch_seconds)
+    if done == 0:
+        return max_epochs
+    steady = epoch_seconds[1:] or epoch_seconds
+    per_epoch = fmean(steady[-RECENT_EPOCHS:])
+    fits = int(max(0.0, budget_seconds - elapsed_seconds) // per_epoch) if per_epoch > 0 else max_epochs
+    return max(done, min(max_epochs, done + fits))
