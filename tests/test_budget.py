@@ -16,6 +16,12 @@ def test_plan_before_any_epoch_is_the_cap() -> None:
     assert planned_epochs(60, max_epochs=100, elapsed_seconds=0, epoch_seconds=[]) == 100
 
 
+def test_one_epoch_only_decides_whether_a_second_fits() -> None:
+    # epoch 1 (compile included) took 30 s: too slow a guide to plan the schedule by, but another fits
+    assert planned_epochs(60, max_epochs=100, elapsed_seconds=30, epoch_seconds=[30]) == 100
+    assert planned_epochs(50, max_epochs=100, elapsed_seconds=30, epoch_seconds=[30]) == 1  # none fits: stop
+
+
 def test_plan_leaves_out_the_compiling_first_epoch() -> None:
     # epoch 1 took 30 s (compile), epoch 2 took 2 s: 60 - 32 = 28 s left fit 14 more
     assert planned_epochs(60, max_epochs=100, elapsed_seconds=32, epoch_seconds=[30, 2]) == 16

@@ -16,12 +16,14 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "vitcompress", "finetune", *TINY, "--data", "shapes", "--epochs", "8", "--batch-size", "16",
            "--accum-steps", "2", "--ema", "--ema-decay", "0.9",
+           "--time-budget", "900",  # never binding here: rank 0's plan is broadcast after every epoch
            "--device", "cpu", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     meta = read_meta(out)
     assert meta.metrics["world_size"] == 2
+    assert meta.metrics["epochs_run"] == 8 and meta.metrics["time_budget"] == 900
     assert meta.metrics["samples"] == 1000  # every test image scored once across the two shards
     assert meta.metrics["top1"] > 0.3, meta.metrics["top1"]
     assert result.stdout.count("artifact:") == 1  # one summary, from rank 0

@@ -18,9 +18,11 @@ RECENT_EPOCHS = 3
 def planned_epochs(budget_seconds: float, max_epochs: int, elapsed_seconds: float, epoch_seconds: list[float]) -> int:
     """The total number of epochs to run, given the wall time of each epoch so far.
 
-    With no epoch measured yet it is ``max_epochs``. Otherwise it is the epochs done plus as many as
-    fit in the time left, never fewer than done (equal means stop now) nor more than ``max_epochs``.
-    The first epoch is left out of the estimate once a later one exists: it pays for compiling.
+    It is the epochs done plus as many as fit in the time left, never fewer than done (equal means
+    stop now) nor more than ``max_epochs``. The first epoch pays for compiling and warming up, so it
+    only decides whether a second one fits at all: until a second is measured the plan stays at
+    ``max_epochs`` (a schedule planned from a compile-inflated epoch would decay too early), and
+    once it is, the first is left out of the estimate.
     """
     done = len(epoch_seconds)
     if done == 0:
@@ -28,4 +30,6 @@ def planned_epochs(budget_seconds: float, max_epochs: int, elapsed_seconds: floa
     steady = epoch_seconds[1:] or epoch_seconds
     per_epoch = fmean(steady[-RECENT_EPOCHS:])
     fits = int(max(0.0, budget_seconds - elapsed_seconds) // per_epoch) if per_epoch > 0 else max_epochs
+    if done == 1 and fits:
+        return max_epochs
     return max(done, min(max_epochs, done + fits))
