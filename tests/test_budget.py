@@ -60,3 +60,28 @@ def test_prune_refuses_a_time_budget() -> None:
     cfg = PruneConfig(src="x", out="y", finetune_epochs=1, train=TrainConfig(time_budget=60))
     with pytest.raises(UserError, match="time budget"):
         cfg.validate()
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_counts_the_time_spent_before_the_stop(tmp_path: Path) -> None:
+    first = tiny_trainer(tmp_path, epochs=6, time_budget=1000)
+    train_epoch = first._train_epoch
+
+    def crash_at_fourth(epoch: int) -> dict:
+        if epoch == 3:
+            raise _Crash
+        return train_epoch(epoch)
+
+    first._train_epoch = crash_at_fourth
+    with pytest.raises(_Crash):
+        first.fit()
+    spent = sum(first.epoch_wall_seconds)  # three epochs, checkpointed
+    resumed = tiny_trainer(tmp_path, epochs=6, time_budget=spent)  # the budget is already spent
+    resumed.load_checkpoint()
+    assert resumed.start_epoch == 3 and resumed.epoch_wall_seconds == pytest.approx(first.epoch_wall_seconds)
+    fit = resumed.fit()
+    assert len(fit.history) == 4  # the plan is checked after each epoch: one more runs, then it stops
+    assert fit.wall_seconds > spent
