@@ -170,8 +170,10 @@ class Trainer:
         self.epoch_wall_seconds: list[float] = []  # each epoch's wall time: training, validation, checkpoint
 
     def _decay_updates(self, epochs: int, warmup: int) -> int:
-        """The cosine decay's length: it follows the warmup and ends with the last update of ``epochs``."""
-        return max(1, epochs * self.steps_per_epoch - warmup)
+        """The cosine decay's length: it follows the warmup and ends with the last update of ``epochs``.
+
+        At least 2: a warmup as long as the run leaves no decay, and timm warns about a length of 1."""
+        return max(2, epochs * self.steps_per_epoch - warmup)
 
     def _set_schedule_length(self, epochs: int) -> None:
         self.planned_epochs = epochs
