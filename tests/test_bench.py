@@ -57,6 +57,15 @@ def test_bench_writes_every_file_with_every_field(tmp_path: Path, shapes_artifac
         assert "## Skipped" in report
 
 
+def test_a_backend_with_nothing_to_run_is_listed_with_why(tmp_path: Path, shapes_artifact: Path) -> None:
+    result = bench(small_bench([shapes_artifact], tmp_path / "bench", backends="torch,ort-cpu,tensorrt", batch="1"))
+    skipped = {(s["variant"], s["backend"]): s["reason"] for s in result.results["skipped"]}
+    assert "runs onnx models" in skipped[("(none)", "ort-cpu")]  # an artifact is not an ONNX export
+    assert skipped[("(none)", "tensorrt")]  # not installed here, or no engine among the inputs: either way, why
+    assert {r["backend"] for r in result.results["records"]} == {"torch"}
+    assert "ort-cpu" in (result.path / "report.md").read_text().split("## Skipped")[1]
+
+
 def test_speed_only_without_data(tmp_path: Path, onnx_export: Path) -> None:
     result = bench(small_bench([onnx_export], tmp_path / "bench", data=None, backends="ort-cpu"))
     assert all("top1" not in r for r in result.results["records"])

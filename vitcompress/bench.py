@@ -62,7 +62,9 @@ def bench(cfg: BenchConfig) -> BenchResult:
     images = _eval_images(cfg, sources[0])
     plan = [(s, name) for s in sources for name in cfg.backend_names() if s.kind in RUNTIMES[name].kinds]
     records: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
+    planned = {name for _, name in plan}
+    skipped = [{"variant": "(none)", "backend": name, "reason": RUNTIMES[name].nothing_to_run()}
+               for name in cfg.backend_names() if name not in planned]  # asked for, so listed, never dropped
     predictions: dict[tuple[str, str], np.ndarray] = {}
     steps = sum(len(cfg.batch_sizes()) for _ in plan)
     with tqdm(total=steps, desc="bench", disable=cfg.quiet, unit="point") as progress:

@@ -30,6 +30,11 @@ class Runtime(ABC):
         return cls._missing()
 
     @classmethod
+    def nothing_to_run(cls) -> str:
+        """Why a backend that was asked for measured nothing: it cannot run here, or no input is a model it runs."""
+        return cls._missing() or f"runs {' or '.join(cls.kinds)} models, and none of the inputs is one"
+
+    @classmethod
     def _missing(cls) -> str | None:
         return None
 
