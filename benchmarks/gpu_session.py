@@ -179,7 +179,7 @@ def step_latency(args: argparse.Namespace, paths: dict[str, Path], deadline: flo
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 row[f"bf16_b{batch}"] = torch_latency_ms(model, meta.img_size, batch, device, max_seconds=1)
         if time.time() < deadline:
-            compiled = torch.compile(model)
+            compiled = torch.compile(model, dynamic=False)  # a graph per batch size, as bench's torch-compile
             for batch in (1, 256):
                 with torch.autocast(device.type, dtype=torch.bfloat16):
                     row[f"compile_bf16_b{batch}"] = torch_latency_ms(compiled, meta.img_size, batch, device, max_seconds=1)

@@ -66,6 +66,13 @@ def test_a_backend_with_nothing_to_run_is_listed_with_why(tmp_path: Path, shapes
     assert "ort-cpu" in (result.path / "report.md").read_text().split("## Skipped")[1]
 
 
+def test_torch_compile_predicts_what_eager_torch_does(tmp_path: Path, shapes_artifact: Path) -> None:
+    result = bench(small_bench([shapes_artifact], tmp_path / "bench", backends="torch,torch-compile", batch="1,3"))
+    compiled = [r for r in result.results["records"] if r["backend"] == "torch-compile"]
+    assert sorted(r["batch"] for r in compiled) == [1, 3]
+    assert all(r["agreement"] >= 0.99 and r["top1"] is not None for r in compiled)
+
+
 def test_speed_only_without_data(tmp_path: Path, onnx_export: Path) -> None:
     result = bench(small_bench([onnx_export], tmp_path / "bench", data=None, backends="ort-cpu"))
     assert all("top1" not in r for r in result.results["records"])

@@ -103,7 +103,9 @@ class TorchCompileRuntime(TorchRuntime):
         return None if hasattr(torch, "compile") else "this torch has no torch.compile"
 
     def _compile(self, model: torch.nn.Module) -> torch.nn.Module:
-        return torch.compile(model)
+        # A graph per batch size, as a deployment with fixed batches gets: the default turns shapes dynamic at
+        # the second size seen, and every later size is then timed through one slower, shape-generic graph.
+        return torch.compile(model, dynamic=False)
 
 
 class OrtRuntime(Runtime):
