@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from vitcompress.artifact import read_meta
 from vitcompress.cli import _parser
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -43,3 +44,4 @@ def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
     assert (tmp_path / "runs" / "api-demo" / "model.safetensors").is_file()
+    assert read_meta(tmp_path / "runs" / "api-demo").metrics["top1"] > 0.3  # it learned: chance is 0.1
