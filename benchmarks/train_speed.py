@@ -140,6 +140,9 @@ def main() -> None:
     args = parser.parse_args()
     ctx = DistContext(device=resolve_device(args.device))
     data = load_data(DataOptions(spec=f"folder:{args.data}", img_size=32, val_split=0))
+    if args.steps * args.batch_size > len(data.train):
+        parser.error(f"--steps {args.steps} x --batch-size {args.batch_size} is more than the {len(data.train)} "
+                     "training images: pass fewer steps or a smaller batch")
     workdir = HERE / "results" / ".scratch"
     workdir.mkdir(parents=True, exist_ok=True)
     measured = {"train_ips": train_ips(data, args, ctx, workdir), "pipeline_ips": pipeline_ips(data, args, ctx),
