@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_trainer
-from vitcompress.budget import planned_epochs
+from vitcompress.budget import planned_epochs, schedule_can_follow
 from vitcompress.config import PruneConfig, TrainConfig
 from vitcompress.errors import UserError
 
@@ -16,10 +16,11 @@ def test_plan_before_any_epoch_is_the_cap() -> None:
     assert planned_epochs(60, max_epochs=100, elapsed_seconds=0, epoch_seconds=[]) == 100
 
 
-def test_one_epoch_only_decides_whether_a_second_fits() -> None:
-    # epoch 1 (compile included) took 30 s: too slow a guide to plan the schedule by, but another fits
-    assert planned_epochs(60, max_epochs=100, elapsed_seconds=30, epoch_seconds=[30]) == 100
+def test_one_epoch_plans_the_stop_but_not_the_schedule() -> None:
+    # epoch 1 (compile included) took 30 s: a plan to stop by (re-planned after epoch 2), not a schedule
+    assert planned_epochs(60, max_epochs=100, elapsed_seconds=30, epoch_seconds=[30]) == 2
     assert planned_epochs(50, max_epochs=100, elapsed_seconds=30, epoch_seconds=[30]) == 1  # none fits: stop
+    assert not schedule_can_follow(1) and schedule_can_follow(2)
 
 
 def test_plan_leaves_out_the_compiling_first_epoch() -> None:

@@ -20,9 +20,7 @@ def planned_epochs(budget_seconds: float, max_epochs: int, elapsed_seconds: floa
 
     It is the epochs done plus as many as fit in the time left, never fewer than done (equal means
     stop now) nor more than ``max_epochs``. The first epoch pays for compiling and warming up, so it
-    only decides whether a second one fits at all: until a second is measured the plan stays at
-    ``max_epochs`` (a schedule planned from a compile-inflated epoch would decay too early), and
-    once it is, the first is left out of the estimate.
+    is left out of the estimate once a second exists (see :func:`schedule_can_follow`).
     """
     done = len(epoch_seconds)
     if done == 0:
@@ -30,6 +28,10 @@ def planned_epochs(budget_seconds: float, max_epochs: int, elapsed_seconds: floa
     steady = epoch_seconds[1:] or epoch_seconds
     per_epoch = fmean(steady[-RECENT_EPOCHS:])
     fits = int(max(0.0, budget_seconds - elapsed_seconds) // per_epoch) if per_epoch > 0 else max_epochs
-    if done == 1 and fits:
-        return max_epochs
     return max(done, min(max_epochs, done + fits))
+
+
+def schedule_can_follow(epochs_measured: int) -> bool:
+    """Whether the LR schedule may be re-planned: not from the first epoch alone, which may hold a compile
+    (a schedule planned from it would decay too early); the run can still stop after it if nothing fits."""
+    return epochs_measured >= 2

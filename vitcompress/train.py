@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vitcompress.augment import BatchTransform
-from vitcompress.budget import RECENT_EPOCHS, planned_epochs
+from vitcompress.budget import RECENT_EPOCHS, planned_epochs, schedule_can_follow
 from vitcompress.config import TrainConfig
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext
@@ -176,7 +176,6 @@ class Trainer:
         return max(2, epochs * self.steps_per_epoch - warmup)
 
     def _set_schedule_length(self, epochs: int) -> None:
-        self.planned_epochs = epochs
         self.scheduler.t_initial = self._decay_updates(epochs, self.scheduler.warmup_t)
 
     # ---------------------------------------------------------------- resume
@@ -227,9 +226,11 @@ class Trainer:
             self.epoch_wall_seconds.append(now - mark)  # the previous epoch's checkpoint lands here: it is training time too
             mark = now
             if self.cfg.time_budget:
-                self._set_schedule_length(self._replan())
+                self.planned_epochs = self._replan()
+                if schedule_can_follow(len(self.epoch_wall_seconds)):
+                    self._set_schedule_length(self.planned_epochs)
             row["wall_seconds"] = self.epoch_wall_seconds[-1]
-            row["eta_seconds"] = round(fmean(self.epoch_wall_seconds[-RECENT_EPOCHS:]) * (self.planned_epochs - epoch - 1), 1)
+            row["eta_seconds"] = round(self._eta(epoch), 1)
             self._select(epoch, row)
             self.history.append(row)
             if self.ctx.is_main:
@@ -245,6 +246,10 @@ class Trainer:
         ips = self.train_images / self.train_seconds if self.train_seconds else 0.0
         return FitResult(self.history, self.best_epoch, self.best_val, stopped_early, self.train_seconds, ips,
                          sum(self.epoch_wall_seconds))
+
+    def _eta(self, epoch: int) -> float:
+        eta = fmean(self.epoch_wall_seconds[-RECENT_EPOCHS:]) * (self.planned_epochs - epoch - 1)
+        return min(eta, max(0.0, self.cfg.time_budget - sum(self.epoch_wall_seconds))) if self.cfg.time_budget else eta
 
     def _replan(self) -> int:
         """Rank 0's plan for the budget, so that every rank stops after the same epoch."""
