@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test bench-train bench-prune bench-qat bench-export clean
+.PHONY: setup demo test bench-train bench-prune bench-qat bench-export device-wheels clean
 
 $(BIN)/vitcompress: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ bench-qat: setup
 # INT8 ONNX on ONNX Runtime (CPU): vit_small at 224 px against the best FP32 export; accuracy of bench-qat's models.
 bench-export: setup
 	$(BIN)/python benchmarks/export_ort.py
+
+# What a lent GPU machine (no network; torch, timm, onnx, onnxruntime already there) needs to run
+# benchmarks/gpu_session.py: this tree as a wheel, plus torch-pruning, in .whl/ (ignored; carried by the run).
+device-wheels: setup
+	rm -f .whl/vitcompress-*.whl
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir .whl .
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --dest .whl torch-pruning==1.6.1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,22 +1,33 @@
 """Everything that needs a GPU, in one run that fits a short lease (default: about 9 minutes).
 
-Steps, in order, each logged with its wall time; a step that fails is recorded and the next runs:
-  1. smoke   the GPU code paths of finetune: data kept on the GPU, bf16, fp16 + GradScaler,
-             torchrun with NCCL (one process), eval on CUDA
-  2. speed   benchmarks/train_speed.py on CUDA (our Trainer against a plain timm-style loop)
-  3. cifar   CIFAR-10 from scratch for --cifar-seconds of training (finetune --time-budget: the
+Steps, in order (the open targets first), each logged with its wall time; a step that fails is
+recorded and the next runs:
+  1. cifar   CIFAR-10 from scratch for --cifar-seconds of training (finetune --time-budget: the
              epochs are re-planned from measured epoch times, the schedule ends with the budget);
              compiled, and if the compiled step breaks, eager for the time that is left
-  4. prune   the CIFAR model pruned on the GPU (heads 0.25 / 0.5 / 0.5 + MLP 0.25; l1, taylor, random)
+  2. prune   the CIFAR model pruned on the GPU (heads 0.25 / 0.5 / 0.5 + MLP 0.25; l1, taylor, random)
              with distillation recovery, each with and without recovery
-  5. latency the base and pruned models in torch fp32, bf16 and torch.compile at batch 1 and 256
-  6. bench   `vitcompress bench` of the base and pruned models on torch, torch-bf16, torch-compile
+  3. latency the base and pruned models in torch fp32, bf16 and torch.compile at batch 1 and 256
+  4. bench   `vitcompress bench` of the base and pruned models on torch, torch-bf16, torch-compile
              (and ort-cuda / ort-trt / tensorrt where they exist, else listed as skipped), CIFAR-10 accuracy
+  5. speed   benchmarks/train_speed.py on CUDA (our Trainer, eager and compiled, against a plain
+             timm-style loop)
+  6. smoke   the GPU code paths of finetune: data kept on the GPU, bf16, fp16 + GradScaler,
+             torchrun with NCCL (one process), eval on CUDA
 
 Usage:  python benchmarks/gpu_session.py --data data/cifar10-jpeg.tar.xz --out OUTDIR [--cifar-seconds 360]
+
+On a lent machine (no network; torch, timm, onnx and onnxruntime are there): here, `make device-wheels`
+(this tree as a wheel, and torch-pruning, into the ignored .whl/) and copy the CIFAR-10 archive into the
+ignored data/; then each `run` carries [".whl", "data"] and is
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 || exit; R=$PWD; cd /tmp &&
+    python3 $R/benchmarks/gpu_session.py --data $R/data/cifar10-jpeg.tar.xz --out $OUT/gpu --steps cifar,bench
+It runs from outside the checkout: there, `python -m vitcompress` would import the source tree's
+vitcompress/, which lacks the compress/ and export/ subpackages that an install maps into it.
 A 15-minute lease (10 minutes a command, the machine's start included) fits two commands. The open
 targets come first: --steps cifar,bench --cifar-seconds 360 (about 8-9 minutes), then --steps speed,smoke
-(about 4; the smoke paths already passed on the H100 once, so they go last).
+(about 4-5; if the lease runs out during it, the results written so far still come back).
 Writes: OUTDIR/gpu_results.json (all numbers, hardware, commands) and OUTDIR/session.log.
 """
 
@@ -238,8 +249,6 @@ def main() -> None:
         log(out, f"{name}: done: {json.dumps(results[name])[:1500]}")
         (out / "gpu_results.json").write_text(json.dumps(results, indent=2) + "\n")
 
-    run("smoke", step_smoke, args, work)
-    run("speed", step_speed, args)
     run("cifar", step_cifar, args, work)
     base = work / "cifar10-vit"
     if (base / "vitcompress.json").is_file():
@@ -250,6 +259,8 @@ def main() -> None:
         variants = {"base": base, **({"pruned_h0.5": pruned[0]} if pruned else {})}
         run("latency", step_latency, args, variants, deadline)
         run("bench", step_bench, args, list(variants.values()), out)
+    run("speed", step_speed, args)
+    run("smoke", step_smoke, args, work)  # last: these paths already passed on the H100 once
     log(out, "finished")
 
 
