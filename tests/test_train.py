@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import torch
@@ -76,3 +77,18 @@ def test_compiled_training_matches_eager_and_checkpoints_plain_keys(tmp_path: Pa
     for name, weight in compiled_state.items():
         torch.testing.assert_close(weight, eager_state[name], atol=2e-4, rtol=1e-3, msg=name)
     assert abs(compiled.history[0]["train_loss"] - eager.history[0]["train_loss"]) < 1e-3
+
+
+def test_checkpoint_interval_skips_checkpoints_but_never_the_last(tmp_path: Path) -> None:
+    def saved_epochs(interval: float) -> list[int]:
+        trainer = tiny_trainer(tmp_path / str(interval), epochs=4, checkpoint_interval=interval)
+        (tmp_path / str(interval)).mkdir()
+        saved, save = [], trainer.save_checkpoint
+        trainer.save_checkpoint = lambda epoch: (saved.append(epoch), save(epoch))
+        trainer.fit()
+        with open(tmp_path / str(interval) / "train_log.csv") as log:
+            assert len(list(csv.DictReader(log))) == 4  # the log still has every epoch
+        return saved
+
+    assert saved_epochs(0) == [0, 1, 2, 3]
+    assert saved_epochs(1000) == [3]  # 4 short epochs inside 1,000 s: only the last

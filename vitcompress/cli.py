@@ -34,6 +34,9 @@ HELP = {
     "time_budget": "train for this many seconds of wall time (steps, validation, checkpoints) instead of exactly "
                    "--epochs: whole epochs, re-planned after each from their measured time, the cosine schedule "
                    "ending with the last (0: off)",
+    "checkpoint_interval": "write the resumable last.ckpt (weights + optimizer state) at most every this many seconds, "
+                           "and after the last epoch; 0: after every epoch. For many short epochs on a GPU, where "
+                           "each checkpoint costs a noticeable share of an epoch",
     "batch_size": "images per step on each process",
     "lr": "peak learning rate (AdamW)",
     "min_lr": "learning rate at the end of the cosine decay",

@@ -34,6 +34,7 @@ class TrainConfig:
 
     epochs: int = 10
     time_budget: float = 0.0
+    checkpoint_interval: float = 0.0
     batch_size: int = 128
     lr: float = 1e-3
     min_lr: float = 1e-6
@@ -60,6 +61,8 @@ class TrainConfig:
         require(self.epochs >= 1, f"--epochs {self.epochs} must be at least 1", "pass --epochs 1 or more")
         require(self.time_budget >= 0, f"--time-budget {self.time_budget:g} must not be negative",
                 "pass the seconds to train for, e.g. --time-budget 420, or 0 for exactly --epochs")
+        require(self.checkpoint_interval >= 0, f"--checkpoint-interval {self.checkpoint_interval:g} must not be negative",
+                "pass the seconds between checkpoints, e.g. 60, or 0 for one after every epoch")
         require(self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1", "pass --batch-size 1 or more")
         require(self.lr > 0, f"--lr {self.lr} must be positive", "pass e.g. --lr 1e-3")
         require(self.min_lr >= 0, f"--min-lr {self.min_lr} must not be negative", "pass e.g. --min-lr 1e-6")

@@ -168,6 +168,7 @@ class Trainer:
         self.best_val, self.best_epoch, self.bad_epochs = None, -1, 0
         self.train_seconds, self.train_images = 0.0, 0
         self.epoch_wall_seconds: list[float] = []  # each epoch's wall time: training, validation, checkpoint
+        self._last_checkpoint = time.perf_counter()
 
     def _decay_updates(self, epochs: int, warmup: int) -> int:
         """The cosine decay's length: it follows the warmup and ends with the last update of ``epochs``.
@@ -234,7 +235,8 @@ class Trainer:
             self._select(epoch, row)
             self.history.append(row)
             if self.ctx.is_main:
-                self.save_checkpoint(epoch)
+                if self._checkpoint_due(epoch):
+                    self.save_checkpoint(epoch)
                 self._write_log()
             self.ctx.barrier()
             if self.cfg.patience and self.data.val is not None and self.bad_epochs >= self.cfg.patience:
@@ -246,6 +248,15 @@ class Trainer:
         ips = self.train_images / self.train_seconds if self.train_seconds else 0.0
         return FitResult(self.history, self.best_epoch, self.best_val, stopped_early, self.train_seconds, ips,
                          sum(self.epoch_wall_seconds))
+
+    def _checkpoint_due(self, epoch: int) -> bool:
+        """After every epoch, or with --checkpoint-interval at most that often (and after the planned last epoch)."""
+        now = time.perf_counter()
+        due = (not self.cfg.checkpoint_interval or epoch + 1 >= self.planned_epochs
+               or now - self._last_checkpoint >= self.cfg.checkpoint_interval)
+        if due:
+            self._last_checkpoint = now
+        return due
 
     def _eta(self, epoch: int) -> float:
         eta = fmean(self.epoch_wall_seconds[-RECENT_EPOCHS:]) * (self.planned_epochs - epoch - 1)
