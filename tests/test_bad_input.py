@@ -36,6 +36,7 @@ def finetune_args(out: Path, *extra: str, data: str = "shapes") -> list:
     (["--epochs", "0"], "--epochs 0"),
     (["--lr", "-0.1"], "--lr -0.1"),
     (["--time-budget", "-5"], "--time-budget -5"),
+    (["--checkpoint-interval", "-1"], "--checkpoint-interval -1"),
     (["--batch-size", "0"], "--batch-size 0"),
     (["--val-split", "1.5"], "--val-split"),
     (["--layer-decay", "0"], "--layer-decay"),
