@@ -104,7 +104,7 @@ class TorchCompileRuntime(TorchRuntime):
 
     def _compile(self, model: torch.nn.Module) -> torch.nn.Module:
         # A graph per batch size, as a deployment with fixed batches gets: the default turns shapes dynamic at
-        # the second size seen, and every later size is then timed through one slower, shape-generic graph.
+        # the second size seen, and every later size is then timed through one shape-generic graph (docs/bench.md).
         return torch.compile(model, dynamic=False)
 
 
