@@ -89,8 +89,8 @@ def _quantize_and_publish(cfg: QatConfig, model: nn.Module, meta: ArtifactMeta, 
         with atomic_file(progress_file) as tmp:
             tmp.write_text(json.dumps(progress))
     top1_fp32, top1_ptq, unreached = progress["top1_fp32"], progress["top1_ptq"], progress["unreached"]
-    if cfg.train.epochs:
-        fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, cfg.train, resume=cfg.resume)
+    fit = (fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, cfg.train, resume=cfg.resume)
+           if cfg.train.epochs else None)
     test = evaluate(model, data.test, transform, ctx)
     progress_file.unlink()
     quantized, skipped = quantized_layers(model)
@@ -108,7 +108,8 @@ def _quantize_and_publish(cfg: QatConfig, model: nn.Module, meta: ArtifactMeta, 
         metrics={**test, "params": count_params(model), "macs": count_macs(model, meta.img_size),
                  "qat": {"top1_fp32": top1_fp32, "top1_ptq": top1_ptq,
                          "top1_qat": test["top1"] if cfg.train.epochs else None, "calib_size": cfg.calib_size,
-                         "epochs": cfg.train.epochs, "device": str(ctx.device)}},
+                         "epochs": len(fit.history) if fit else 0, "time_budget": cfg.train.time_budget or None,
+                         "device": str(ctx.device)}},
     )
     write_artifact(staging, model, new_meta)
     publish(staging, out)

@@ -17,7 +17,7 @@ from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext
 from vitcompress.errors import require
-from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, Trainer
+from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, FitResult, Trainer
 
 
 def load_source_data(source: SourceData, meta: ArtifactMeta, src: str, train: TrainConfig) -> DataSplits:
@@ -37,8 +37,9 @@ def make_teacher(model: nn.Module, kd: DistillOptions, epochs: int) -> nn.Module
 
 def fine_tune_in_place(model: nn.Module, teacher: nn.Module | None, kd: DistillOptions, data: DataSplits,
                        transform: BatchTransform, ctx: DistContext, workdir: Path, train: TrainConfig,
-                       log_name: str | None = None, resume: bool = False) -> None:
-    """Train ``model`` for ``train.epochs`` (distilling from ``teacher``) and keep its best validation weights.
+                       log_name: str | None = None, resume: bool = False) -> FitResult:
+    """Train ``model`` for ``train.epochs`` (distilling from ``teacher``), keep its best validation weights,
+    and return how training went.
 
     ``resume`` continues from ``workdir/last.ckpt`` (the model must already have the checkpoint's shape).
     """
@@ -46,7 +47,7 @@ def fine_tune_in_place(model: nn.Module, teacher: nn.Module | None, kd: DistillO
     trainer = Trainer(model, data, train, transform, ctx, workdir, distill=distill)
     if resume:
         trainer.load_checkpoint()
-    trainer.fit()
+    fit = trainer.fit()
     best = workdir / BEST_WEIGHTS_FILE
     if best.is_file():
         model.load_state_dict(load_file(str(best), device=str(ctx.device)))
@@ -57,3 +58,4 @@ def fine_tune_in_place(model: nn.Module, teacher: nn.Module | None, kd: DistillO
     if log_name and (workdir / LOG_FILE).is_file():
         (workdir / LOG_FILE).rename(workdir / log_name)
     model.eval()
+    return fit
