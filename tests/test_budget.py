@@ -13,30 +13,30 @@ from vitcompress.errors import UserError
 
 
 def test_plan_before_any_epoch_is_the_cap() -> None:
-    assert planned_epochs(60, max_epochs=100, elapsed_seconds=0, epoch_seconds=[]) == 100
+    assert planned_epochs(60, max_epochs=100, epoch_seconds=[]) == 100
 
 
 def test_one_epoch_plans_the_stop_but_not_the_schedule() -> None:
     # epoch 1 (compile included) took 30 s: a plan to stop by (re-planned after epoch 2), not a schedule
-    assert planned_epochs(60, max_epochs=100, elapsed_seconds=30, epoch_seconds=[30]) == 2
-    assert planned_epochs(50, max_epochs=100, elapsed_seconds=30, epoch_seconds=[30]) == 1  # none fits: stop
+    assert planned_epochs(60, max_epochs=100, epoch_seconds=[30]) == 2
+    assert planned_epochs(50, max_epochs=100, epoch_seconds=[30]) == 1  # none fits: stop
     assert not schedule_can_follow(1) and schedule_can_follow(2)
 
 
 def test_plan_leaves_out_the_compiling_first_epoch() -> None:
     # epoch 1 took 30 s (compile), epoch 2 took 2 s: 60 - 32 = 28 s left fit 14 more
-    assert planned_epochs(60, max_epochs=100, elapsed_seconds=32, epoch_seconds=[30, 2]) == 16
+    assert planned_epochs(60, max_epochs=100, epoch_seconds=[30, 2]) == 16
 
 
 def test_plan_follows_recent_epochs_and_stops_when_nothing_fits() -> None:
     walls = [5, 1, 1, 1, 3, 3, 3]  # slowed down: the last three say 3 s an epoch
-    assert planned_epochs(26, 100, sum(walls), walls) == 7 + 3  # 9 s left
-    assert planned_epochs(18, 100, sum(walls), walls) == 7  # 1 s left: stop now
-    assert planned_epochs(10, 100, 12, [6, 6]) == 2  # over budget already: never below the epochs done
+    assert planned_epochs(26, 100, walls) == 7 + 3  # 9 s left
+    assert planned_epochs(18, 100, walls) == 7  # 1 s left: stop now
+    assert planned_epochs(10, 100, [6, 6]) == 2  # over budget already: never below the epochs done
 
 
 def test_plan_never_exceeds_the_epoch_cap() -> None:
-    assert planned_epochs(1000, max_epochs=5, elapsed_seconds=2, epoch_seconds=[1, 1]) == 5
+    assert planned_epochs(1000, max_epochs=5, epoch_seconds=[1, 1]) == 5
 
 
 def test_trainer_stops_within_the_budget_with_the_schedule_finished(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ from statistics import fmean
 RECENT_EPOCHS = 3
 
 
-def planned_epochs(budget_seconds: float, max_epochs: int, elapsed_seconds: float, epoch_seconds: list[float]) -> int:
-    """The total number of epochs to run, given the wall time of each epoch so far.
+def planned_epochs(budget_seconds: float, max_epochs: int, epoch_seconds: list[float]) -> int:
+    """The total number of epochs to run, given the wall time of each epoch so far (their sum is the time spent).
 
     It is the epochs done plus as many as fit in the time left, never fewer than done (equal means
     stop now) nor more than ``max_epochs``. The first epoch pays for compiling and warming up, so it
@@ -27,7 +27,7 @@ def planned_epochs(budget_seconds: float, max_epochs: int, elapsed_seconds: floa
         return max_epochs
     steady = epoch_seconds[1:] or epoch_seconds
     per_epoch = fmean(steady[-RECENT_EPOCHS:])
-    fits = int(max(0.0, budget_seconds - elapsed_seconds) // per_epoch) if per_epoch > 0 else max_epochs
+    fits = int(max(0.0, budget_seconds - sum(epoch_seconds)) // per_epoch) if per_epoch > 0 else max_epochs
     return max(done, min(max_epochs, done + fits))
 
 

@@ -4,7 +4,7 @@ It owns optimisation only: AdamW with layer-wise LR decay (timm; fused on GPUs),
 schedule over a fixed number of epochs or a wall-clock budget (``budget.py``), gradient accumulation,
 AMP, optional ``torch.compile``, clipping, EMA, MixUp/CutMix, an optional distillation loss, early
 stopping, DDP, and a resumable ``last.ckpt`` (model, optimizer, scheduler, scaler, EMA, RNG) written
-atomically after every epoch.
+atomically after every epoch (or at most every ``--checkpoint-interval`` seconds).
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ class Trainer:
 
     def _replan(self) -> int:
         """Rank 0's plan for the budget, so that every rank stops after the same epoch."""
-        plan = planned_epochs(self.cfg.time_budget, self.cfg.epochs, sum(self.epoch_wall_seconds), self.epoch_wall_seconds)
+        plan = planned_epochs(self.cfg.time_budget, self.cfg.epochs, self.epoch_wall_seconds)
         return self.ctx.broadcast_int(plan)
 
     def eval_model(self) -> nn.Module:
