@@ -1,6 +1,6 @@
 # Two commands for a fresh machine: `make demo` (the main job) and `make test`.
 # The system Python where there is one: the Triton server's Python backend (serve, bench's triton
-# backend) links the system libpython and fails from any other interpreter (docs/serving.md).
+# backend) links the system libpython and fails from any other interpreter (docs/bench.md).
 PYTHON ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || echo python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin

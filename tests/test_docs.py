@@ -45,3 +45,12 @@ def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         exec(compile(block, "README.md", "exec"), {})
     assert (tmp_path / "runs" / "api-demo" / "model.safetensors").is_file()
     assert read_meta(tmp_path / "runs" / "api-demo").metrics["top1"] > 0.3  # it learned: chance is 0.1
+
+
+def test_referenced_docs_exist() -> None:
+    """Error messages, comments and docs that send a reader to docs/X.md send them somewhere real."""
+    sources = [REPO / "Makefile", *DOCS, *(p for d in ("vitcompress", "compress", "export", "benchmarks")
+                                          for p in sorted((REPO / d).rglob("*.py")))]
+    missing = {f"{src.relative_to(REPO)}: {ref}" for src in sources
+               for ref in re.findall(r"docs/[\w-]+\.md", src.read_text()) if not (REPO / ref).is_file()}
+    assert not missing, sorted(missing)

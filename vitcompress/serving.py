@@ -108,7 +108,7 @@ class TritonServer:
             self._triton = None
             raise UserError(f"the Triton server did not start ({str(exc).splitlines()[0][:300]})",
                             "make the virtualenv from the system Python (/usr/bin/python3.11 on Debian), "
-                            "as `make setup` does; see docs/serving.md") from None
+                            "as `make setup` does; see docs/bench.md") from None
 
     def _wait_ready(self) -> None:
         import tritonclient.http as httpclient
