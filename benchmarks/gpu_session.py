@@ -10,8 +10,8 @@ recorded and the next runs:
   3. latency the base and pruned models in torch fp32, bf16 and torch.compile at batch 1 and 256
   4. bench   `vitcompress bench` of the base and pruned models on torch, torch-bf16, torch-compile
              (and ort-cuda / ort-trt / tensorrt where they exist, else listed as skipped), CIFAR-10 accuracy
-  5. speed   benchmarks/train_speed.py on CUDA (our Trainer, eager and compiled, against a plain
-             timm-style loop)
+  5. speed   benchmarks/train_speed.py on CUDA (our Trainer, eager and compiled with torch.compile's
+             default and reduce-overhead (CUDA graphs) modes, against a plain timm-style loop)
   6. smoke   the GPU code paths of finetune: data kept on the GPU, bf16, fp16 + GradScaler,
              torchrun with NCCL (one process), eval on CUDA
 
@@ -105,7 +105,8 @@ def step_speed(args: argparse.Namespace) -> dict:
     results = {}
     for amp in ("bf16",):
         cmd = [sys.executable, str(HERE / "train_speed.py"), "--data", args.data, "--device", args.device, "--amp", amp,
-               "--batch-size", "256", "--steps", "40", "--pipeline-batches", "100", "--compile"]
+               "--batch-size", "256", "--steps", "40", "--pipeline-batches", "100", "--compile",
+               "--compile-modes", "default,reduce-overhead"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         precision = "bf16" if amp == "bf16" else "fp32"
         record = HERE / "results" / f"train_speed_{torch.device(args.device).type}_{precision}.json"

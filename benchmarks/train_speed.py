@@ -6,13 +6,14 @@ Measures in one run, on one machine:
   pipeline_ips  our data path alone: uint8 tensor (decoded once) -> BatchLoader -> BatchTransform.train
   classic_ips   the usual torchvision path on the same JPEG files: ImageFolder + PIL transforms + DataLoader
   plain_loop_ips  a plain timm-style training loop (that DataLoader, autocast, AdamW) on the same model
-  compiled_train_ips  with --compile: the Trainer again with ``--compile`` (torch.compile of the step)
-and records three ratios (four with --compile): pipeline_ips / train_ips (>1: the data path cannot starve the model),
-pipeline_ips / classic_ips (what decoding once and augmenting batches on the device buys) and
-train_ips / plain_loop_ips (what the whole training path buys end to end), and
-compiled_train_ips / plain_loop_ips.
+  compiled_train_ips  with --compile: the Trainer again with ``--compile`` (torch.compile of the step), once per
+                      --compile-modes entry (``compiled_reduce_overhead_train_ips`` for reduce-overhead, ...)
+and records three ratios (one more per compile mode): pipeline_ips / train_ips (>1: the data path cannot starve the
+model), pipeline_ips / classic_ips (what decoding once and augmenting batches on the device buys) and
+train_ips / plain_loop_ips (what the whole training path buys end to end), and each compiled_*_ips / plain_loop_ips.
 
 Usage:  python benchmarks/train_speed.py [--device cpu|cuda] [--steps 10] [--batch-size 64] [--compile]
+                                         [--compile-modes default,reduce-overhead]
 Writes: benchmarks/results/train_speed_<device>_<precision>.json (with hardware and the exact command).
 """
 
@@ -31,7 +32,7 @@ import torch
 from timm.data import resolve_data_config
 
 from vitcompress.augment import BatchTransform
-from vitcompress.config import AugmentOptions, TrainConfig
+from vitcompress.config import COMPILE_MODES, AugmentOptions, TrainConfig
 from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext, resolve_device
@@ -51,8 +52,11 @@ def hardware(device: torch.device) -> dict:
     return info
 
 
-def train_ips(data: DataSplits, args: argparse.Namespace, ctx: DistContext, workdir: Path, compile_step: bool = False) -> float:
-    """Images/s of the real training loop over ``steps`` batches (after one warm-up epoch, which compiles)."""
+def train_ips(data: DataSplits, args: argparse.Namespace, ctx: DistContext, workdir: Path,
+              compile_mode: str | None = None) -> float:
+    """Images/s of the real training loop over ``steps`` batches (after one warm-up epoch, which compiles).
+
+    ``compile_mode``: train with ``--compile --compile-mode compile_mode``; None trains eagerly."""
     kwargs = build_kwargs(len(data.classes), 32, 4, {})
     model = create_model(args.model, kwargs)
     data_cfg = resolve_data_config({}, model=model)
@@ -60,7 +64,8 @@ def train_ips(data: DataSplits, args: argparse.Namespace, ctx: DistContext, work
     subset = data.train.subset(torch.arange(args.steps * args.batch_size))
     splits = DataSplits(subset, None, data.test, data.classes, {})
     trainer = Trainer(model, splits, TrainConfig(epochs=2, batch_size=args.batch_size, quiet=True, amp=args.amp,
-                                                  compile=compile_step),
+                                                  compile=compile_mode is not None,
+                                                  compile_mode=compile_mode or "default"),
                       transform, ctx, workdir)
     result = trainer.fit()
     return result.history[-1]["images_per_s"]  # epoch 2: compiled kernels and allocator warm
@@ -137,7 +142,12 @@ def main() -> None:
     parser.add_argument("--pipeline-batches", type=int, default=50)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--compile", action="store_true", help="also time the Trainer with --compile")
+    parser.add_argument("--compile-modes", default="default",
+                        help=f"with --compile: the torch.compile modes to time, comma-separated ({', '.join(COMPILE_MODES)})")
     args = parser.parse_args()
+    compile_modes = args.compile_modes.split(",") if args.compile else []
+    if unknown := set(compile_modes) - set(COMPILE_MODES):
+        parser.error(f"--compile-modes: unknown {', '.join(sorted(unknown))}; use {', '.join(COMPILE_MODES)}")
     ctx = DistContext(device=resolve_device(args.device))
     data = load_data(DataOptions(spec=f"folder:{args.data}", img_size=32, val_split=0))
     if args.steps * args.batch_size > len(data.train):
@@ -152,12 +162,13 @@ def main() -> None:
     measured["pipeline_over_classic"] = measured["pipeline_ips"] / measured["classic_ips"]
     measured["train_over_plain_loop"] = measured["train_ips"] / measured["plain_loop_ips"]
     failures = {}
-    if args.compile:
-        try:  # a compiler that breaks must not cost the eager numbers above (one lease may be all there is)
-            measured["compiled_train_ips"] = train_ips(data, args, ctx, workdir, compile_step=True)
-            measured["compiled_over_plain_loop"] = measured["compiled_train_ips"] / measured["plain_loop_ips"]
+    for mode in compile_modes:
+        name = "compiled" if mode == "default" else f"compiled_{mode.replace('-', '_')}"
+        try:  # a compiler that breaks must not cost the numbers above (one lease may be all there is)
+            measured[f"{name}_train_ips"] = train_ips(data, args, ctx, workdir, compile_mode=mode)
+            measured[f"{name}_over_plain_loop"] = measured[f"{name}_train_ips"] / measured["plain_loop_ips"]
         except Exception as error:  # noqa: BLE001 - recorded in the results file
-            failures["compiled_train_ips"] = f"{type(error).__name__}: {str(error)[-1500:]}"
+            failures[f"{name}_train_ips"] = f"{type(error).__name__}: {str(error)[-1500:]}"
     record = {"benchmark": "train_speed", "model": args.model, "img_size": 32, "patch_size": 4,
               "batch_size": args.batch_size, "amp": args.amp, "device": str(ctx.device), "hardware": hardware(ctx.device),
               "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
@@ -169,9 +180,9 @@ def main() -> None:
     out = HERE / "results" / f"train_speed_{ctx.device.type}_{precision}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     for key, value in record["results"].items():
-        print(f"{key:24s} {value:>10.2f}")
+        print(f"{key:42s} {value:>10.2f}")
     for key, error in failures.items():
-        print(f"{key:24s} failed: {error}")
+        print(f"{key:42s} failed: {error}")
     print(f"written to {out}")
 
 

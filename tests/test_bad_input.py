@@ -37,6 +37,7 @@ def finetune_args(out: Path, *extra: str, data: str = "shapes") -> list:
     (["--lr", "-0.1"], "--lr -0.1"),
     (["--time-budget", "-5"], "--time-budget -5"),
     (["--checkpoint-interval", "-1"], "--checkpoint-interval -1"),
+    (["--compile-mode", "reduce-overhead"], "needs --compile"),
     (["--batch-size", "0"], "--batch-size 0"),
     (["--val-split", "1.5"], "--val-split"),
     (["--layer-decay", "0"], "--layer-decay"),

@@ -54,6 +54,7 @@ def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture, argv: list[str
 @pytest.mark.parametrize("argv", [
     ["bench", "a", "b c", "--out", "o", "--backends", "ort-cpu,triton", "--threads", "2", "--quiet"],
     ["finetune", "--model", "m", "--data", "shapes:20", "--out", "o", "--epochs", "3", "--no-hflip", "--compile",
+     "--compile-mode", "reduce-overhead",
      "--model-kwargs", "depth=2,embed_dim=64", "--lr", "0.002"],
     ["qat", "src", "--out", "o", "--epochs", "0", "--skip", "head*"],
 ])

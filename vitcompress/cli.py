@@ -48,6 +48,8 @@ HELP = {
     "accum_steps": "gradient accumulation steps per optimizer step",
     "amp": "mixed precision: auto (bf16 on GPUs that have it, off on CPU) | none | bf16 | fp16 (CUDA only)",
     "compile": "torch.compile the training step's model (faster GPU steps after a one-off compile of a minute or so)",
+    "compile_mode": "torch.compile mode with --compile: default | reduce-overhead (CUDA graphs: for small, launch-bound "
+                    "GPU steps) | max-autotune (also tunes kernels: a longer compile) | max-autotune-no-cudagraphs",
     "clip_grad": "clip the gradient norm to this value (0: off)",
     "ema": "keep an exponential moving average of the weights and evaluate/save it",
     "ema_decay": "EMA decay per optimizer step",
@@ -137,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     from vitcompress.config import (
         AMP_CHOICES,
         AUTO_AUGMENT_CHOICES,
+        COMPILE_MODES,
         CROP_CHOICES,
         EXPORT_FORMATS,
         EXPORT_INPUTS,
@@ -169,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="train a timm ViT on a dataset; write an artifact",
                        description="Fine-tune (or train from scratch) a timm Vision Transformer. "
                                    "Run under torchrun for several GPUs or machines.")
-    choices = {"amp": AMP_CHOICES, "crop": CROP_CHOICES, "auto_augment": AUTO_AUGMENT_CHOICES}
+    choices = {"amp": AMP_CHOICES, "compile_mode": COMPILE_MODES, "crop": CROP_CHOICES, "auto_augment": AUTO_AUGMENT_CHOICES}
     add_dataclass_args(p, FinetuneConfig, HELP, choices, required=("epochs",))
 
     p = sub.add_parser("prune", formatter_class=fmt, parents=[common],

@@ -13,6 +13,8 @@ from vitcompress.errors import require
 CROP_CHOICES = ("pad", "rrc", "none")
 AUTO_AUGMENT_CHOICES = ("none", "randaugment", "autoaugment", "trivialaugment")
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+# torch.compile's modes; the two marked with cudagraphs replay each step as one CUDA graph on GPUs
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class TrainConfig:
     accum_steps: int = 1
     amp: str = "auto"
     compile: bool = False
+    compile_mode: str = "default"
     clip_grad: float = 1.0
     ema: bool = False
     ema_decay: float = 0.999
@@ -72,6 +75,10 @@ class TrainConfig:
                 "pass e.g. 0.75, or 1 to turn it off")
         require(self.accum_steps >= 1, f"--accum-steps {self.accum_steps} must be at least 1", "pass 1 for no accumulation")
         require(self.amp in AMP_CHOICES, f"--amp {self.amp!r} is unknown", "use auto, none, bf16 or fp16")
+        require(self.compile_mode in COMPILE_MODES, f"--compile-mode {self.compile_mode!r} is unknown",
+                f"use one of {', '.join(COMPILE_MODES)}")
+        require(self.compile or self.compile_mode == "default", f"--compile-mode {self.compile_mode} needs --compile",
+                "add --compile, or leave --compile-mode out")
         require(self.clip_grad >= 0, f"--clip-grad {self.clip_grad} must not be negative", "pass 0 to turn clipping off")
         require(0 < self.ema_decay < 1, f"--ema-decay {self.ema_decay} is not in (0, 1)", "pass e.g. 0.999")
         require(0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing} is not in [0, 1)", "pass e.g. 0.1")

@@ -159,7 +159,7 @@ class Trainer:
         self.ddp = (DistributedDataParallel(self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
                     if ctx.distributed else self.model)
         # Only the training step runs compiled: checkpoints, EMA and evaluation keep the plain module (and its keys).
-        self.step_model = torch.compile(self.ddp) if cfg.compile else self.ddp
+        self.step_model = torch.compile(self.ddp, mode=cfg.compile_mode) if cfg.compile else self.ddp
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema else None
         self.mixup = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
                             num_classes=data.num_classes) if cfg.mixup > 0 or cfg.cutmix > 0 else None)
