@@ -15,6 +15,7 @@ from tests.conftest import run_cli
 from vitcompress.artifact import load_model
 from vitcompress.compress.qat import qat
 from vitcompress.config import CALIBRATION_METHODS, QatConfig, TrainConfig
+from vitcompress.report import qat_summary
 
 # On `shapes` (1,000 test images) INT8 may move top-1 by a few images; the tests allow 3 points.
 TOLERANCE = 0.03
@@ -68,6 +69,7 @@ def test_ptq_and_qat_accuracy_stay_close_to_fp32(qat_artifact) -> None:
     assert abs(m["top1_ptq"] - m["top1_fp32"]) <= TOLERANCE
     assert m["top1_qat"] >= m["top1_fp32"] - TOLERANCE
     assert qat_artifact.meta.metrics["top1"] == m["top1_qat"]
+    assert f"INT8 QAT ({m['epochs']} epochs)" in qat_summary(qat_artifact.path, qat_artifact.meta)
 
 
 @pytest.mark.parametrize("method", CALIBRATION_METHODS)
@@ -76,6 +78,8 @@ def test_each_calibration_method(tmp_path: Path, shapes_artifact: Path, method: 
                            train=TrainConfig(epochs=0, quiet=True)))
     m = result.meta.metrics["qat"]
     assert m["top1_qat"] is None and abs(m["top1_ptq"] - m["top1_fp32"]) <= TOLERANCE
+    assert f"INT8 PTQ ({method} calibration)" in qat_summary(result.path, result.meta)
+    assert "INT8 QAT" not in qat_summary(result.path, result.meta)  # PTQ only: no empty QAT row
     reloaded, _ = load_model(result.path)
     torch.testing.assert_close(logits(reloaded), logits(result.model), atol=0, rtol=0)
 
