@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_trainer
+from vitcompress import train
 from vitcompress.budget import planned_epochs, schedule_can_follow
 from vitcompress.config import PruneConfig, TrainConfig
 from vitcompress.errors import UserError
@@ -39,16 +40,39 @@ def test_plan_never_exceeds_the_epoch_cap() -> None:
     assert planned_epochs(1000, max_epochs=5, epoch_seconds=[1, 1]) == 5
 
 
-def test_trainer_stops_within_the_budget_with_the_schedule_finished(tmp_path: Path) -> None:
-    budget = 4.0
-    trainer = tiny_trainer(tmp_path, epochs=10_000, time_budget=budget, warmup_epochs=1, min_lr=1e-5)
+def test_trainer_stops_within_the_budget(tmp_path: Path) -> None:
+    one_epoch = tiny_trainer(tmp_path / "probe").fit().wall_seconds  # this machine's pace now (about 0.1 s unloaded)
+    budget = max(4.0, 30 * one_epoch)
+    trainer = tiny_trainer(tmp_path, epochs=10_000, time_budget=budget)
     fit = trainer.fit()
     walls = trainer.epoch_wall_seconds
     assert 2 < len(fit.history) < 10_000  # stopped by the clock, not by the cap
     assert fit.wall_seconds == pytest.approx(sum(walls))
     assert budget - 2 * max(walls) <= fit.wall_seconds <= budget + 2 * max(walls)  # used the budget, overran by < 1 epoch or so
-    assert fit.history[-1]["lr"] == pytest.approx(1e-5)  # the cosine decay ended with the last epoch
     assert trainer.planned_epochs == len(fit.history)
+
+
+class SteadyClock:
+    """``time.perf_counter`` for a machine whose epochs all take the same time: each reading is 1 s after the last."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_budget_schedule_ends_at_min_lr_with_the_last_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With steady epochs the plan holds from epoch 2 on, so the cosine decay must reach --min-lr exactly
+    # at the last update. (On a real, noisy clock a last epoch slower than planned can end it a little short.)
+    monkeypatch.setattr(train, "time", SteadyClock())
+    trainer = tiny_trainer(tmp_path, epochs=10_000, time_budget=100, warmup_epochs=1, min_lr=1e-5)
+    fit = trainer.fit()
+    assert 2 < len(fit.history) < 10_000 and trainer.planned_epochs == len(fit.history)
+    assert 100 - max(trainer.epoch_wall_seconds) < fit.wall_seconds <= 100  # steady epochs: no overrun
+    lrs = [row["lr"] for row in fit.history]
+    assert lrs[-1] == pytest.approx(1e-5) and lrs[1] > lrs[len(lrs) // 2] > lrs[-1]  # a decay, ending at --min-lr
 
 
 def test_fixed_epochs_also_end_the_schedule_at_min_lr(tmp_path: Path) -> None:
