@@ -11,7 +11,8 @@ recorded and the next runs:
   4. bench   `vitcompress bench` of the base and pruned models on torch, torch-bf16, torch-compile
              (and ort-cuda / ort-trt / tensorrt where they exist, else listed as skipped), CIFAR-10 accuracy
   5. speed   benchmarks/train_speed.py on CUDA (our Trainer, eager and compiled with torch.compile's
-             default and reduce-overhead (CUDA graphs) modes, against a plain timm-style loop)
+             default and reduce-overhead (CUDA graphs) modes, against a plain timm-style loop), its
+             record rewritten in OUTDIR after each measurement, and stopped after --speed-seconds
   6. smoke   the GPU code paths of finetune: data kept on the GPU, bf16, fp16 + GradScaler,
              torchrun with NCCL (one process), eval on CUDA
 
@@ -101,17 +102,20 @@ def _outcome(proc: subprocess.CompletedProcess, artifact: Path) -> dict:
     return result
 
 
-def step_speed(args: argparse.Namespace) -> dict:
-    results = {}
-    for amp in ("bf16",):
-        cmd = [sys.executable, str(HERE / "train_speed.py"), "--data", args.data, "--device", args.device, "--amp", amp,
-               "--batch-size", "256", "--steps", "40", "--pipeline-batches", "100", "--compile",
-               "--compile-modes", "default,reduce-overhead"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        precision = "bf16" if amp == "bf16" else "fp32"
-        record = HERE / "results" / f"train_speed_{torch.device(args.device).type}_{precision}.json"
-        results[precision] = json.loads(record.read_text()) if proc.returncode == 0 else {"error": proc.stderr[-1500:]}
-    return results
+def step_speed(args: argparse.Namespace, out: Path) -> dict:
+    """train_speed.py, its record written into OUTDIR after every measurement: a lease that ends mid-way keeps
+    what was measured, and a compile that hangs costs at most --speed-seconds."""
+    record = out / f"train_speed_{torch.device(args.device).type}_bf16.json"
+    cmd = [sys.executable, str(HERE / "train_speed.py"), "--data", args.data, "--device", args.device, "--amp", "bf16",
+           "--batch-size", "256", "--steps", "40", "--pipeline-batches", "100", "--compile",
+           "--compile-modes", "default,reduce-overhead", "--record", str(record)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.speed_seconds)
+        error = proc.stderr[-1500:] if proc.returncode else None
+    except subprocess.TimeoutExpired:
+        error = f"stopped after {args.speed_seconds:.0f} s"
+    result = json.loads(record.read_text()) if record.is_file() else {}
+    return {**result, "error": error} if error else result
 
 
 def step_cifar(args: argparse.Namespace, work: Path) -> dict:
@@ -222,6 +226,7 @@ def main() -> None:
     parser.add_argument("--recovery-epochs", type=int, default=10)
     parser.add_argument("--budget-seconds", type=float, default=560, help="stop starting new work after this")
     parser.add_argument("--steps", default="smoke,speed,cifar,prune,latency,bench")
+    parser.add_argument("--speed-seconds", type=float, default=330, help="the most the speed step may take")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -261,7 +266,7 @@ def main() -> None:
         variants = {"base": base, **({"pruned_h0.5": pruned[0]} if pruned else {})}
         run("latency", step_latency, args, variants, deadline)
         run("bench", step_bench, args, list(variants.values()), out)
-    run("speed", step_speed, args)
+    run("speed", step_speed, args, out)
     run("smoke", step_smoke, args, work)  # last: these paths already passed on the H100 once
     log(out, "finished")
 

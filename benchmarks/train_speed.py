@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the Trainer with --compile")
     parser.add_argument("--compile-modes", default="default",
                         help=f"with --compile: the torch.compile modes to time, comma-separated ({', '.join(COMPILE_MODES)})")
+    parser.add_argument("--record", default="", help="where to write the record "
+                        "(default: benchmarks/results/train_speed_<device>_<precision>.json); rewritten after each measurement")
     args = parser.parse_args()
     compile_modes = args.compile_modes.split(",") if args.compile else []
     if unknown := set(compile_modes) - set(COMPILE_MODES):
@@ -155,36 +157,52 @@ def main() -> None:
                      "training images: pass fewer steps or a smaller batch")
     workdir = HERE / "results" / ".scratch"
     workdir.mkdir(parents=True, exist_ok=True)
-    measured = {"train_ips": train_ips(data, args, ctx, workdir), "pipeline_ips": pipeline_ips(data, args, ctx),
-                "classic_ips": classic_ips(Path(data.description["root"]), args, ctx),
-                "plain_loop_ips": plain_loop_ips(Path(data.description["root"]), args, ctx)}
-    measured["pipeline_over_train"] = measured["pipeline_ips"] / measured["train_ips"]
-    measured["pipeline_over_classic"] = measured["pipeline_ips"] / measured["classic_ips"]
-    measured["train_over_plain_loop"] = measured["train_ips"] / measured["plain_loop_ips"]
-    failures = {}
-    for mode in compile_modes:
-        name = "compiled" if mode == "default" else f"compiled_{mode.replace('-', '_')}"
-        try:  # a compiler that breaks must not cost the numbers above (one lease may be all there is)
-            measured[f"{name}_train_ips"] = train_ips(data, args, ctx, workdir, compile_mode=mode)
-            measured[f"{name}_over_plain_loop"] = measured[f"{name}_train_ips"] / measured["plain_loop_ips"]
-        except Exception as error:  # noqa: BLE001 - recorded in the results file
-            failures[f"{name}_train_ips"] = f"{type(error).__name__}: {str(error)[-1500:]}"
-    record = {"benchmark": "train_speed", "model": args.model, "img_size": 32, "patch_size": 4,
-              "batch_size": args.batch_size, "amp": args.amp, "device": str(ctx.device), "hardware": hardware(ctx.device),
-              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-              "date": time.strftime("%Y-%m-%d"), "results": {k: round(v, 2) for k, v in measured.items()}}
-    if failures:
-        record["failed"] = failures
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype(args.amp, ctx.device)]
-    record["precision"] = precision
-    out = HERE / "results" / f"train_speed_{ctx.device.type}_{precision}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    out = Path(args.record) if args.record else HERE / "results" / f"train_speed_{ctx.device.type}_{precision}.json"
+    record = {"benchmark": "train_speed", "model": args.model, "img_size": 32, "patch_size": 4,
+              "batch_size": args.batch_size, "amp": args.amp, "precision": precision, "device": str(ctx.device),
+              "hardware": hardware(ctx.device), "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+              "date": time.strftime("%Y-%m-%d"), "results": {}}
+    measured, failures = {}, {}
+    compiled = [_compiled_name(mode) for mode in compile_modes]
+    ratios = {**RATIOS, **{f"{name}_over_plain_loop": (f"{name}_train_ips", "plain_loop_ips") for name in compiled}}
+
+    def measure(name: str, fn, *fn_args, **fn_kwargs) -> None:
+        """Measure one thing and rewrite the record at once: a run cut short (a lease that ends) keeps what it had."""
+        try:
+            measured[name] = fn(*fn_args, **fn_kwargs)
+        except Exception as error:  # noqa: BLE001 - recorded: one broken path must not cost the others
+            failures[name] = f"{type(error).__name__}: {str(error)[-1500:]}"
+        for ratio, (top, bottom) in ratios.items():
+            if top in measured and bottom in measured:
+                measured[ratio] = measured[top] / measured[bottom]
+        record["results"] = {k: round(v, 2) for k, v in measured.items()}
+        if failures:
+            record["failed"] = failures
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+
+    root = Path(data.description["root"])
+    measure("train_ips", train_ips, data, args, ctx, workdir)
+    measure("pipeline_ips", pipeline_ips, data, args, ctx)
+    measure("classic_ips", classic_ips, root, args, ctx)
+    measure("plain_loop_ips", plain_loop_ips, root, args, ctx)
+    for mode, name in zip(compile_modes, compiled, strict=True):
+        measure(f"{name}_train_ips", train_ips, data, args, ctx, workdir, compile_mode=mode)
     for key, value in record["results"].items():
         print(f"{key:42s} {value:>10.2f}")
     for key, error in failures.items():
         print(f"{key:42s} failed: {error}")
     print(f"written to {out}")
 
+
+# ratio -> (numerator, denominator), recorded as soon as both are measured
+RATIOS = {"pipeline_over_train": ("pipeline_ips", "train_ips"), "pipeline_over_classic": ("pipeline_ips", "classic_ips"),
+          "train_over_plain_loop": ("train_ips", "plain_loop_ips")}
+
+
+def _compiled_name(mode: str) -> str:
+    return "compiled" if mode == "default" else f"compiled_{mode.replace('-', '_')}"
 
 if __name__ == "__main__":
     main()
