@@ -3,6 +3,10 @@ and answers every request of a concurrent burst."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +18,7 @@ from vitcompress.config import ExportConfig
 from vitcompress.errors import UserError
 from vitcompress.export.exporter import export
 from vitcompress.runtimes import RUNTIMES
-from vitcompress.serving import TritonClient, TritonServer, server_unavailable
+from vitcompress.serving import TritonClient, TritonServer, ready_message, server_unavailable
 from vitcompress.sources import open_source
 
 TOLERANCE = 1e-5  # the server runs the same ONNX Runtime session on the same bytes
@@ -84,3 +88,28 @@ def test_serving_an_artifact_says_export_it_first(shapes_artifact: Path, capsys:
     assert run_cli("serve", shapes_artifact) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "vitcompress export" in err
+
+
+def test_a_taken_port_is_one_line(served, capsys: pytest.CaptureFixture) -> None:
+    source, server = served  # it holds its HTTP port
+    assert run_cli("serve", source.path, "--http-port", server.http_port, "--grpc-port", "0", "--metrics-port", "0") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"port {server.http_port}" in err and "--http-port" in err
+
+
+def test_foreground_server_answers_then_stops_on_ctrl_c(served) -> None:
+    source, _ = served
+    server = TritonServer(source, "fg", http_port=0, grpc_port=0, metrics_port=0, max_batch_size=8)
+    answered = {}
+
+    def on_ready() -> None:  # the model answers when this is called; then the user presses Ctrl-C
+        answered["logits"] = server.client()(pixels(2))
+        answered["message"] = ready_message(server)
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    server.serve_until_stopped(on_ready)
+    expected = RUNTIMES["ort-cpu"](source).run(pixels(2))
+    assert float(np.abs(answered["logits"] - expected).max()) <= TOLERANCE
+    assert f"'{source.input_name}' UINT8 [N, 32, 32, 3]" in answered["message"] and "N up to 8" in answered["message"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", server.http_port))  # stopped: its port is free again

@@ -218,7 +218,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "Runtime, or a TensorRT engine), dynamic batching on, until Ctrl-C.")
     add_dataclass_args(p, ServeConfig, {**HELP, "src": "an export directory (onnx or tensorrt format) or Triton repository",
                                         "model_name": "the model's name on the server (default: the directory's)",
-                                        "max_batch_size": "largest batch the dynamic batcher forms"},
+                                        "max_batch_size": "largest batch the dynamic batcher forms",
+                                        "triton_log": "print Triton's own log (startup tables; on a machine without "
+                                                      "a GPU also its CUDA/NVML warnings, which are harmless)"},
                        positional=("src",))
 
     p = sub.add_parser("pipeline", formatter_class=fmt, parents=[common],

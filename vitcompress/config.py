@@ -386,6 +386,7 @@ class ServeConfig:
     max_batch_size: int = 32
     max_queue_delay_us: int = 100
     threads: int = 0
+    triton_log: bool = False
 
     def validate(self) -> None:
         for flag, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),

@@ -16,7 +16,9 @@ import contextlib
 import importlib.util
 import io
 import logging
+import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +30,7 @@ from vitcompress.sources import ModelSource
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 60
+MONITOR_PERIOD_S = 1.0  # how often a foreground server checks that Triton still runs
 
 
 def server_unavailable() -> str | None:
@@ -94,6 +97,7 @@ class TritonServer:
 
     def start(self) -> None:
         """Start in the background and wait until the model answers; a one-line error if it cannot."""
+        self._check_ports_free()
         if self.quiet:
             logging.getLogger("pytriton").setLevel(logging.ERROR)
         triton = self._bind()
@@ -120,11 +124,31 @@ class TritonServer:
         finally:
             client.close()
 
-    def serve(self) -> None:
-        """Run in the foreground until interrupted."""
-        triton = self._bind()
-        self._triton = triton
-        triton.serve()
+    def _check_ports_free(self) -> None:
+        """Triton would log a taken port and wait; say which one at once."""
+        for flag, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
+                           ("--metrics-port", self.metrics_port)):
+            with socket.socket() as s:
+                try:
+                    s.bind((HOST, port))
+                except OSError:
+                    raise UserError(f"port {port} on {HOST} is in use (another server?)",
+                                    f"stop it, or pass {flag} with a free port (0: any free port)") from None
+
+    def serve_until_stopped(self, on_ready: Callable[[], None]) -> None:
+        """Start, call ``on_ready``, and serve until Ctrl-C or SIGTERM; then stop the server."""
+        self.start()
+        on_ready()
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it as Ctrl-C does
+        try:
+            while self._triton.is_alive():
+                time.sleep(MONITOR_PERIOD_S)
+        except KeyboardInterrupt:
+            return
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.stop()
+        raise UserError("the Triton server stopped on its own", "run `vitcompress serve` again with --triton-log to see why")
 
     def stop(self) -> None:
         if self._triton is not None:
@@ -178,7 +202,18 @@ def serve(cfg: Any) -> None:
     name = cfg.model_name or model_name_for(source.path)
     server = TritonServer(source, name, threads=cfg.threads or None, http_port=cfg.http_port, grpc_port=cfg.grpc_port,
                           metrics_port=cfg.metrics_port, max_batch_size=cfg.max_batch_size,
-                          max_queue_delay_us=cfg.max_queue_delay_us, quiet=False)
-    print(f"serving {source.path} as '{name}' on http://{HOST}:{server.http_port} and grpc {HOST}:{server.grpc_port} "
-          "(Ctrl-C stops)", flush=True)
-    server.serve()
+                          max_queue_delay_us=cfg.max_queue_delay_us, quiet=not cfg.triton_log)
+    print(f"starting Triton with {source.path} ({server.runtime_name}) ...", flush=True)
+    server.serve_until_stopped(lambda: print(ready_message(server), flush=True))
+    print("stopped", flush=True)
+
+
+def ready_message(server: TritonServer) -> str:
+    """What a client needs to call the served model, printed once it answers."""
+    source, name, url = server.source, server.model_name, f"http://{server.url}"
+    size = source.img_size
+    dtype, shape = ("UINT8", f"[N, {size}, {size}, 3]") if source.takes_pixels else ("FP32", f"[N, 3, {size}, {size}]")
+    return (f"model '{name}' ready on {url} (HTTP) and {HOST}:{server.grpc_port} (gRPC); Ctrl-C stops\n"
+            f"  input  '{source.input_name}' {dtype} {shape}, N up to {server.max_batch_size} (dynamic batching)\n"
+            f"  output 'logits' FP32 [N, {len(source.classes)}], classes: {', '.join(source.classes)}\n"
+            f"  check: curl {url}/v2/health/ready; metadata: curl {url}/v2/models/{name}")
