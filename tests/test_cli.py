@@ -71,3 +71,21 @@ def test_command_line_rebuilds_the_same_config(argv: list[str]) -> None:
     line = command_line(argv[0], cfg, positional)
     assert line.startswith(f"vitcompress {argv[0]} ")
     assert dataclass_from_args(cls, _parser().parse_args(shlex.split(line)[1:])) == cfg
+
+
+@pytest.mark.parametrize("argv, advice", [
+    (["finetune", "--model", "m", "--data", "shapes", "--epochs", "1", "--out", "o"], "--resume"),
+    (["pipeline", "--out", "o"], "run the same command again"),
+    (["export", "src", "--out", "o"], "nothing was written"),
+])
+def test_ctrl_c_says_what_to_do_next(argv: list[str], advice: str, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture) -> None:
+    from vitcompress import cli
+
+    def interrupted(args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run", interrupted)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted; ") and advice in err and err.count("\n") == 0

@@ -337,6 +337,12 @@ def _run(args: argparse.Namespace) -> None:
         print(json.dumps(read_meta(args.src).to_json(), indent=2) if args.json else describe(args.src))
 
 
+# What a user can do after Ctrl-C, by command (the others publish their output by one rename at the end).
+INTERRUPTED = {"finetune": "continue with the same command and --resume", "prune": "continue with the same command and --resume",
+               "qat": "continue with the same command and --resume",
+               "pipeline": "run the same command again: finished stages are skipped, an interrupted training stage resumes"}
+
+
 def _is_rank0() -> bool:
     import os
 
@@ -357,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("interrupted; continue a training stage with --resume", file=sys.stderr)
+        print(f"interrupted; {INTERRUPTED.get(args.command, 'nothing was written (outputs appear whole or not at all)')}",
+              file=sys.stderr)
         return 130
     except Exception as exc:  # out of memory is the one runtime failure a user fixes by changing flags
         if type(exc).__name__ != "OutOfMemoryError" or args.debug:
