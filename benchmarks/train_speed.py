@@ -131,6 +131,16 @@ def _time_batches(batches, count: int, batch_size: int, device: torch.device, wa
     return count * batch_size / (time.perf_counter() - start)
 
 
+# ratio -> (numerator, denominator), recorded as soon as both are measured
+RATIOS = {"pipeline_over_train": ("pipeline_ips", "train_ips"), "pipeline_over_classic": ("pipeline_ips", "classic_ips"),
+          "train_over_plain_loop": ("train_ips", "plain_loop_ips")}
+
+
+def _compiled_name(mode: str) -> str:
+    """The record's name for the Trainer compiled in ``mode``: compiled, compiled_reduce_overhead, ..."""
+    return "compiled" if mode == "default" else f"compiled_{mode.replace('-', '_')}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 ImageFolder archive or folder")
@@ -195,14 +205,6 @@ def main() -> None:
         print(f"{key:42s} failed: {error}")
     print(f"written to {out}")
 
-
-# ratio -> (numerator, denominator), recorded as soon as both are measured
-RATIOS = {"pipeline_over_train": ("pipeline_ips", "train_ips"), "pipeline_over_classic": ("pipeline_ips", "classic_ips"),
-          "train_over_plain_loop": ("train_ips", "plain_loop_ips")}
-
-
-def _compiled_name(mode: str) -> str:
-    return "compiled" if mode == "default" else f"compiled_{mode.replace('-', '_')}"
 
 if __name__ == "__main__":
     main()

@@ -337,10 +337,13 @@ def _run(args: argparse.Namespace) -> None:
         print(json.dumps(read_meta(args.src).to_json(), indent=2) if args.json else describe(args.src))
 
 
-# What a user can do after Ctrl-C, by command (the others publish their output by one rename at the end).
-INTERRUPTED = {"finetune": "continue with the same command and --resume", "prune": "continue with the same command and --resume",
-               "qat": "continue with the same command and --resume",
-               "pipeline": "run the same command again: finished stages are skipped, an interrupted training stage resumes"}
+def _after_interrupt(command: str) -> str:
+    """What a user can do after Ctrl-C (the commands that do not train publish their output by one rename)."""
+    if command in ("finetune", "prune", "qat"):
+        return "continue with the same command and --resume"
+    if command == "pipeline":
+        return "run the same command again: finished stages are skipped, an interrupted training stage resumes"
+    return "nothing was written (outputs appear whole or not at all)"
 
 
 def _is_rank0() -> bool:
@@ -363,8 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print(f"interrupted; {INTERRUPTED.get(args.command, 'nothing was written (outputs appear whole or not at all)')}",
-              file=sys.stderr)
+        print(f"interrupted; {_after_interrupt(args.command)}", file=sys.stderr)
         return 130
     except Exception as exc:  # out of memory is the one runtime failure a user fixes by changing flags
         if type(exc).__name__ != "OutOfMemoryError" or args.debug:

@@ -13,7 +13,7 @@ from vitcompress.errors import require
 CROP_CHOICES = ("pad", "rrc", "none")
 AUTO_AUGMENT_CHOICES = ("none", "randaugment", "autoaugment", "trivialaugment")
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
-# torch.compile's modes; the two marked with cudagraphs replay each step as one CUDA graph on GPUs
+# torch.compile's modes; reduce-overhead and max-autotune also replay the compiled step as CUDA graphs on GPUs
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
