@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import tiny_trainer
 from vitcompress import train
-from vitcompress.budget import planned_epochs, schedule_can_follow
+from vitcompress.budget import DecayTimeline, planned_epochs, schedule_can_follow
 from vitcompress.config import PruneConfig, TrainConfig
 from vitcompress.errors import UserError
 
@@ -50,6 +50,31 @@ def test_trainer_stops_within_the_budget(tmp_path: Path) -> None:
     assert fit.wall_seconds == pytest.approx(sum(walls))
     assert budget - 2 * max(walls) <= fit.wall_seconds <= budget + 2 * max(walls)  # used the budget, overran by < 1 epoch or so
     assert trainer.planned_epochs == len(fit.history)
+
+
+def test_timeline_without_a_replan_is_the_schedulers_own() -> None:
+    timeline = DecayTimeline.fixed(warmup=10, length=90)
+    assert [timeline.scheduler_time(u) for u in range(0, 101, 5)] == [float(u) for u in range(0, 101, 5)]
+
+
+def test_a_replan_keeps_the_progress_made_and_ends_the_decay_at_the_new_end() -> None:
+    timeline = DecayTimeline.fixed(warmup=10, length=90)  # planned: decay over updates 10..100
+    before = timeline.scheduler_time(40)  # a third of the way
+    timeline.replan(40, end=60)  # the budget says: stop at update 60
+    assert timeline.scheduler_time(40) == pytest.approx(before)  # no jump at the re-plan
+    assert timeline.scheduler_time(60) == pytest.approx(100)  # the decay's end, at the new last update
+    times = [timeline.scheduler_time(u) for u in range(40, 61)]
+    assert times == sorted(times)  # onward only: the LR never rises
+    timeline.replan(50, end=200)  # a longer run after all: still continuous, still onward
+    assert timeline.scheduler_time(50) == pytest.approx(times[10])
+    assert timeline.scheduler_time(200) == pytest.approx(100) and timeline.scheduler_time(120) < 100
+
+
+def test_a_replan_in_the_warmup_leaves_the_warmup_alone() -> None:
+    timeline = DecayTimeline.fixed(warmup=10, length=990)
+    timeline.replan(4, end=50)
+    assert [timeline.scheduler_time(u) for u in range(10)] == [float(u) for u in range(10)]
+    assert timeline.scheduler_time(10) == pytest.approx(10) and timeline.scheduler_time(50) == pytest.approx(1000)
 
 
 class SteadyClock:
@@ -107,6 +132,30 @@ def test_resume_counts_the_time_spent_before_the_stop(tmp_path: Path) -> None:
     resumed = tiny_trainer(tmp_path, epochs=6, time_budget=spent)  # the budget is already spent
     resumed.load_checkpoint()
     assert resumed.start_epoch == 3 and resumed.epoch_wall_seconds == pytest.approx(first.epoch_wall_seconds)
+    assert resumed.timeline == first.timeline and resumed.timeline.anchor > resumed.timeline.warmup  # re-planned, restored
     fit = resumed.fit()
     assert len(fit.history) == 4  # the plan is checked after each epoch: one more runs, then it stops
     assert fit.wall_seconds > spent
+
+
+class SpeedsUpClock(SteadyClock):
+    """A host that frees up: 1 s a reading for the first epochs, then 0.1 s. The plan grows several-fold."""
+
+    readings = 0
+
+    def perf_counter(self) -> float:
+        self.readings += 1
+        self.now += 1.0 if self.readings <= 12 else 0.1
+        return self.now
+
+
+def test_a_growing_plan_never_raises_the_lr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Moving the scheduler's decay length instead would put the LR back up near its peak when the plan grows.
+    monkeypatch.setattr(train, "time", SpeedsUpClock())
+    trainer = tiny_trainer(tmp_path, epochs=10_000, time_budget=60, warmup_epochs=1, min_lr=1e-5)
+    fit = trainer.fit()
+    plans = [row["planned_epochs"] for row in fit.history]
+    assert 2 * plans[2] < plans[-1] == len(fit.history)  # the plan grew several-fold once the epochs sped up
+    lrs = [row["lr"] for row in fit.history[1:]]  # after the warmup epoch
+    assert all(later <= earlier for earlier, later in zip(lrs, lrs[1:], strict=False))  # down only, never up
+    assert lrs[-1] == pytest.approx(1e-5)

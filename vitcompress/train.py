@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vitcompress.augment import BatchTransform
-from vitcompress.budget import RECENT_EPOCHS, planned_epochs, schedule_can_follow
+from vitcompress.budget import RECENT_EPOCHS, DecayTimeline, planned_epochs, schedule_can_follow
 from vitcompress.config import TrainConfig
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext
@@ -151,7 +151,8 @@ class Trainer:
                                              layer_decay=cfg.layer_decay if cfg.layer_decay < 1 else None, **fused)
         warmup = int(cfg.warmup_epochs * self.steps_per_epoch)
         self.planned_epochs = cfg.epochs  # --time-budget re-plans it after every epoch
-        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=self._decay_updates(cfg.epochs, warmup),
+        self.timeline = DecayTimeline.fixed(warmup, self._decay_updates(cfg.epochs, warmup))
+        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=self.timeline.length,
                                            lr_min=cfg.min_lr, warmup_t=warmup, warmup_lr_init=cfg.lr * 1e-3,
                                            warmup_prefix=True, t_in_epochs=False)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp == torch.float16)
@@ -176,8 +177,10 @@ class Trainer:
         At least 2: a warmup as long as the run leaves no decay, and timm warns about a length of 1."""
         return max(2, epochs * self.steps_per_epoch - warmup)
 
-    def _set_schedule_length(self, epochs: int) -> None:
-        self.scheduler.t_initial = self._decay_updates(epochs, self.scheduler.warmup_t)
+    def _set_schedule_length(self, epochs: int, epochs_done: int) -> None:
+        """End the cosine decay with the last update of ``epochs``, continuing from where it is now."""
+        warmup = self.timeline.warmup
+        self.timeline.replan(epochs_done * self.steps_per_epoch, end=warmup + self._decay_updates(epochs, warmup))
 
     # ---------------------------------------------------------------- resume
     def save_checkpoint(self, epoch: int) -> None:
@@ -188,6 +191,7 @@ class Trainer:
             "best_val": self.best_val, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
             "train_seconds": self.train_seconds, "train_images": self.train_images,
             "planned_epochs": self.planned_epochs, "epoch_wall_seconds": self.epoch_wall_seconds,
+            "decay_timeline": asdict(self.timeline),
             "config": asdict(self.cfg), "rng": _rng_state(),
         }
         with atomic_file(self.workdir / CHECKPOINT_FILE) as tmp:
@@ -204,6 +208,9 @@ class Trainer:
                             "or pass --force to start over") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # checkpoints from before the timeline re-planned by moving the scheduler's own decay length
+        saved = state.get("decay_timeline")
+        self.timeline = DecayTimeline(**saved) if saved else DecayTimeline.fixed(self.timeline.warmup, self.scheduler.t_initial)
         self.scaler.load_state_dict(state["scaler"])
         if self.ema and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
@@ -229,8 +236,9 @@ class Trainer:
             if self.cfg.time_budget:
                 self.planned_epochs = self._replan()
                 if schedule_can_follow(len(self.epoch_wall_seconds)):
-                    self._set_schedule_length(self.planned_epochs)
+                    self._set_schedule_length(self.planned_epochs, epochs_done=epoch + 1)
             row["wall_seconds"] = self.epoch_wall_seconds[-1]
+            row["planned_epochs"] = self.planned_epochs
             row["eta_seconds"] = round(self._eta(epoch), 1)
             self._select(epoch, row)
             self.history.append(row)
@@ -305,7 +313,7 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 update += 1
-                self.scheduler.step_update(update)
+                self.scheduler.step_update(self.timeline.scheduler_time(update))
                 if self.ema:
                     self.ema.update(self.model, step=update)
             with torch.no_grad():
