@@ -19,6 +19,8 @@ from vitcompress.export import exporter
 from vitcompress.export.exporter import export
 from vitcompress.export.onnx_runtime import ort_runner, ort_session
 from vitcompress.export.verify import Tolerance
+from vitcompress.serving import served_model_name
+from vitcompress.sources import open_source
 
 # Largest logit difference to PyTorch, relative to the largest logit: FP32 is the same arithmetic
 # in another order; FP16 rounds every activation to 11 bits.
@@ -173,6 +175,8 @@ def test_triton_repository_matches_the_model(tmp_path: Path, int8_artifact: Path
     assert labels == json.loads((model_dir / "contract.json").read_text())["classes"]
     assert config.instance_group[0].count == 2 and config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8, 16]
+    source = open_source(result.path)  # `vitcompress serve` of the repository serves it under its own name
+    assert served_model_name("", source) == "vit" and served_model_name("other", source) == "other"
 
 
 def test_tensorrt_spec_profile_and_trtexec_line(tmp_path: Path) -> None:

@@ -217,7 +217,8 @@ def _parser() -> argparse.ArgumentParser:
                        description="Start Triton Inference Server on 127.0.0.1 with the model (ONNX through ONNX "
                                    "Runtime, or a TensorRT engine), dynamic batching on, until Ctrl-C.")
     add_dataclass_args(p, ServeConfig, {**HELP, "src": "an export directory (onnx or tensorrt format) or Triton repository",
-                                        "model_name": "the model's name on the server (default: the directory's)",
+                                        "model_name": "the model's name on the server (default: a Triton repository's "
+                                                      "own model name, else the directory's)",
                                         "max_batch_size": "largest batch the dynamic batcher forms",
                                         "triton_log": "print Triton's own log (startup tables; on a machine without "
                                                       "a GPU also its CUDA/NVML warnings, which are harmless)"},

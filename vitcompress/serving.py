@@ -197,15 +197,20 @@ def serve(cfg: Any) -> None:
     if source.kind == "artifact":
         raise UserError(f"{cfg.src} is an artifact; Triton serves exported models",
                         f"run `vitcompress export {cfg.src} --out DIR` and serve DIR")
-    from vitcompress.export.triton import model_name_for
-
-    name = cfg.model_name or model_name_for(source.path)
+    name = served_model_name(cfg.model_name, source)
     server = TritonServer(source, name, threads=cfg.threads or None, http_port=cfg.http_port, grpc_port=cfg.grpc_port,
                           metrics_port=cfg.metrics_port, max_batch_size=cfg.max_batch_size,
                           max_queue_delay_us=cfg.max_queue_delay_us, quiet=not cfg.triton_log)
     print(f"starting Triton with {source.path} ({server.runtime_name}) ...", flush=True)
     server.serve_until_stopped(lambda: print(ready_message(server), flush=True))
     print("stopped", flush=True)
+
+
+def served_model_name(requested: str, source: ModelSource) -> str:
+    """``--model-name``, else the name a Triton repository export already gave it, else the directory's name."""
+    from vitcompress.export.triton import model_name_for
+
+    return requested or source.triton_name or model_name_for(source.path)
 
 
 def ready_message(server: TritonServer) -> str:

@@ -36,6 +36,7 @@ class ModelSource:
     params: int | None = None
     macs: int | None = None
     label: str = ""  # how reports name it (bench makes labels unique)
+    triton_name: str = ""  # the model's name in a Triton repository export (`export --format triton --model-name`)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.path.name
@@ -82,7 +83,8 @@ def _export(path: Path) -> ModelSource:
     source_metrics: dict[str, Any] = manifest.get("source_metrics", {})
     return ModelSource(path, kind, file, manifest["precision"], contract["classes"], size, contract["mean"],
                        contract["std"], model_input["dtype"] == "uint8", model_input["name"],
-                       source_metrics.get("params"), source_metrics.get("macs"))
+                       source_metrics.get("params"), source_metrics.get("macs"),
+                       triton_name=manifest["triton"]["name"] if manifest["format"] == "triton" else "")
 
 
 def _model_file(path: Path, manifest: dict[str, Any]) -> tuple[Path, str]:
