@@ -17,7 +17,7 @@ import yaml
 from tests.conftest import REPO, TINY, run_cli, write_image_folder
 from vitcompress.config import ExportConfig
 from vitcompress.export.exporter import export
-from vitcompress.pipeline import default_recipe, pipeline
+from vitcompress.pipeline import check_options, default_recipe, pipeline, plan
 from vitcompress.predict import Classifier
 from vitcompress.recipe import load_recipe
 
@@ -116,6 +116,8 @@ def test_an_interrupted_finetune_resumes(tmp_path: Path) -> None:
     ({"qat": SMALL["qat"], "finetune": SMALL["finetune"]}, "cannot run in that order"),
     ({"finetune": SMALL["finetune"], "quantize": {}}, "unknown stage 'quantize'"),
     ({"prune": SMALL["prune"]}, "no finetune section comes before it"),
+    ({**SMALL, "qat": {**SMALL["qat"], "calib_method": "minmax"}}, "recipe section 'qat': --calib-method 'minmax'"),
+    ({**SMALL, "bench": {**SMALL["bench"], "backends": "ort-gpu"}}, "recipe section 'bench': --backends 'ort-gpu'"),
 ])
 def test_bad_recipes_are_refused_before_anything_runs(tmp_path: Path, mistake: dict, expected: str,
                                                       capsys: pytest.CaptureFixture) -> None:
@@ -126,9 +128,10 @@ def test_bad_recipes_are_refused_before_anything_runs(tmp_path: Path, mistake: d
     assert not (tmp_path / "out").exists()
 
 
-def test_shipped_recipes_are_valid() -> None:
+def test_shipped_recipes_are_valid(tmp_path: Path) -> None:
     for path in [default_recipe(), *sorted((REPO / "recipes").glob("*.yaml"))]:
-        load_recipe(path)
+        recipe = load_recipe(path)
+        check_options(plan(recipe), recipe, tmp_path)  # every option's value too, as a run checks them first
 
 
 def test_predict_agrees_with_eval_for_an_artifact_and_its_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

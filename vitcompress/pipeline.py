@@ -80,12 +80,13 @@ def pipeline(recipe_path: str | None, out: str, from_stage: str | None = None, u
         require(stage is None or stage in STAGES, f"{flag} {stage!r} is not a stage", f"use one of {', '.join(STAGES)}")
     recipe = load_recipe(recipe_path or default_recipe())
     root = Path(out)
+    steps = plan(recipe)
+    check_options(steps, recipe, root)
     root.mkdir(parents=True, exist_ok=True)
     state = _read_state(root)
     selected = set(STAGES[STAGES.index(from_stage or STAGES[0]) : STAGES.index(until_stage or STAGES[-1]) + 1])
     digests: dict[str, str] = {}
     ran, skipped, bench_result = [], [], None
-    steps = plan(recipe)
     for step in steps:
         section = recipe[step.stage]
         digests[step.name] = section_digest({"step": step.name, **section}, [digests.get(i, i) for i in step.inputs])
@@ -108,7 +109,7 @@ def pipeline(recipe_path: str | None, out: str, from_stage: str | None = None, u
         log(f"[pipeline] {step.name}: {step.stage}{' (resuming)' if resume else ''}")
         state[step.name] = {"digest": digests[step.name], "status": "running", "stage": step.stage}
         _write_state(root, state, recipe)
-        result = _run_step(step, section, root, resume, quiet)
+        result = _run_step(step, _step_config(step, section, root, resume), quiet)
         state[step.name]["status"] = "done"
         _write_state(root, state, recipe)
         ran.append(step.name)
@@ -130,32 +131,39 @@ def _resumable(step: Step, target: Path, done: dict[str, Any], digest: str) -> b
             and (staging_dir(target) / CHECKPOINT_FILE).is_file())
 
 
-def _run_step(step: Step, section: dict[str, Any], root: Path, resume: bool, quiet: bool) -> Any:
+def check_options(steps: list[Step], recipe: dict[str, dict[str, Any]], root: Path) -> None:
+    """Every step's options, checked before the first step runs: a bad value in qat must not wait for finetune."""
+    for step in steps:
+        try:
+            _step_config(step, recipe[step.stage], root, resume=False).validate()
+        except UserError as exc:
+            raise UserError(f"recipe section '{step.stage}': {exc.problem}", exc.fix) from None
+
+
+def _step_config(step: Step, section: dict[str, Any], root: Path, resume: bool) -> Any:
+    """The stage's config for ``step``: the recipe section, reading its inputs under ``root``, writing ``root/name``."""
     out = str(root / step.name)
     sources = [section["src"] if name == "src" else str(root / name) for name in step.inputs]
     if step.stage == "finetune":
-        from vitcompress.compress.finetune import finetune
-
-        config = build_config("finetune", section, out=out, force=not resume, resume=resume)
-        config.train.quiet = config.train.quiet or quiet
-        return finetune(config)
+        return build_config("finetune", section, out=out, force=not resume, resume=resume)
     if step.stage == "bench":
-        from vitcompress.bench import bench
+        return build_config("bench", section, srcs=sources, out=out, force=True)
+    resume_option = {"resume": resume} if step.stage in RESUMABLE_STAGES else {}
+    return build_config(step.stage, section, src=sources[0], out=out, force=not resume, **resume_option)
 
-        config = build_config("bench", section, srcs=sources, out=out, force=True)
-        config.quiet = config.quiet or quiet
-        return bench(config)
+
+def _run_step(step: Step, config: Any, quiet: bool) -> Any:
+    from vitcompress.bench import bench
+    from vitcompress.compress.finetune import finetune
     from vitcompress.compress.prune import prune
     from vitcompress.compress.qat import qat
     from vitcompress.export.exporter import export
 
-    resume_option = {"resume": resume} if step.stage in RESUMABLE_STAGES else {}
-    config = build_config(step.stage, section, src=sources[0], out=out, force=not resume, **resume_option)
     if hasattr(config, "train"):
         config.train.quiet = config.train.quiet or quiet
     else:
         config.quiet = config.quiet or quiet
-    return {"prune": prune, "qat": qat, "export": export}[step.stage](config)
+    return {"finetune": finetune, "prune": prune, "qat": qat, "export": export, "bench": bench}[step.stage](config)
 
 
 def _load_bench(target: Path) -> Any:
