@@ -118,6 +118,8 @@ def test_an_interrupted_finetune_resumes(tmp_path: Path) -> None:
     ({"prune": SMALL["prune"]}, "no finetune section comes before it"),
     ({**SMALL, "qat": {**SMALL["qat"], "calib_method": "minmax"}}, "recipe section 'qat': --calib-method 'minmax'"),
     ({**SMALL, "bench": {**SMALL["bench"], "backends": "ort-gpu"}}, "recipe section 'bench': --backends 'ort-gpu'"),
+    ({**SMALL, "bench": {**SMALL["bench"], "data": "cifar100"}}, "recipe section 'bench': unknown data spec 'cifar100'"),
+    ({**SMALL, "prune": {**SMALL["prune"], "data": "folder:/no/such/dir"}}, "recipe section 'prune': --data folder:/no/such"),
 ])
 def test_bad_recipes_are_refused_before_anything_runs(tmp_path: Path, mistake: dict, expected: str,
                                                       capsys: pytest.CaptureFixture) -> None:

@@ -7,9 +7,11 @@ objects. Each config checks its own values (``validate``) and raises ``UserError
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from vitcompress.errors import require
+from vitcompress.errors import UserError, require
 
+DATA_SPEC_HELP = "cifar10 | folder:PATH (ImageFolder tree or .tar/.tar.gz/.tar.xz of one) | shapes[:N]"
 CROP_CHOICES = ("pad", "rrc", "none")
 AUTO_AUGMENT_CHOICES = ("none", "randaugment", "autoaugment", "trivialaugment")
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
@@ -28,6 +30,19 @@ class AugmentOptions:
     color_jitter: float = 0.0
     auto_augment: str = "none"
     auto_augment_group: int = 64
+
+
+def check_data_spec(spec: str, flag: str = "--data") -> None:
+    """A dataset spec's form, and a folder's existence: what can be checked before any work starts."""
+    name, _, arg = spec.partition(":")
+    if name == "shapes":
+        require(not arg or (arg.isdigit() and int(arg) > 0), f"data spec {spec!r} needs a positive count",
+                "use shapes or shapes:N (N training images per class)")
+    elif name == "folder" and arg:
+        require(Path(arg).expanduser().exists(), f"{flag} {spec}: {arg} does not exist",
+                "pass folder:PATH with PATH an image folder or a .tar[.gz|.xz] of one")
+    elif spec != "cifar10":
+        raise UserError(f"unknown data spec {spec!r}", f"use one of: {DATA_SPEC_HELP}")
 
 
 @dataclass
@@ -123,6 +138,7 @@ class FinetuneConfig:
     def validate(self) -> None:
         self.train.validate()
         require(0 <= self.drop_path < 1, f"--drop-path {self.drop_path} is not in [0, 1)", "pass e.g. 0.1")
+        check_data_spec(self.data)
 
 
 PRUNE_CRITERIA = ("l1", "l2", "taylor", "attention", "random")
@@ -166,6 +182,10 @@ class SourceData:
     train_subset: int = 0
     cache_dir: str | None = None
 
+    def validate(self) -> None:
+        if self.data:
+            check_data_spec(self.data)
+
 
 @dataclass
 class PruneConfig:
@@ -200,6 +220,7 @@ class PruneConfig:
         require(self.score_batches >= 1, f"--score-batches {self.score_batches} must be at least 1", "pass e.g. 4")
         require(bool(self.out) or self.dry_run, "--out is required", "pass --out DIR (or --dry-run to only look)")
         self.kd.validate()
+        self.source.validate()
         require(not self.train.time_budget, "prune's recovery runs in epochs, not to a time budget",
                 "pass --finetune-epochs N (train.time_budget=0)")
         if self.finetune_epochs:
@@ -235,6 +256,7 @@ class QatConfig:
         require(self.train.epochs >= 0, f"--epochs {self.train.epochs} must not be negative", "pass 0 for PTQ only")
         require(bool(self.out) or self.sensitivity, "--out is required", "pass --out DIR (or --sensitivity to only measure)")
         self.kd.validate()
+        self.source.validate()
         if self.train.epochs:
             self.train.validate()
 
@@ -296,6 +318,8 @@ class ExportConfig:
                 "use onnxruntime or tensorrt")
         require(self.max_queue_delay_us >= 0, "--max-queue-delay-us must not be negative", "pass e.g. 100")
         parse_batch_profile(self.batch)
+        if self.verify_data:
+            check_data_spec(self.verify_data, "--verify-data")
 
     def resolved_target(self) -> str:
         """``auto``: TensorRT's graph for engines (and Triton's tensorrt platform), ONNX Runtime's otherwise."""
@@ -345,6 +369,8 @@ class BenchConfig:
 
     def validate(self) -> None:
         require(bool(self.srcs), "bench needs at least one model", "pass artifact or export directories")
+        if self.data:
+            check_data_spec(self.data)
         for name in self.backend_names():
             require(name in BENCH_BACKENDS, f"--backends {name!r} is unknown", f"use auto or some of {', '.join(BENCH_BACKENDS)}")
         self.batch_sizes()

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import torch
 
+from vitcompress.config import check_data_spec
 from vitcompress.datasets.folder import load_folder
 from vitcompress.datasets.imageset import DataSplits, ImageSet, check_classes, holdout_split
 from vitcompress.datasets.shapes import TRAIN_PER_CLASS, load_shapes
 from vitcompress.datasets.torchvision_sets import load_cifar10
-from vitcompress.errors import UserError, require
-
-SPEC_HELP = "cifar10 | folder:PATH (ImageFolder tree or .tar/.tar.gz/.tar.xz of one) | shapes[:N]"
+from vitcompress.errors import require
 
 
 def default_cache_dir() -> Path:
@@ -41,26 +40,23 @@ def load_data(opts: DataOptions) -> DataSplits:
     """Load the dataset named by ``opts.spec``; carve a validation split from train if it has none."""
     require(0.0 <= opts.val_split < 1.0, f"--val-split {opts.val_split} is not in [0, 1)", "use e.g. 0.1, or 0 for none")
     require(opts.train_subset >= 0, f"--train-subset {opts.train_subset} must not be negative", "pass 0 for all images")
+    check_data_spec(opts.spec)
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
     name, _, arg = opts.spec.partition(":")
     val: ImageSet | None = None
     if name == "shapes":
-        require(not arg or (arg.isdigit() and int(arg) > 0), f"data spec {opts.spec!r} needs a positive count",
-                "use shapes or shapes:N (N training images per class)")
         train, test = load_shapes(int(arg) if arg else TRAIN_PER_CLASS)
         described = {"spec": opts.spec}
     elif opts.spec == "cifar10":
         root = Path(opts.data_dir) if opts.data_dir else cache_dir / "cifar10"
         train, test = load_cifar10(root, opts.download)
         described = {"spec": "cifar10", "root": str(root)}
-    elif name == "folder" and arg:
+    else:  # folder:PATH, the only other form check_data_spec lets through
         splits, info = load_folder(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet,
                                    expected_classes=opts.expected_classes)
         train, val = splits["train"], splits.get("val")
         test = splits.get("test", val)
         described = {"spec": opts.spec, **info}
-    else:
-        raise UserError(f"unknown data spec {opts.spec!r}", f"use one of: {SPEC_HELP}")
     if opts.expected_classes is not None:
         check_classes(opts.expected_classes, train.classes, opts.spec)
     if val is None and opts.val_split > 0:
