@@ -1,5 +1,5 @@
 """pipeline: a shrunken recipe end to end, skipping complete stages and resuming after a kill;
-recipes with mistakes refused before anything runs; predict agreeing with eval."""
+recipes with mistakes refused before anything runs; predict agreeing with eval, for an artifact and its export."""
 
 from __future__ import annotations
 
@@ -153,6 +153,10 @@ def test_predict_agrees_with_eval_for_an_artifact_and_its_export(tmp_path: Path,
     assert run_cli("predict", onnx, files[0], "--json", "--top-k", "3") == 0
     answer = json.loads(capsys.readouterr().out)["predictions"][0]
     assert len(answer["top"]) == 3 and answer["top"][0]["probability"] >= answer["top"][1]["probability"]
+    assert run_cli("eval", onnx, "--data", f"folder:{root}", "--json", "--quiet") == 0  # the export, in ONNX Runtime
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["runtime"] == "ort-cpu" and exported["samples"] == len(files)
+    assert exported["top1"] == pytest.approx(eval_top1)
 
 
 def test_predict_names_an_unreadable_image(tmp_path: Path, shapes_artifact: Path, capsys: pytest.CaptureFixture) -> None:

@@ -245,14 +245,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="runtime (default: torch for artifacts, ort-cpu for ONNX, tensorrt for engines)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("eval", formatter_class=fmt, parents=[common], help="score an artifact on a dataset's test split")
-    p.add_argument("src", help="artifact directory")
+    p = sub.add_parser("eval", formatter_class=fmt, parents=[common],
+                       help="score an artifact or an export on a dataset's test split")
+    p.add_argument("src", help="artifact, export directory (ONNX or TensorRT) or Triton repository")
     p.add_argument("--data", required=True, help=HELP["data"])
     for name in ("data_dir", "cache_dir"):
         p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=HELP[name])
     p.add_argument("--download", action="store_true", help=HELP["download"])
     p.add_argument("--batch-size", type=int, default=256, help="images per batch")
-    p.add_argument("--device", default="auto", help=HELP["device"])
+    p.add_argument("--device", default="auto", help=HELP["device"] + " (artifacts)")
+    p.add_argument("--backend", default=None,
+                   help="runtime (default: torch for artifacts, ort-cpu for ONNX, tensorrt for engines)")
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     p.add_argument("--quiet", action="store_true", help=HELP["quiet"])
 
@@ -329,7 +332,7 @@ def _run(args: argparse.Namespace) -> None:
         from vitcompress.report import metrics_table, per_class_table
 
         report = evaluate_artifact(args.src, args.data, args.data_dir, args.download, args.cache_dir,
-                                   args.batch_size, args.device, quiet=args.quiet or args.json)
+                                   args.batch_size, args.device, quiet=args.quiet or args.json, backend=args.backend)
         print(json.dumps(report) if args.json else f"{metrics_table(report)}\n\n{per_class_table(report)}")
     elif args.command == "info":
         from vitcompress.artifact import read_meta

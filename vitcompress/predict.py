@@ -21,11 +21,10 @@ from PIL import Image, UnidentifiedImageError
 
 from vitcompress.augment import BatchTransform
 from vitcompress.datasets.folder import square_pixels, storage_side
-from vitcompress.errors import UserError, require
-from vitcompress.runtimes import RUNTIMES
+from vitcompress.errors import UserError
+from vitcompress.runtimes import open_runtime
 from vitcompress.sources import ModelSource, open_source
 
-DEFAULT_RUNTIME = {"artifact": "torch", "onnx": "ort-cpu", "engine": "tensorrt"}
 ImageLike = str | Path | Image.Image
 
 
@@ -34,11 +33,7 @@ class Classifier:
 
     def __init__(self, src: str | Path, backend: str | None = None, threads: int | None = None) -> None:
         self.source: ModelSource = open_source(src)
-        name = backend or DEFAULT_RUNTIME[self.source.kind]
-        require(name in RUNTIMES, f"backend {name!r} is unknown", f"use one of {', '.join(RUNTIMES)}")
-        reason = RUNTIMES[name].unavailable(self.source)
-        require(reason is None, f"{name} cannot run {src}: {reason}", "pick another backend")
-        self.runtime = RUNTIMES[name](self.source, threads=threads)
+        self.runtime = open_runtime(self.source, backend, threads)
         self.transform = BatchTransform(self.source.img_size, self.source.mean, self.source.std)
 
     @property

@@ -15,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from vitcompress.errors import require
 from vitcompress.sources import ModelSource
 
 
@@ -193,3 +194,14 @@ class TritonRuntime(Runtime):
 RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (
     TorchRuntime, TorchBf16Runtime, TorchCompileRuntime, OrtRuntime, OrtCudaRuntime, OrtTensorRTRuntime,
     TensorRTRuntime, TritonRuntime)}
+
+DEFAULT_RUNTIME = {"artifact": "torch", "onnx": "ort-cpu", "engine": "tensorrt"}
+
+
+def open_runtime(source: ModelSource, backend: str | None = None, threads: int | None = None) -> Runtime:
+    """``backend`` (default: the usual one for the source's kind) loaded with ``source``; one line if it cannot run it."""
+    name = backend or DEFAULT_RUNTIME[source.kind]
+    require(name in RUNTIMES, f"backend {name!r} is unknown", f"use one of {', '.join(RUNTIMES)}")
+    reason = RUNTIMES[name].unavailable(source)
+    require(reason is None, f"{name} cannot run {source.path}: {reason}", "pick another backend")
+    return RUNTIMES[name](source, threads=threads)
