@@ -157,11 +157,16 @@ def test_pretrained_offline(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
 
 def test_eval_and_info_on_non_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert_clean_failure(capsys, ["info", tmp_path], "not a vitcompress artifact")
-    assert_clean_failure(capsys, ["eval", tmp_path / "nope", "--data", "shapes"], "not a vitcompress artifact")
+    assert_clean_failure(capsys, ["eval", tmp_path / "nope", "--data", "shapes"], "neither an artifact nor an export")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "vitcompress.json").write_text("{not json")
     assert_clean_failure(capsys, ["info", broken], "corrupt")
+    assert_clean_failure(capsys, ["eval", broken, "--data", "shapes"], "corrupt")
+    broken_export = tmp_path / "broken-export"
+    broken_export.mkdir()
+    (broken_export / "export.json").write_text("{not json")
+    assert_clean_failure(capsys, ["eval", broken_export, "--data", "shapes"], "corrupt")
 
 
 def test_eval_class_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture, shapes_artifact: Path) -> None:
