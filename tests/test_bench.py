@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import run_cli
 from vitcompress.bench import bench
 from vitcompress.config import BenchConfig, ExportConfig
+from vitcompress.evaluate import evaluate_artifact
 from vitcompress.export.exporter import export
 from vitcompress.plots import pareto_front
 
@@ -101,3 +102,13 @@ def test_bad_input_is_one_line(tmp_path: Path, onnx_export: Path, case: str, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and err.count("\n") == 0
     assert (case == "exists") == out.exists()
+
+
+def test_accuracy_is_what_eval_reports(tmp_path: Path, shapes_artifact: Path, onnx_export: Path) -> None:
+    result = bench(small_bench([shapes_artifact, onnx_export], tmp_path / "bench", backends="torch,ort-cpu", batch="1",
+                               eval_size=0))  # the whole test split, as eval scores it
+    for src in (shapes_artifact, onnx_export):
+        report = evaluate_artifact(str(src), "shapes")
+        (record,) = [r for r in result.results["records"] if r["path"] == str(src)]
+        assert record["top1"] == pytest.approx(report["top1"], abs=1e-6)
+        assert record["f1_macro"] == pytest.approx(report["f1_macro"], abs=1e-6)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchmetrics.functional.classification import multiclass_f1_score
 from tqdm import tqdm
 
 from vitcompress.augment import BatchTransform
@@ -162,17 +163,8 @@ def _accuracy(runtime: Runtime, source: ModelSource, pixels: torch.Tensor,
         return {}, None
     logits = np.concatenate([runtime.run(source.prepare(chunk)) for chunk in pixels.split(ACCURACY_BATCH)])
     predicted = logits.argmax(1)
-    return {"top1": float((predicted == labels).mean()), "f1_macro": macro_f1(predicted, labels, len(source.classes))}, predicted
-
-
-def macro_f1(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    scores = []
-    for c in range(num_classes):
-        tp = float(((predicted == c) & (labels == c)).sum())
-        fp = float(((predicted == c) & (labels != c)).sum())
-        fn = float(((predicted != c) & (labels == c)).sum())
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return float(np.mean(scores))
+    f1 = multiclass_f1_score(torch.from_numpy(predicted), torch.from_numpy(labels), len(source.classes), average="macro")
+    return {"top1": float((predicted == labels).mean()), "f1_macro": float(f1)}, predicted  # F1 as eval computes it
 
 
 def _concurrency_sweep(runtime: Runtime, source: ModelSource, pixels: torch.Tensor, cfg: BenchConfig,
