@@ -19,7 +19,7 @@ from vitcompress.export import exporter
 from vitcompress.export.exporter import export
 from vitcompress.export.onnx_runtime import ort_runner, ort_session
 from vitcompress.export.verify import Tolerance
-from vitcompress.serving import served_model_name
+from vitcompress.serving import served_max_batch_size, served_model_name
 from vitcompress.sources import open_source
 
 # Largest logit difference to PyTorch, relative to the largest logit: FP32 is the same arithmetic
@@ -177,6 +177,7 @@ def test_triton_repository_matches_the_model(tmp_path: Path, int8_artifact: Path
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8, 16]
     source = open_source(result.path)  # `vitcompress serve` of the repository serves it under its own name
     assert served_model_name("", source) == "vit" and served_model_name("other", source) == "other"
+    assert served_max_batch_size(0, source) == 16 and served_max_batch_size(4, source) == 4  # the repository's, unless asked
 
 
 def test_tensorrt_spec_profile_and_trtexec_line(tmp_path: Path) -> None:

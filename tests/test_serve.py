@@ -18,7 +18,15 @@ from vitcompress.config import ExportConfig
 from vitcompress.errors import UserError
 from vitcompress.export.exporter import export
 from vitcompress.runtimes import RUNTIMES
-from vitcompress.serving import TritonClient, TritonServer, ready_message, server_unavailable
+from vitcompress.serving import (
+    DEFAULT_MAX_BATCH_SIZE,
+    TritonClient,
+    TritonServer,
+    ready_message,
+    served_max_batch_size,
+    served_model_name,
+    server_unavailable,
+)
 from vitcompress.sources import open_source
 
 TOLERANCE = 1e-5  # the server runs the same ONNX Runtime session on the same bytes
@@ -113,3 +121,8 @@ def test_foreground_server_answers_then_stops_on_ctrl_c(served) -> None:
     assert f"'{source.input_name}' UINT8 [N, 32, 32, 3]" in answered["message"] and "N up to 8" in answered["message"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", server.http_port))  # stopped: its port is free again
+
+
+def test_an_onnx_export_is_served_under_its_directory_name_and_the_default_batch(served) -> None:
+    source, _ = served
+    assert served_model_name("", source) == "pixels" and served_max_batch_size(0, source) == DEFAULT_MAX_BATCH_SIZE

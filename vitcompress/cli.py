@@ -219,7 +219,8 @@ def _parser() -> argparse.ArgumentParser:
     add_dataclass_args(p, ServeConfig, {**HELP, "src": "an export directory (onnx or tensorrt format) or Triton repository",
                                         "model_name": "the model's name on the server (default: a Triton repository's "
                                                       "own model name, else the directory's)",
-                                        "max_batch_size": "largest batch the dynamic batcher forms",
+                                        "max_batch_size": "largest batch the dynamic batcher forms (0: a Triton "
+                                                          "repository export's own max_batch_size, else 32)",
                                         "triton_log": "print Triton's own log (startup tables; on a machine without "
                                                       "a GPU also its CUDA/NVML warnings, which are harmless)"},
                        positional=("src",))

@@ -409,7 +409,7 @@ class ServeConfig:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-    max_batch_size: int = 32
+    max_batch_size: int = 0
     max_queue_delay_us: int = 100
     threads: int = 0
     triton_log: bool = False
@@ -418,4 +418,5 @@ class ServeConfig:
         for flag, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
                            ("--metrics-port", self.metrics_port)):
             require(0 <= port < 65536, f"{flag} {port} is not a port", "pass e.g. 8000 (0: any free port)")
-        require(self.max_batch_size >= 1, f"--max-batch-size {self.max_batch_size} must be at least 1", "pass e.g. 32")
+        require(self.max_batch_size >= 0, f"--max-batch-size {self.max_batch_size} must not be negative",
+                "pass e.g. 32, or 0 for the repository's own (else 32)")

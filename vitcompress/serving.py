@@ -30,6 +30,7 @@ from vitcompress.sources import ModelSource
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 60
+DEFAULT_MAX_BATCH_SIZE = 32
 MONITOR_PERIOD_S = 1.0  # how often a foreground server checks that Triton still runs
 
 
@@ -199,7 +200,7 @@ def serve(cfg: Any) -> None:
                         f"run `vitcompress export {cfg.src} --out DIR` and serve DIR")
     name = served_model_name(cfg.model_name, source)
     server = TritonServer(source, name, threads=cfg.threads or None, http_port=cfg.http_port, grpc_port=cfg.grpc_port,
-                          metrics_port=cfg.metrics_port, max_batch_size=cfg.max_batch_size,
+                          metrics_port=cfg.metrics_port, max_batch_size=served_max_batch_size(cfg.max_batch_size, source),
                           max_queue_delay_us=cfg.max_queue_delay_us, quiet=not cfg.triton_log)
     print(f"starting Triton with {source.path} ({server.runtime_name}) ...", flush=True)
     server.serve_until_stopped(lambda: print(ready_message(server), flush=True))
@@ -210,7 +211,12 @@ def served_model_name(requested: str, source: ModelSource) -> str:
     """``--model-name``, else the name a Triton repository export already gave it, else the directory's name."""
     from vitcompress.export.triton import model_name_for
 
-    return requested or source.triton_name or model_name_for(source.path)
+    return requested or source.triton.get("name") or model_name_for(source.path)
+
+
+def served_max_batch_size(requested: int, source: ModelSource) -> int:
+    """``--max-batch-size``, else a Triton repository export's own, else :data:`DEFAULT_MAX_BATCH_SIZE`."""
+    return requested or source.triton.get("max_batch_size") or DEFAULT_MAX_BATCH_SIZE
 
 
 def ready_message(server: TritonServer) -> str:

@@ -5,7 +5,7 @@ a TensorRT engine, or a Triton model repository made by ``export``, with the fac
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ class ModelSource:
     params: int | None = None
     macs: int | None = None
     label: str = ""  # how reports name it (bench makes labels unique)
-    triton_name: str = ""  # the model's name in a Triton repository export (`export --format triton --model-name`)
+    triton: dict[str, Any] = field(default_factory=dict)  # a Triton repository export's model: name, max_batch_size, ...
 
     def __post_init__(self) -> None:
         self.label = self.label or self.path.name
@@ -84,7 +84,7 @@ def _export(path: Path) -> ModelSource:
     return ModelSource(path, kind, file, manifest["precision"], contract["classes"], size, contract["mean"],
                        contract["std"], model_input["dtype"] == "uint8", model_input["name"],
                        source_metrics.get("params"), source_metrics.get("macs"),
-                       triton_name=manifest["triton"]["name"] if manifest["format"] == "triton" else "")
+                       triton=manifest["triton"] if manifest["format"] == "triton" else {})
 
 
 def _model_file(path: Path, manifest: dict[str, Any]) -> tuple[Path, str]:
