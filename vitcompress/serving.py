@@ -53,7 +53,7 @@ class TritonServer:
 
     def __init__(self, source: ModelSource, model_name: str = "model", runtime: str | None = None,
                  threads: int | None = None, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-                 max_batch_size: int = 32, max_queue_delay_us: int = 100, quiet: bool = True) -> None:
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_queue_delay_us: int = 100, quiet: bool = True) -> None:
         reason = server_unavailable()
         if reason:
             raise UserError(f"cannot start a Triton server: {reason}", "pip install 'vitcompress[serve]'")
