@@ -28,7 +28,8 @@ It runs from outside the checkout: there, `python -m vitcompress` would import t
 vitcompress/, which lacks the compress/ and export/ subpackages that an install maps into it.
 A 15-minute lease (10 minutes a command, the machine's start included) fits two commands. The open
 targets come first: --steps cifar,bench --cifar-seconds 360 (about 8-9 minutes), then --steps speed,smoke
-(about 4-5; if the lease runs out during it, the results written so far still come back).
+(about 5-6, the speed step capped at --speed-seconds; if the lease runs out during it, the results written
+so far still come back).
 Writes: OUTDIR/gpu_results.json (all numbers, hardware, commands) and OUTDIR/session.log.
 """
 
