@@ -103,7 +103,7 @@ def prune(cfg: PruneConfig) -> StageResult | PrunePreview:
                         "prune the FP32 artifact it came from, then quantize the pruned one")
     ctx = DistContext(device=resolve_device(cfg.device))
     model, meta = load_model(cfg.src, ctx.device)
-    check_prunable(model, meta.model_name)
+    check_prunable(model, meta.model_name, mlp=cfg.mlp > 0)
     if cfg.dry_run:
         return _preview(cfg, model, meta, ctx)
     out, staging = prepare_staging(cfg.out, cfg.force, resume=cfg.resume)
@@ -207,7 +207,7 @@ def _plan(cfg: PruneConfig, model: nn.Module, data: DataSplits | None, transform
           seed: int) -> PrunePlan:
     criterion = CRITERIA[cfg.criterion]()
     batches = _score_batches(cfg, data, transform, ctx) if criterion.needs_data else []
-    scores = score_blocks(model, criterion, batches, seed=seed)
+    scores = score_blocks(model, criterion, batches, seed=seed, mlp=cfg.mlp > 0)
     heads = choose(scores.heads, heads0, ratio_heads, cfg.ranking, "heads")
     mlp = choose(scores.mlp, mlp0, ratio_mlp, cfg.ranking, "MLP channels") if cfg.mlp else [[] for _ in heads]
     return PrunePlan(heads, mlp)

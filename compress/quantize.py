@@ -77,6 +77,9 @@ def insert_quantizers(model: nn.Module, config: dict[str, Any]) -> None:
         if attention:
             _register_attention_classes()
         mtq.quantize(model, config, forward_loop=None)
+    if attention and not any(name.endswith("_bmm_quantizer") for name, _ in model.named_modules()):
+        raise UserError(f"--quantize-attention: modelopt cannot quantize the attention of {type(model).__name__} "
+                        "(only timm's ViT, BEiT and vit_relpos attention)", "drop --quantize-attention")
     if attention:  # modelopt's patch of the explicit (non-fused) path pairs quantizers with the wrong matmuls
         for module in model.modules():
             if hasattr(module, "fused_attn"):
@@ -89,12 +92,13 @@ def _register_attention_classes() -> None:
     from modelopt.torch.quantization.plugins.attention import register_attention_for_kv_quant
     from timm.layers.attention import Attention
     from timm.models.beit import Attention as BeitAttention
+    from timm.models.vision_transformer_relpos import RelPosAttention
 
-    from vitcompress.compress.beit_attention import PrunedBeitAttention
+    from vitcompress.compress.pruned_attention import PrunedBeitAttention, PrunedRelPosAttention
 
-    # The subclass first: once its parent is registered, modelopt would wrap the subclass with the
+    # The subclasses first: once its parent is registered, modelopt would wrap a subclass with the
     # parent's quantizers but keep the subclass's own, unpatched forward.
-    for cls in (PrunedBeitAttention, BeitAttention, Attention):
+    for cls in (PrunedBeitAttention, BeitAttention, PrunedRelPosAttention, RelPosAttention, Attention):
         if cls not in _ATTENTION_REGISTERED:
             register_attention_for_kv_quant(cls)
             _ATTENTION_REGISTERED.add(cls)

@@ -57,22 +57,23 @@ def _maybe(t: torch.Tensor | None, f: Callable[[torch.Tensor], torch.Tensor]) ->
 
 
 def score_blocks(model: nn.Module, criterion: Criterion, batches: list[tuple[torch.Tensor, torch.Tensor]],
-                 seed: int = 0) -> BlockScores:
-    """Score the heads and MLP channels of every block; ``batches`` are model-ready ``(x, labels)``."""
+                 seed: int = 0, mlp: bool = True) -> BlockScores:
+    """Score the heads (and with ``mlp`` the MLP channels) of every block; ``batches`` are model-ready ``(x, labels)``."""
     blocks = blocks_of(model)
-    activations = _unit_output_norms(model, blocks, batches) if criterion.needs_activations else None
+    activations = _unit_output_norms(model, blocks, batches, mlp) if criterion.needs_activations else None
     if criterion.needs_grads:
         _accumulate_grads(model, batches)
     grad_of: Getter = (lambda p: p.grad) if criterion.needs_grads else (lambda p: None)
-    heads, mlp = [], []
+    heads, channels = [], []
     for i, block in enumerate(blocks):
         act_h, act_m = (activations[0][i], activations[1][i]) if activations else (None, None)
         heads.append(criterion.score(UnitStats(head_rows(block.attn, lambda p: p), head_rows(block.attn, grad_of),
                                                act_h, seed=seed + i)))
-        mlp.append(criterion.score(UnitStats(mlp_rows(block.mlp, lambda p: p), mlp_rows(block.mlp, grad_of),
-                                             act_m, seed=seed + 10_000 + i)))
+        if mlp:
+            channels.append(criterion.score(UnitStats(mlp_rows(block.mlp, lambda p: p), mlp_rows(block.mlp, grad_of),
+                                                      act_m, seed=seed + 10_000 + i)))
     model.zero_grad(set_to_none=True)
-    return BlockScores(heads, mlp)
+    return BlockScores(heads, channels)
 
 
 def _accumulate_grads(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -83,11 +84,11 @@ def _accumulate_grads(model: nn.Module, batches: list[tuple[torch.Tensor, torch.
 
 
 @torch.no_grad()
-def _unit_output_norms(model: nn.Module, blocks: list[nn.Module],
-                       batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _unit_output_norms(model: nn.Module, blocks: list[nn.Module], batches: list[tuple[torch.Tensor, torch.Tensor]],
+                       mlp_channels: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Mean L2 norm of each head's output (input of attn.proj) and each MLP channel (input of fc2)."""
     heads = [torch.zeros(b.attn.num_heads) for b in blocks]
-    mlp = [torch.zeros(b.mlp.fc2.in_features) for b in blocks]
+    mlp = [torch.zeros(b.mlp.fc2.in_features) for b in blocks] if mlp_channels else [torch.zeros(0) for _ in blocks]
     counts = [0]
 
     def head_hook(i: int) -> Callable:
@@ -104,7 +105,8 @@ def _unit_output_norms(model: nn.Module, blocks: list[nn.Module],
         return hook
 
     handles = [b.attn.proj.register_forward_pre_hook(head_hook(i)) for i, b in enumerate(blocks)]
-    handles += [b.mlp.fc2.register_forward_pre_hook(mlp_hook(i)) for i, b in enumerate(blocks)]
+    if mlp_channels:
+        handles += [b.mlp.fc2.register_forward_pre_hook(mlp_hook(i)) for i, b in enumerate(blocks)]
     model.eval()
     try:
         for x, _ in batches:

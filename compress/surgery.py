@@ -2,10 +2,10 @@
 
 Attention heads live inside one module: the rows of ``qkv`` (``[q heads | k heads | v heads]``),
 their biases (BEiT keeps ``q_bias``/``v_bias`` apart from the Linear), the per-head column of a
-relative position bias table, an optional norm over the attention width, and the columns of
-``proj``. The slicing uses torch-pruning's pruning functions; MLP channels (``fc1`` rows coupled
-through the activation and any norm to ``fc2`` columns) are removed through torch-pruning's
-dependency graph. Afterwards ``num_heads`` / ``attn_dim`` say what the weights hold, so the model
+relative position bias table (or output of vit_relpos's bias MLP), an optional norm over the
+attention width, and the columns of ``proj``. The slicing uses torch-pruning's pruning functions;
+MLP channels (``fc1`` rows coupled through the activation and any norm to ``fc2`` columns) are
+removed through torch-pruning's dependency graph. Afterwards ``num_heads`` / ``attn_dim`` say what the weights hold, so the model
 runs through timm's own forward (fused attention included).
 """
 
@@ -26,23 +26,52 @@ def blocks_of(model: nn.Module) -> list[nn.Module]:
     return [b for b in getattr(model, "blocks", []) if hasattr(getattr(b, "attn", None), "num_heads")]
 
 
-def check_prunable(model: nn.Module, name: str) -> None:
-    """Refuse models this surgery does not understand, before anything is changed."""
+def _supported_attention() -> tuple[type[nn.Module], ...]:
+    """Attention classes whose heads :func:`remove_heads` knows how to cut (every weight that is per head)."""
+    from timm.layers.attention import Attention
+    from timm.models.beit import Attention as BeitAttention
+    from timm.models.vision_transformer_relpos import RelPosAttention
+
+    return Attention, BeitAttention, RelPosAttention
+
+
+SUPPORTED_FAMILIES = "timm's ViT family (ViT, DeiT, DeiT III, DINOv2, CLIP, SigLIP), vit_relpos_* or BEiT"
+
+
+def check_prunable(model: nn.Module, name: str, mlp: bool = False) -> None:
+    """Refuse models this surgery does not understand, before anything is changed.
+
+    ``mlp``: MLP channels will be removed too, which needs plain ``fc1 -> act -> fc2`` MLPs.
+    """
     blocks = blocks_of(model)
     if not blocks:
-        raise UserError(f"model {name} has no attention heads to prune (no blocks[i].attn.num_heads)",
-                        "prune a ViT, DeiT or BEiT artifact")
+        raise UserError(f"model {name} does not have the ViT layout whose heads prune removes (blocks[i].attn.num_heads)",
+                        f"prune an artifact of {SUPPORTED_FAMILIES}")
     for i, block in enumerate(blocks):
         attn = block.attn
+        if not isinstance(attn, _supported_attention()):
+            kind = f"{type(attn).__module__}.{type(attn).__name__}"
+            raise UserError(f"block {i} of {name} uses {kind}, whose heads prune cannot remove",
+                            f"prune an artifact of {SUPPORTED_FAMILIES}")
         if not isinstance(getattr(attn, "qkv", None), nn.Linear) or not isinstance(getattr(attn, "proj", None), nn.Linear):
             raise UserError(f"block {i} of {name} has no fused qkv/proj Linear layers",
-                            "prune a ViT, DeiT or BEiT artifact")
+                            f"prune an artifact of {SUPPORTED_FAMILIES}")
         if getattr(attn, "gate", None) is not None:
             raise UserError(f"block {i} of {name} uses gated attention, which head pruning does not support",
                             "prune a model without gated attention")
-    if getattr(model, "rel_pos_bias", None) is not None:
-        raise UserError(f"{name} shares one relative position bias across blocks, so heads cannot differ per block",
-                        "prune a model with per-block relative position bias (the BEiT default)")
+        if mlp and not has_plain_mlp(block):
+            raise UserError(f"block {i} of {name} has a {type(block.mlp).__name__} MLP (gated or packed), whose "
+                            "channels --mlp cannot remove", "prune its heads only: --mlp 0")
+    for shared in ("rel_pos_bias", "shared_rel_pos"):
+        if getattr(model, shared, None) is not None:
+            raise UserError(f"{name} shares one relative position bias across blocks, so heads cannot differ per block",
+                            "prune a model with per-block relative position bias (the BEiT and vit_relpos default)")
+
+
+def has_plain_mlp(block: nn.Module) -> bool:
+    """``fc1 -> activation -> fc2`` with one hidden channel per ``fc1`` row (not a GLU, whose ``fc1`` holds two)."""
+    fc1, fc2 = getattr(block.mlp, "fc1", None), getattr(block.mlp, "fc2", None)
+    return isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear) and fc1.out_features == fc2.in_features
 
 
 def head_dim(attn: nn.Module) -> int:
@@ -72,8 +101,10 @@ def remove_heads(attn: nn.Module, heads: Sequence[int]) -> None:
             setattr(attn, name, _keep(getattr(attn, name), channels, dim=0))
     if isinstance(getattr(attn, "k_bias", None), torch.Tensor):  # BEiT: a zero buffer
         attn.k_bias = _keep(attn.k_bias, channels, dim=0, parameter=False)
-    if isinstance(getattr(attn, "relative_position_bias_table", None), nn.Parameter):
+    if isinstance(getattr(attn, "relative_position_bias_table", None), nn.Parameter):  # BEiT
         attn.relative_position_bias_table = _keep(attn.relative_position_bias_table, heads, dim=1)
+    if getattr(attn, "rel_pos", None) is not None:  # vit_relpos_*
+        _remove_rel_pos_heads(attn.rel_pos, heads)
     if isinstance(getattr(attn, "norm", None), nn.LayerNorm):  # timm's scale_norm over the attention width
         tp.prune_layernorm_out_channels(attn.norm, channels)
     attn.num_heads -= len(heads)
@@ -88,15 +119,29 @@ def _keep(tensor: torch.Tensor, drop: Sequence[int], dim: int, parameter: bool =
     return nn.Parameter(kept, requires_grad=tensor.requires_grad) if parameter else kept
 
 
+def _remove_rel_pos_heads(rel_pos: nn.Module, heads: Sequence[int]) -> None:
+    """vit_relpos's per-block bias: a table column (``RelPosBias``) or an MLP output (``RelPosMlp``) per head."""
+    from timm.layers.pos_embed_rel import RelPosBias, RelPosMlp
+
+    if isinstance(rel_pos, RelPosBias):
+        rel_pos.relative_position_bias_table = _keep(rel_pos.relative_position_bias_table, heads, dim=1)
+        remaining = rel_pos.relative_position_bias_table.shape[1]
+    elif isinstance(rel_pos, RelPosMlp):
+        tp.prune_linear_out_channels(rel_pos.mlp.fc2, list(heads))
+        remaining = rel_pos.num_heads = rel_pos.mlp.fc2.out_features
+    else:
+        raise UserError(f"relative position module {type(rel_pos).__name__} is not one prune knows",
+                        f"prune an artifact of {SUPPORTED_FAMILIES}")
+    rel_pos.bias_shape = (*rel_pos.bias_shape[:-1], remaining)  # heads are the last axis of both
+
+
 def _use_width_safe_forward(attn: nn.Module) -> None:
-    """timm's BEiT attention reshapes its output to the *input* width, which is wrong once heads are
-    gone; swap in the subclass that reshapes to the attention width (its only change)."""
-    from timm.models import beit
+    """Attention classes whose forward reshapes its output to the *input* width, which is wrong once heads
+    are gone, become the subclass that reshapes to the attention width (its only change)."""
+    from vitcompress.compress.pruned_attention import WIDTH_SAFE
 
-    if type(attn) is beit.Attention:
-        from vitcompress.compress.beit_attention import PrunedBeitAttention
-
-        attn.__class__ = PrunedBeitAttention
+    if type(attn) in WIDTH_SAFE:
+        attn.__class__ = WIDTH_SAFE[type(attn)]
 
 
 def remove_mlp_channels(graph: tp.DependencyGraph, fc1: nn.Linear, channels: Sequence[int]) -> None:
@@ -125,8 +170,9 @@ def dependency_graph(model: nn.Module, img_size: int) -> tp.DependencyGraph:
 
 
 def mlp_widths(model: nn.Module) -> list[int]:
-    """Hidden width of each block's MLP."""
-    return [int(b.mlp.fc1.out_features) for b in blocks_of(model) if isinstance(getattr(b.mlp, "fc1", None), nn.Linear)]
+    """Hidden width of each block's MLP (empty when any block's MLP is not a plain one: nothing to prune there)."""
+    blocks = blocks_of(model)
+    return [int(b.mlp.fc1.out_features) for b in blocks] if all(has_plain_mlp(b) for b in blocks) else []
 
 
 def reshape_to(model: nn.Module, heads: Sequence[int], mlp: Sequence[int], img_size: int) -> None:

@@ -24,6 +24,18 @@ from vitcompress.export.ort_ops import FusedAttention, Int8Attention, Int8Linear
 INT8_MAX = 127
 
 
+class ImageInput(nn.Module):
+    """The model with ``forward(images)`` alone: the TorchScript exporter fills every parameter of the traced
+    ``forward`` from its defaults, and a flag such as EVA's ``is_causal=False`` then arrives as a tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+
 class PixelInput(nn.Module):
     """Takes uint8 ``N x H x W x 3`` pixels and does the scaling and normalisation inside the graph."""
 
@@ -115,4 +127,4 @@ def for_onnx_runtime(model: nn.Module) -> nn.Module:
 def exportable(model: nn.Module, target: str, pixels: bool, mean: list[float], std: list[float]) -> nn.Module:
     """The module to trace for ``target`` (``ort`` or ``tensorrt``), taking raw pixels when ``pixels``."""
     graph_model = for_onnx_runtime(model) if target == "ort" else model
-    return PixelInput(graph_model, mean, std).eval() if pixels else graph_model.eval()
+    return PixelInput(graph_model, mean, std).eval() if pixels else ImageInput(graph_model).eval()

@@ -240,7 +240,7 @@ def test_prune_model_without_heads(tmp_path: Path, capsys: pytest.CaptureFixture
     meta = ArtifactMeta(stage="finetune", model_name="test_resnet", model_kwargs=kwargs, classes=list("abcdefghij"),
                         img_size=32, mean=[0.5] * 3, std=[0.5] * 3, data={"spec": "shapes"})
     write_artifact(tmp_path / "cnn", create_model("test_resnet", kwargs), meta)
-    assert_clean_failure(capsys, prune_args(tmp_path / "cnn", tmp_path / "out", "--heads", "0.5"), "no attention heads")
+    assert_clean_failure(capsys, prune_args(tmp_path / "cnn", tmp_path / "out", "--heads", "0.5"), "does not have the ViT layout")
     assert not (tmp_path / "out").exists()
 
 

@@ -160,12 +160,22 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, img_size: int) -> int:
-    """Multiply-accumulates of one forward pass on one image (matmul, conv and attention ops)."""
+    """Multiply-accumulates of one forward pass on one image (matmul, conv and attention ops).
+
+    The parameters are frozen while counting instead of running under ``no_grad``: there, a view of a
+    parameter (SigLIP's pooling query, ``latent.expand``) claims ``requires_grad`` without a grad_fn,
+    and the counter's module tracker fails on it.
+    """
     param = next(model.parameters())
     x = torch.zeros(1, 3, img_size, img_size, device=param.device, dtype=param.dtype)
     was_training = model.training
-    model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    model.train(was_training)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.eval().requires_grad_(False)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+        for p in trainable:
+            p.requires_grad_(True)
     return counter.get_total_flops() // 2

@@ -80,7 +80,7 @@ def prune_table(pruning: dict[str, Any]) -> str:
     rows = [
         ("test top-1", _pct(pruning["top1_before"]), _pct(pruning["top1_after_surgery"]), _pct(pruning["top1_after_recovery"])),
         ("heads", sum(pruning["heads_before"]), sum(pruning["heads_after"]), ""),
-        ("MLP channels", sum(pruning["mlp_before"]), sum(pruning["mlp_after"]), ""),
+        ("MLP channels", sum(pruning["mlp_before"]) or "-", sum(pruning["mlp_after"]) or "-", ""),
         _size_row("params", before["params"], after["params"]),
         _size_row("MACs", before["macs"], after["macs"]),
     ]
@@ -100,8 +100,10 @@ def _size_row(name: str, before: int, after: int) -> tuple[str, str, str, str]:
 
 def _per_block_table(heads_before: list[int], heads_after: list[int], removed: list[Any], mlp_before: list[int],
                      mlp_after: list[int], removed_header: str) -> str:
-    """One row per block: heads and MLP width before and after, and which heads go."""
-    rows = [(i, *row) for i, row in enumerate(zip(heads_before, heads_after, removed, mlp_before, mlp_after, strict=True))]
+    """One row per block: heads and MLP width before and after ("-" for MLPs prune does not cut), and which heads go."""
+    unknown = ["-"] * len(heads_before)
+    rows = [(i, *row) for i, row in enumerate(zip(heads_before, heads_after, removed, mlp_before or unknown,
+                                                  mlp_after or unknown, strict=True))]
     return tabulate(rows, headers=("block", "heads", "kept", removed_header, "MLP", "kept"), tablefmt="simple",
                     disable_numparse=True)
 

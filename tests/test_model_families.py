@@ -1,0 +1,99 @@
+"""timm ViTs beyond the plain ViT: each stage works on them, or refuses them in one line before doing anything.
+
+Random weights at 32 px: what is checked (the shape of the surgery, logits before and after, the
+exported graph against PyTorch) does not depend on training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_bad_input import assert_clean_failure
+from tests.test_export import FP32_TOLERANCE, assert_close_logits, do_export, images, onnx_logits, torch_logits
+from tests.test_prune import KWARGS, logits, make_artifact, zero_head
+from vitcompress.artifact import load_model
+from vitcompress.compress.plan import PrunePlan
+from vitcompress.compress.prune import apply_plan, prune
+from vitcompress.compress.qat import qat
+from vitcompress.compress.surgery import mlp_widths
+from vitcompress.config import PruneConfig, QatConfig, TrainConfig
+from vitcompress.errors import UserError
+from vitcompress.models import count_macs, create_model, heads_per_block
+
+RELPOS = "vit_relpos_small_patch16_224"
+DINOV2_SWIGLU = "vit_giant_patch14_dinov2"  # its MLP is SwiGLUPacked: fc1 holds the gate and the value
+SWIGLU_KWARGS = {**KWARGS, "mlp_ratio": 4.0}
+
+
+def test_macs_of_a_model_with_an_attention_pooling_head() -> None:
+    """SigLIP pools with a learned query (``latent.expand``), which the FLOP counter used to fail on."""
+    model = create_model("vit_base_patch16_siglip_224", dict(KWARGS))
+    assert count_macs(model, 32) > count_macs(create_model("vit_tiny_patch16_224", dict(KWARGS)), 32)
+    assert all(p.requires_grad for p in model.parameters())  # frozen while counting only
+
+
+@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+def test_eva02_exports_and_matches_pytorch(tmp_path: Path, target: str) -> None:
+    """EVA's forward has an ``is_causal`` flag, which the exporter used to pass as a tensor."""
+    src = make_artifact(tmp_path, "eva02_tiny_patch14_224")
+    result = do_export(src, tmp_path / "onnx", target=target)
+    x = images(pixels=False)
+    assert_close_logits(torch_logits(src, x), onnx_logits(result.path / "model.onnx", x), FP32_TOLERANCE)
+
+
+@pytest.mark.parametrize("rel_pos_type", ["mlp", "bias"])
+def test_relpos_heads_come_out_with_their_relative_position_bias(tmp_path: Path, rel_pos_type: str) -> None:
+    """vit_relpos keeps a bias per head (an MLP output or a table column): the right ones must go."""
+    torch.manual_seed(0)
+    model = create_model(RELPOS, {**KWARGS, "rel_pos_type": rel_pos_type}).eval()
+    zero_head(model.blocks[0].attn, 1)
+    zero_head(model.blocks[1].attn, 3)
+    before = logits(model)
+    apply_plan(model, PrunePlan(heads=[[1], [3]], mlp=[[], []]), img_size=32)
+    assert heads_per_block(model) == [3, 3]
+    torch.testing.assert_close(logits(model), before, atol=1e-5, rtol=1e-5)
+
+
+def test_pruned_relpos_model_reloads_and_quantizes_its_attention(tmp_path: Path) -> None:
+    src = make_artifact(tmp_path, RELPOS)
+    pruned = prune(PruneConfig(src=str(src), out=str(tmp_path / "pruned"), heads=0.5, mlp=0.25, finetune_epochs=0))
+    reloaded, meta = load_model(pruned.path)
+    assert heads_per_block(reloaded) == meta.heads_per_block == [2, 2] and mlp_widths(reloaded) == [192, 192]
+    torch.testing.assert_close(logits(reloaded), logits(pruned.model), atol=0, rtol=0)
+    int8 = qat(QatConfig(src=str(pruned.path), out=str(tmp_path / "int8"), calib_size=64, quantize_attention=True,
+                         train=TrainConfig(epochs=0, quiet=True)))
+    model, _ = load_model(int8.path)
+    bmm = [name for name, _ in model.named_modules() if name.endswith("_bmm_quantizer")]
+    assert len(bmm) == 3 * 2  # q, k and v of both blocks
+
+
+def test_a_gated_mlp_model_loses_heads_but_refuses_mlp_pruning(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    src = make_artifact(tmp_path, DINOV2_SWIGLU, create_model(DINOV2_SWIGLU, dict(SWIGLU_KWARGS)))
+    meta_path = src / "vitcompress.json"  # make_artifact records KWARGS; this model needs its mlp_ratio too
+    meta_path.write_text(meta_path.read_text().replace('"num_heads": 4', '"num_heads": 4, "mlp_ratio": 4.0'))
+    result = prune(PruneConfig(src=str(src), out=str(tmp_path / "heads"), heads=0.5, finetune_epochs=0))
+    assert result.meta.heads_per_block == [2, 2] and result.meta.mlp_per_block == []
+    with pytest.raises(UserError, match="--mlp 0"):
+        prune(PruneConfig(src=str(src), out=str(tmp_path / "mlp"), heads=0.5, mlp=0.25, finetune_epochs=0))
+    assert not (tmp_path / "mlp").exists()
+
+
+@pytest.mark.parametrize("name, attention", [("eva02_tiny_patch14_224", "EvaAttention"),
+                                             ("cait_xxs24_224", "TalkingHeadAttn")])
+def test_prune_refuses_attention_it_cannot_cut(tmp_path: Path, capsys: pytest.CaptureFixture, name: str,
+                                               attention: str) -> None:
+    src = make_artifact(tmp_path, name)
+    assert_clean_failure(capsys, ["prune", src, "--heads", "0.5", "--finetune-epochs", "0", "--out", tmp_path / "p"],
+                         attention, "prune an artifact of")
+    assert not (tmp_path / "p").exists()
+
+
+def test_quantize_attention_refuses_attention_modelopt_cannot_patch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = make_artifact(tmp_path, "eva02_tiny_patch14_224")
+    assert_clean_failure(capsys, ["qat", src, "--epochs", "0", "--calib-size", "16", "--quantize-attention",
+                                  "--out", tmp_path / "q"], "--quantize-attention", "drop --quantize-attention")
+    assert not (tmp_path / "q").exists()
