@@ -5,8 +5,8 @@ their biases (BEiT keeps ``q_bias``/``v_bias`` apart from the Linear), the per-h
 relative position bias table (or output of vit_relpos's bias MLP), an optional norm over the
 attention width, and the columns of ``proj``. The slicing uses torch-pruning's pruning functions;
 MLP channels (``fc1`` rows coupled through the activation and any norm to ``fc2`` columns) are
-removed through torch-pruning's dependency graph. Afterwards ``num_heads`` / ``attn_dim`` say what the weights hold, so the model
-runs through timm's own forward (fused attention included).
+removed through torch-pruning's dependency graph. Afterwards ``num_heads`` / ``attn_dim`` say what
+the weights hold, so the model runs through timm's own forward (fused attention included).
 """
 
 from __future__ import annotations
