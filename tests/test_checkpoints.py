@@ -53,3 +53,29 @@ def test_read_state_dict_from_file_or_artifact_dir(shapes_artifact: Path) -> Non
     assert "pos_embed" in state and state["head.weight"].shape == (10, 64)
     from_dir = read_state_dict(shapes_artifact)
     assert all(torch.equal(state[k], from_dir[k]) for k in state)
+
+
+def test_a_checkpoint_with_larger_patches_starts_a_small_patch_model(tmp_path: Path) -> None:
+    """timm's converter resamples the patch embedding (16px -> 8px kernels), as its pretrained loading does."""
+    src = _model(img_size=64, patch_size=16)
+    torch.save(src.state_dict(), tmp_path / "p16.pth")
+    dst = _model()
+    load_init_checkpoint(dst, tmp_path / "p16.pth")
+    assert dst.patch_embed.proj.weight.shape == (64, 3, 8, 8)
+    assert torch.equal(dst.blocks[1].attn.qkv.weight, src.blocks[1].attn.qkv.weight)
+
+
+def test_an_original_dinov2_checkpoint_with_registers_loads(tmp_path: Path) -> None:
+    """Meta's DINOv2 layout (mask token, register tokens, class position inside pos_embed) through timm's converter."""
+    name, kw = "vit_small_patch14_reg4_dinov2", {**KW, "num_classes": 10}
+    src = create_model(name, kw)
+    state = {k: v for k, v in src.state_dict().items() if k not in ("reg_token", "cls_token", "pos_embed")}
+    cls_position = torch.randn(1, 1, 64)
+    original = {**state, "mask_token": torch.zeros(1, 64), "register_tokens": src.reg_token.detach(),
+                "cls_token": src.cls_token.detach() - cls_position,
+                "pos_embed": torch.cat([cls_position, src.pos_embed.detach()], dim=1)}
+    torch.save(original, tmp_path / "dinov2_original.pth")
+    dst = create_model(name, kw)
+    load_init_checkpoint(dst, tmp_path / "dinov2_original.pth")
+    for key, value in src.state_dict().items():
+        torch.testing.assert_close(dst.state_dict()[key], value, msg=key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import difflib
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,10 +107,12 @@ def create_model(name: str, kwargs: dict[str, Any], pretrained: bool = False) ->
 def load_init_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load local weights into ``model``; the classifier is re-initialised if its class count differs.
 
-    Position embeddings of another grid size are resampled (timm's helper), so a checkpoint
-    trained at 224px can start a 32px run.
+    The weights first go through the converter timm applies to the model's own pretrained weights
+    (:func:`_timm_checkpoint_filter`): original DINOv2, OpenAI CLIP or OpenCLIP layouts, and patch
+    and position embeddings resampled to the model's patch and grid size, so a checkpoint trained at
+    224px with 16px patches can start a 32px run with 4px patches.
     """
-    state = read_state_dict(path)
+    state = _timm_checkpoint_filter(model, read_state_dict(path), path)
     own = model.state_dict()
     head_keys = _classifier_keys(model)
     resized = []
@@ -132,6 +135,20 @@ def load_init_checkpoint(model: nn.Module, path: str | Path) -> None:
         raise UserError(f"checkpoint {path} does not match model {type(model).__name__} ({detail})",
                         "pass weights saved from the same --model and --model-kwargs")
     model.load_state_dict(state, strict=False)
+
+
+def _timm_checkpoint_filter(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
+    """``state`` converted by the ``checkpoint_filter_fn`` of the timm module that defines ``model``, as
+    ``timm.create_model(pretrained=True)`` does; unchanged for models whose module has none."""
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        return state
+    try:
+        return filter_fn(state, model)
+    except Exception as exc:  # noqa: BLE001 - timm's converters assume their own layouts and fail in many ways
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {path} cannot be converted for {type(model).__name__} by timm ({reason})",
+                        "pass weights saved from the same --model (timm, original or OpenCLIP layout)") from None
 
 
 def _classifier_keys(model: nn.Module) -> set[str]:
