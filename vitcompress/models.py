@@ -36,8 +36,25 @@ def parse_model_kwargs(text: str | dict | None) -> dict[str, Any]:
     return kwargs
 
 
+HUB_PREFIXES = ("hf-hub:", "hf_hub:")
+
+
 def check_model_name(name: str) -> None:
-    """Fail with suggestions when ``name`` is not a timm model."""
+    """Fail with suggestions when ``name`` is not a timm model (or names a pretrained tag timm does not have)."""
+    if name.startswith(HUB_PREFIXES):
+        repo = name.split(":", 1)[1]
+        if repo.startswith("timm/") and timm.is_model(repo.removeprefix("timm/")):
+            raise UserError(f"model {name!r} is a timm hub name", f"pass its timm name: --model {repo.removeprefix('timm/')}"
+                            " (with --pretrained for the weights; artifacts then rebuild without the hub)")
+        raise UserError(f"hub model names ({name!r}) are not supported: an artifact must rebuild without the hub",
+                        "pass the timm architecture as --model and the downloaded weights as --init-checkpoint FILE")
+    arch, tag = timm.models.split_model_name_tag(name)
+    if tag and timm.is_model(arch):
+        tags = timm.list_pretrained(f"{arch}.*")
+        if name not in tags:
+            raise UserError(f"timm has no pretrained tag {tag!r} for {arch}",
+                            f"use one of: {', '.join(tags)}" if tags else f"use --model {arch} (it has no pretrained weights)")
+        return
     if timm.is_model(name):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
