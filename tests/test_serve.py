@@ -20,6 +20,7 @@ from vitcompress.export.exporter import export
 from vitcompress.runtimes import RUNTIMES
 from vitcompress.serving import (
     DEFAULT_MAX_BATCH_SIZE,
+    HOST,
     TritonClient,
     TritonServer,
     ready_message,
@@ -59,6 +60,23 @@ def test_answers_equal_onnx_runtime(served) -> None:
     expected = RUNTIMES["ort-cpu"](source).run(x)
     got = server.client()(x)
     assert got.shape == (5, 10) and float(np.abs(got - expected).max()) <= TOLERANCE
+
+
+def test_grpc_answers_like_onnx_runtime(served) -> None:
+    """The gRPC endpoint serve prints, called the way a user's client would (tritonclient.grpc)."""
+    import tritonclient.grpc as grpcclient
+
+    source, server = served
+    x = pixels(3, seed=5)
+    client = grpcclient.InferenceServerClient(f"{HOST}:{server.grpc_port}")
+    try:
+        request = grpcclient.InferInput(source.input_name, list(x.shape), "UINT8")
+        request.set_data_from_numpy(x)
+        got = client.infer(server.model_name, [request]).as_numpy("logits")
+    finally:
+        client.close()
+    expected = RUNTIMES["ort-cpu"](source).run(x)
+    assert got.shape == (3, 10) and float(np.abs(got - expected).max()) <= TOLERANCE
 
 
 @pytest.mark.parametrize("bad", ["shape", "dtype", "empty"])
