@@ -120,6 +120,11 @@ def test_an_interrupted_finetune_resumes(tmp_path: Path) -> None:
     ({**SMALL, "bench": {**SMALL["bench"], "backends": "ort-gpu"}}, "recipe section 'bench': --backends 'ort-gpu'"),
     ({**SMALL, "bench": {**SMALL["bench"], "data": "cifar100"}}, "recipe section 'bench': unknown data spec 'cifar100'"),
     ({**SMALL, "prune": {**SMALL["prune"], "data": "folder:/no/such/dir"}}, "recipe section 'prune': --data folder:/no/such"),
+    ({**SMALL, "finetune": {**SMALL["finetune"], "model": "eva02_tiny_patch14_224"}},
+     "recipe section 'prune': block 0 of eva02_tiny_patch14_224 uses timm.models.eva.EvaAttention"),
+    ({**SMALL, "finetune": {**SMALL["finetune"], "model": "vit_giant_patch14_dinov2",
+                            "model_kwargs": "depth=1,embed_dim=32,num_heads=2,mlp_ratio=4"},
+      "prune": {**SMALL["prune"], "mlp": 0.25}}, "recipe section 'prune': block 0 of vit_giant_patch14_dinov2 has a GluMlp"),
 ])
 def test_bad_recipes_are_refused_before_anything_runs(tmp_path: Path, mistake: dict, expected: str,
                                                       capsys: pytest.CaptureFixture) -> None:

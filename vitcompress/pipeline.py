@@ -133,11 +133,22 @@ def _resumable(step: Step, target: Path, done: dict[str, Any], digest: str) -> b
 
 def check_options(steps: list[Step], recipe: dict[str, dict[str, Any]], root: Path) -> None:
     """Every step's options, checked before the first step runs: a bad value in qat must not wait for finetune."""
+    configs = {}
     for step in steps:
         try:
-            _step_config(step, recipe[step.stage], root, resume=False).validate()
+            configs[step.name] = _step_config(step, recipe[step.stage], root, resume=False)
+            configs[step.name].validate()
+            if step.stage == "prune" and step.inputs[0] in configs:  # a model the recipe trains first
+                _check_prunable_before_training(configs[step.inputs[0]], configs[step.name])
         except UserError as exc:
             raise UserError(f"recipe section '{step.stage}': {exc.problem}", exc.fix) from None
+
+
+def _check_prunable_before_training(finetune: Any, prune: Any) -> None:
+    """An architecture prune cannot cut is refused now, not after finetune has trained it."""
+    from vitcompress.compress.prune import check_architecture
+
+    check_architecture(finetune.model, finetune.model_kwargs, finetune.img_size, finetune.patch_size, mlp=prune.mlp > 0)
 
 
 def _step_config(step: Step, section: dict[str, Any], root: Path, resume: bool) -> Any:
