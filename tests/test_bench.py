@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import run_cli
@@ -14,6 +16,9 @@ from vitcompress.config import BenchConfig, ExportConfig
 from vitcompress.evaluate import evaluate_artifact
 from vitcompress.export.exporter import export
 from vitcompress.plots import pareto_front
+from vitcompress.predict import Classifier
+from vitcompress.runtimes import RUNTIMES, OrtRuntime
+from vitcompress.sources import ModelSource, open_source
 
 LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_ips", "peak_memory_bytes")
 MODEL_FIELDS = ("file_bytes", "params", "macs", "top1", "f1_macro", "agreement", "speedup")
@@ -112,3 +117,51 @@ def test_accuracy_is_what_eval_reports(tmp_path: Path, shapes_artifact: Path, on
         (record,) = [r for r in result.results["records"] if r["path"] == str(src)]
         assert record["top1"] == pytest.approx(report["top1"], abs=1e-6)
         assert record["f1_macro"] == pytest.approx(report["f1_macro"], abs=1e-6)
+
+
+ENGINE_MAX_BATCH = 4
+
+
+class OnnxAsEngine(OrtRuntime):
+    """Stands in for TensorRT (not installable here): ONNX Runtime on the export's ONNX file, refusing batches
+    above the engine profile's maximum as TensorRT does."""
+
+    name, kinds, calls = "tensorrt", ("engine",), []
+
+    def __init__(self, source: ModelSource, threads: int | None = None) -> None:
+        super().__init__(dataclasses.replace(source, kind="onnx", file=source.path / "model.onnx"), threads)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        assert len(batch) <= ENGINE_MAX_BATCH, f"batch {len(batch)} is above the engine's profile"
+        OnnxAsEngine.calls.append(len(batch))
+        return super().run(batch)
+
+
+@pytest.fixture
+def engine_export(onnx_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An export shaped like `export --format tensorrt --batch 1,2,4` (an engine whose profile stops at 4)."""
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    for name in ("model.onnx", "contract.json"):
+        (engine / name).write_bytes((onnx_export / name).read_bytes())
+    manifest = json.loads((onnx_export / "export.json").read_text())
+    manifest["engine"] = {"profile": {name: [b, 3, 32, 32] for name, b in (("min", 1), ("opt", 2), ("max", 4))}}
+    (engine / "export.json").write_text(json.dumps(manifest))
+    (engine / "model.plan").write_bytes(b"stands for a serialized engine")
+    monkeypatch.setitem(RUNTIMES, "tensorrt", OnnxAsEngine)
+    OnnxAsEngine.calls = []
+    return engine
+
+
+def test_an_engine_is_never_sent_a_batch_above_its_profile(tmp_path: Path, engine_export: Path) -> None:
+    source = open_source(engine_export)
+    assert source.kind == "engine" and source.max_batch == ENGINE_MAX_BATCH
+    result = bench(small_bench([engine_export], tmp_path / "bench", backends="tensorrt", batch="1,4,8"))
+    timed = [r["batch"] for r in result.results["records"]]
+    assert timed == [1, 4] and result.results["records"][0]["top1"] > 0.2  # accuracy in chunks of 4
+    skipped = [s["reason"] for s in result.results["skipped"]]
+    assert any("batch 8 is above the engine's profile maximum 4" in r for r in skipped)
+    report = evaluate_artifact(str(engine_export), "shapes", batch_size=256, quiet=True)  # eval's default batch
+    assert report["runtime"] == "tensorrt" and report["samples"] == 1000
+    assert Classifier(engine_export, batch_size=32).batch_size == ENGINE_MAX_BATCH
+    assert max(OnnxAsEngine.calls) == ENGINE_MAX_BATCH

@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from tests.conftest import REPO, TINY, run_cli, write_image_folder
 from vitcompress.config import ExportConfig
+from vitcompress.datasets.shapes import CLASSES
 from vitcompress.export.exporter import export
 from vitcompress.pipeline import check_options, default_recipe, pipeline, plan
 from vitcompress.predict import Classifier
@@ -162,6 +164,23 @@ def test_predict_agrees_with_eval_for_an_artifact_and_its_export(tmp_path: Path,
     exported = json.loads(capsys.readouterr().out)
     assert exported["runtime"] == "ort-cpu" and exported["samples"] == len(files)
     assert exported["top1"] == pytest.approx(eval_top1)
+
+
+def test_predict_takes_folders_and_runs_in_batches(tmp_path: Path, shapes_artifact: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    root = write_image_folder(tmp_path / "imgs", per_class=3, classes=3, splits=("test",), seed=4)
+    files = sorted(str(f) for f in (root / "test").rglob("*.png"))
+    (root / "test" / "notes.txt").write_text("not an image, and not named: skipped like ImageFolder skips it")
+    assert run_cli("predict", shapes_artifact, root, "--json", "--batch-size", "4", "--top-k", "10") == 0
+    records = json.loads(capsys.readouterr().out)["predictions"]
+    assert [r["image"] for r in records] == files  # every image under the folder, sorted, once
+    one_batch = Classifier(shapes_artifact, batch_size=len(files)).probabilities(files)
+    in_batches = np.array([[t["probability"] for t in sorted(r["top"], key=lambda t: CLASSES.index(t["class"]))]
+                           for r in records])
+    np.testing.assert_allclose(in_batches, one_batch, atol=1e-5)
+    (tmp_path / "empty").mkdir()
+    assert run_cli("predict", shapes_artifact, tmp_path / "empty") == 2
+    assert "has no image files" in capsys.readouterr().err
 
 
 def test_predict_names_an_unreadable_image(tmp_path: Path, shapes_artifact: Path, capsys: pytest.CaptureFixture) -> None:

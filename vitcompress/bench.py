@@ -76,6 +76,9 @@ def bench(cfg: BenchConfig) -> BenchResult:
                 progress.update(len(cfg.batch_sizes()))
                 continue
             progress.set_postfix_str(f"{source.label} on {backend}")
+            for batch in [b for b in cfg.batch_sizes() if source.batch_limit(b) < b]:
+                skipped.append({"variant": source.label, "backend": backend, "reason": f"batch {batch} is above the "
+                                f"engine's profile maximum {source.max_batch}: rebuild it with export --batch ...,{batch}"})
             try:
                 measured = _measure(source, backend, cfg, images, progress)
             except UserError as exc:  # a runtime that fails to start here (e.g. Triton from the wrong Python)
@@ -139,6 +142,9 @@ def _measure(source: ModelSource, backend: str, cfg: BenchConfig, images: EvalIm
         accuracy, predicted = _accuracy(runtime, source, pixels, images.labels)
         records = []
         for batch in cfg.batch_sizes():
+            if source.batch_limit(batch) < batch:  # listed as skipped by the caller
+                progress.update(1)
+                continue
             inputs = source.prepare(_repeat_to(pixels, batch))
             times = time_calls(lambda inputs=inputs: runtime.run(inputs), cfg.warmup, cfg.min_iters, cfg.max_seconds)
             stats = latency_stats(times)
@@ -161,7 +167,8 @@ def _accuracy(runtime: Runtime, source: ModelSource, pixels: torch.Tensor,
               labels: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray | None]:
     if labels is None:
         return {}, None
-    logits = np.concatenate([runtime.run(source.prepare(chunk)) for chunk in pixels.split(ACCURACY_BATCH)])
+    chunks = pixels.split(source.batch_limit(ACCURACY_BATCH))
+    logits = np.concatenate([runtime.run(source.prepare(chunk)) for chunk in chunks])
     predicted = logits.argmax(1)
     f1 = multiclass_f1_score(torch.from_numpy(predicted), torch.from_numpy(labels), len(source.classes), average="macro")
     return {"top1": float((predicted == labels).mean()), "f1_macro": float(f1)}, predicted  # F1 as eval computes it

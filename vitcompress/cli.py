@@ -240,8 +240,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="classify image files with an artifact, ONNX export or TensorRT engine",
                        description="Print the top-k classes of each image, with the preprocessing recorded with the model.")
     p.add_argument("src", help="artifact, export directory (ONNX or TensorRT) or Triton repository")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, any mode PIL opens)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (JPEG, PNG, any mode PIL opens), or folders: every image under them")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image")
+    p.add_argument("--batch-size", type=int, default=32, help="images per call of the model")
     p.add_argument("--backend", default=None,
                    help="runtime (default: torch for artifacts, ort-cpu for ONNX, tensorrt for engines)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -326,7 +328,7 @@ def _run(args: argparse.Namespace) -> None:
         from vitcompress.predict import predict
         from vitcompress.report import predictions_table
 
-        records = predict(args.src, args.images, args.top_k, args.backend)
+        records = predict(args.src, args.images, args.top_k, args.backend, args.batch_size)
         print(json.dumps({"model": args.src, "predictions": records}) if args.json else predictions_table(records))
     elif args.command == "eval":
         from vitcompress.evaluate import evaluate_artifact

@@ -90,7 +90,7 @@ def evaluate_artifact(src: str, data: str, data_dir: str | None = None, download
         return {"artifact": str(src), "data": data, "model": meta.model_name, "stage": meta.stage, **report}
     runtime = open_runtime(source, backend)
     try:
-        report = evaluate_runtime(runtime, source, load_data(options).test, batch_size)
+        report = evaluate_runtime(runtime, source, load_data(options).test, source.batch_limit(batch_size))
     finally:
         runtime.close()
     return {"export": str(src), "data": data, "runtime": runtime.name, "precision": source.precision, **report}

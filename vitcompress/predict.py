@@ -1,4 +1,4 @@
-"""``vitcompress predict``: classify image files with any artifact, ONNX export or TensorRT engine.
+"""``vitcompress predict``: classify image files (or folders of them) with any artifact, ONNX export or TensorRT engine.
 
 Images get the preprocessing the model was evaluated with: the shorter side resized and centre-
 cropped to the storage size a folder dataset uses, then the evaluation crop and resize to the
@@ -8,6 +8,9 @@ model's input (``BatchTransform.eval_pixels``), so ``predict`` and ``eval`` agre
     classify = Classifier("runs/int8")
     classify("cat.jpg")            # [("cat", 0.91), ("dog", 0.05), ...]
     classify([img1, "b.png"])      # one list per image
+
+Images run through the model in batches of ``batch_size`` (fewer where a TensorRT engine's profile
+stops earlier), so a folder of any size takes bounded memory.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from vitcompress.augment import BatchTransform
 from vitcompress.datasets.folder import square_pixels, storage_side
@@ -26,15 +30,20 @@ from vitcompress.runtimes import open_runtime
 from vitcompress.sources import ModelSource, open_source
 
 ImageLike = str | Path | Image.Image
+DEFAULT_BATCH_SIZE = 32
 
 
 class Classifier:
     """A model from ``src`` (any path ``open_source`` knows) that takes PIL images or paths."""
 
-    def __init__(self, src: str | Path, backend: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, src: str | Path, backend: str | None = None, threads: int | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        if batch_size < 1:
+            raise UserError(f"--batch-size {batch_size} must be at least 1", "pass e.g. --batch-size 32")
         self.source: ModelSource = open_source(src)
         self.runtime = open_runtime(self.source, backend, threads)
         self.transform = BatchTransform(self.source.img_size, self.source.mean, self.source.std)
+        self.batch_size = self.source.batch_limit(batch_size)
 
     @property
     def classes(self) -> list[str]:
@@ -48,6 +57,11 @@ class Classifier:
         return self.transform.eval_pixels(stored)[0]
 
     def probabilities(self, images: list[ImageLike]) -> np.ndarray:
+        """Class probabilities, one row per image."""
+        chunks = [self._batch_probabilities(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
+
+    def _batch_probabilities(self, images: list[ImageLike]) -> np.ndarray:
         batch = torch.stack([self.pixels(image) for image in images])
         logits = self.runtime.run(self.source.prepare(batch)).astype(np.float64)
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -75,11 +89,25 @@ def _open(image: ImageLike) -> Image.Image:
                         "pass image files PIL can open (JPEG, PNG, ...)") from None
 
 
-def predict(src: str, images: list[str], top_k: int = 5, backend: str | None = None) -> list[dict[str, Any]]:
-    """``vitcompress predict``: one ``{"image", "top"}`` record per image file."""
-    classifier = Classifier(src, backend)
-    for image in images:  # name an unreadable file before running anything
-        _open(image)
-    answers = classifier(list(images), top_k=top_k)
+def image_files(paths: list[str]) -> list[str]:
+    """The files named, with each folder replaced by the images under it (sorted; the extensions ImageFolder reads)."""
+    files: list[str] = []
+    for path in paths:
+        if not Path(path).is_dir():
+            files.append(path)
+            continue
+        found = sorted(str(f) for f in Path(path).rglob("*") if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+        if not found:
+            raise UserError(f"folder {path} has no image files ({', '.join(IMG_EXTENSIONS)})",
+                            "pass image files or a folder that holds some")
+        files += found
+    return files
+
+
+def predict(src: str, images: list[str], top_k: int = 5, backend: str | None = None,
+            batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
+    """``vitcompress predict``: one ``{"image", "top"}`` record per image file (folders expanded)."""
+    files = image_files(images)
+    answers = Classifier(src, backend, batch_size=batch_size)(files, top_k=top_k)
     return [{"image": image, "top": [{"class": c, "probability": round(p, 6)} for c, p in answer]}
-            for image, answer in zip(images, answers, strict=True)]
+            for image, answer in zip(files, answers, strict=True)]

@@ -59,7 +59,9 @@ class TritonServer:
             raise UserError(f"cannot start a Triton server: {reason}", "pip install 'vitcompress[serve]'")
         self.source, self.model_name = source, model_name
         self.runtime_name = runtime or ("tensorrt" if source.kind == "engine" else "ort-cpu")
-        self.threads, self.max_batch_size, self.max_queue_delay_us = threads, max_batch_size, max_queue_delay_us
+        # an engine takes no more than its profile's largest batch, and Triton must not send it more
+        self.threads, self.max_batch_size = threads, source.batch_limit(max_batch_size)
+        self.max_queue_delay_us = max_queue_delay_us
         self.http_port, self.grpc_port, self.metrics_port = (p or free_port() for p in (http_port, grpc_port, metrics_port))
         self.quiet = quiet
         self._triton: Any = None

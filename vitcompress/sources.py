@@ -37,6 +37,7 @@ class ModelSource:
     macs: int | None = None
     label: str = ""  # how reports name it (bench makes labels unique)
     triton: dict[str, Any] = field(default_factory=dict)  # a Triton repository export's model: name, max_batch_size, ...
+    max_batch: int | None = None  # the largest batch the model file takes (a TensorRT engine's profile), else None
 
     def __post_init__(self) -> None:
         self.label = self.label or self.path.name
@@ -44,6 +45,10 @@ class ModelSource:
     @property
     def file_bytes(self) -> int:
         return self.file.stat().st_size
+
+    def batch_limit(self, wanted: int) -> int:
+        """``wanted``, or less where the model file cannot take that many images in one call."""
+        return min(wanted, self.max_batch) if self.max_batch else wanted
 
     def prepare(self, pixels: torch.Tensor) -> np.ndarray:
         """The model's input for uint8 ``N x H x W x 3`` pixels at its size (done outside any timing)."""
@@ -84,7 +89,16 @@ def _export(path: Path) -> ModelSource:
     return ModelSource(path, kind, file, manifest["precision"], contract["classes"], size, contract["mean"],
                        contract["std"], model_input["dtype"] == "uint8", model_input["name"],
                        source_metrics.get("params"), source_metrics.get("macs"),
-                       triton=manifest["triton"] if manifest["format"] == "triton" else {})
+                       triton=manifest["triton"] if manifest["format"] == "triton" else {},
+                       max_batch=_engine_max_batch(manifest) if kind == "engine" else None)
+
+
+def _engine_max_batch(manifest: dict[str, Any]) -> int | None:
+    """The batch size at the top of a TensorRT engine's optimisation profile (``engine.json``)."""
+    try:
+        return int(manifest["engine"]["profile"]["max"][0])
+    except (KeyError, TypeError, IndexError, ValueError):
+        return None
 
 
 def _model_file(path: Path, manifest: dict[str, Any]) -> tuple[Path, str]:
