@@ -90,7 +90,7 @@ def test_pareto_front() -> None:
     assert pareto_front(points) == [(0.5, 0.60), (1.0, 0.80), (2.0, 0.90)]
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "exists", "unknown-backend"])
+@pytest.mark.parametrize("case", ["missing", "corrupt", "exists", "unknown-backend", "twice"])
 def test_bad_input_is_one_line(tmp_path: Path, onnx_export: Path, case: str, capsys: pytest.CaptureFixture) -> None:
     src, out, extra = onnx_export, tmp_path / "out", []
     if case == "missing":
@@ -101,6 +101,8 @@ def test_bad_input_is_one_line(tmp_path: Path, onnx_export: Path, case: str, cap
         (src / "export.json").write_text("{not json")
     elif case == "exists":
         out.mkdir()
+    elif case == "twice":
+        extra = [onnx_export.parent / ".." / onnx_export.parent.name / onnx_export.name]  # the same model, spelt otherwise
     else:
         extra = ["--backends", "tflite"]
     assert run_cli("bench", src, "--out", out, "--quiet", *extra) == 2

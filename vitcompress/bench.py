@@ -55,6 +55,9 @@ def bench(cfg: BenchConfig) -> BenchResult:
     """Measure ``cfg.srcs`` and write ``results.json``, ``results.csv``, ``report.md`` and plots to ``cfg.out``."""
     cfg.validate()
     sources = [open_source(src) for src in cfg.srcs]
+    paths = [s.path.resolve() for s in sources]
+    twice = next((src for src, path in zip(cfg.srcs, paths, strict=True) if paths.count(path) > 1), None)
+    require(twice is None, f"{twice} is given more than once", "pass each model once")
     require(len({tuple(s.classes) for s in sources}) == 1, "the models do not share the same classes",
             "bench variants of one model (an artifact, its pruned/quantized children, their exports)")
     _unique_names(sources)
