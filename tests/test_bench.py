@@ -92,7 +92,7 @@ def test_pareto_front() -> None:
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "exists", "unknown-backend", "twice"])
 def test_bad_input_is_one_line(tmp_path: Path, onnx_export: Path, case: str, capsys: pytest.CaptureFixture) -> None:
-    src, out, extra = onnx_export, tmp_path / "out", []
+    src, out, extra, more = onnx_export, tmp_path / "out", [], []
     if case == "missing":
         src = tmp_path / "nothing-here"
     elif case == "corrupt":
@@ -102,10 +102,10 @@ def test_bad_input_is_one_line(tmp_path: Path, onnx_export: Path, case: str, cap
     elif case == "exists":
         out.mkdir()
     elif case == "twice":
-        extra = [onnx_export.parent / ".." / onnx_export.parent.name / onnx_export.name]  # the same model, spelt otherwise
+        more = [onnx_export.parent / ".." / onnx_export.parent.name / onnx_export.name]  # the same model, spelt otherwise
     else:
         extra = ["--backends", "tflite"]
-    assert run_cli("bench", src, "--out", out, "--quiet", *extra) == 2
+    assert run_cli("bench", src, *more, "--out", out, "--quiet", *extra) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and err.count("\n") == 0
     assert (case == "exists") == out.exists()
