@@ -159,7 +159,7 @@ def test_pretrained_offline(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
 
 
 def test_eval_and_info_on_non_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert_clean_failure(capsys, ["info", tmp_path], "not a vitcompress artifact")
+    assert_clean_failure(capsys, ["info", tmp_path], "neither an artifact nor an export")
     assert_clean_failure(capsys, ["eval", tmp_path / "nope", "--data", "shapes"], "neither an artifact nor an export")
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -170,6 +170,7 @@ def test_eval_and_info_on_non_artifacts(tmp_path: Path, capsys: pytest.CaptureFi
     broken_export.mkdir()
     (broken_export / "export.json").write_text("{not json")
     assert_clean_failure(capsys, ["eval", broken_export, "--data", "shapes"], "corrupt")
+    assert_clean_failure(capsys, ["info", broken_export], "corrupt")
 
 
 def test_eval_class_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture, shapes_artifact: Path) -> None:

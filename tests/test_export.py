@@ -98,6 +98,18 @@ def test_export_writes_its_verification_and_contract(tmp_path: Path, shapes_arti
     assert len(contract["classes"]) == 10 and contract["output"]["name"] == "logits"
 
 
+def test_info_describes_an_export(tmp_path: Path, shapes_artifact: Path, capsys: pytest.CaptureFixture) -> None:
+    result = do_export(shapes_artifact, tmp_path / "onnx", input="uint8")
+    capsys.readouterr()
+    assert run_cli("info", result.path) == 0
+    text = capsys.readouterr().out
+    for expected in ("onnx (onnx: model.onnx", "'pixels' uint8 batchx32x32x3 (NHWC)", "10: circle, square",
+                     f"{shapes_artifact} (finetune", "verified (onnxruntime)  passed: top-1 agreement 100.00%"):
+        assert expected in text, expected
+    assert run_cli("info", result.path, "--json") == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((result.path / "export.json").read_text())
+
+
 def test_fp16_onnx_is_half_precision_and_close(tmp_path: Path, shapes_artifact: Path) -> None:
     fp32 = do_export(shapes_artifact, tmp_path / "fp32").path / "model.onnx"
     fp16 = do_export(shapes_artifact, tmp_path / "fp16", precision="fp16").path / "model.onnx"

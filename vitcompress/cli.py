@@ -262,9 +262,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     p.add_argument("--quiet", action="store_true", help=HELP["quiet"])
 
-    p = sub.add_parser("info", formatter_class=fmt, parents=[common], help="describe an artifact")
-    p.add_argument("src", help="artifact directory")
-    p.add_argument("--json", action="store_true", help="print the artifact's metadata as JSON")
+    p = sub.add_parser("info", formatter_class=fmt, parents=[common], help="describe an artifact or an export")
+    p.add_argument("src", help="artifact or export directory")
+    p.add_argument("--json", action="store_true", help="print the artifact's metadata (an export's manifest) as JSON")
     return parser
 
 
@@ -338,10 +338,9 @@ def _run(args: argparse.Namespace) -> None:
                                    args.batch_size, args.device, quiet=args.quiet or args.json, backend=args.backend)
         print(json.dumps(report) if args.json else f"{metrics_table(report)}\n\n{per_class_table(report)}")
     elif args.command == "info":
-        from vitcompress.artifact import read_meta
-        from vitcompress.report import describe
+        from vitcompress.report import describe, info_json
 
-        print(json.dumps(read_meta(args.src).to_json(), indent=2) if args.json else describe(args.src))
+        print(json.dumps(info_json(args.src), indent=2) if args.json else describe(args.src))
 
 
 def _after_interrupt(command: str) -> str:

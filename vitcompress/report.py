@@ -45,8 +45,64 @@ def _precision(meta: ArtifactMeta) -> str:
     return f"INT8 ({q['weights']}, activations {q['activations']}; {method} calibration; full precision: {skipped})"
 
 
+def info_json(path: str | Path) -> dict[str, Any]:
+    """What ``vitcompress info --json`` prints: an artifact's metadata, or an export's manifest."""
+    from vitcompress.sources import open_source, read_manifest
+
+    source = open_source(path)  # one line for anything that is neither
+    return read_meta(path).to_json() if source.kind == "artifact" else read_manifest(path)
+
+
 def describe(path: str | Path) -> str:
-    """What ``vitcompress info`` prints about an artifact."""
+    """What ``vitcompress info`` prints about an artifact or an export."""
+    from vitcompress.sources import open_source
+
+    source = open_source(path)
+    return _describe_artifact(path) if source.kind == "artifact" else _describe_export(path, source)
+
+
+def _describe_export(path: str | Path, source: Any) -> str:
+    """Format, arithmetic, the input contract, where it came from and how it was verified."""
+    from vitcompress.sources import read_manifest
+
+    manifest = read_manifest(path)
+    model_input, output = manifest["contract"]["input"], manifest["contract"]["output"]
+    shape = "x".join(str(d) for d in model_input["shape"])
+    rows = [
+        ("export", str(path)),
+        ("format", f"{manifest['format']} ({source.kind}: {source.file.name}, {source.file_bytes / 1e6:.2f} MB)"),
+        ("precision", f"{manifest['precision']} (graph for {manifest['target']})"),
+        ("input", f"'{model_input['name']}' {model_input['dtype']} {shape} ({model_input['layout']})"
+                  + (f", batches up to {source.max_batch}" if source.max_batch else "")),
+        ("output", f"'{output['name']}' {output['dtype']} {'x'.join(str(d) for d in output['shape'])}"),
+        ("classes", _classes(source.classes)),
+        ("source", f"{manifest['source']['path']} ({manifest.get('source_stage', '?')}, "
+                   f"sha256 {manifest['source']['sha256'][:12]})"),
+        ("params", _fmt(source.params if source.params is not None else "?")),
+        ("MACs", _fmt(source.macs if source.macs is not None else "?")),
+        *[(f"verified ({runtime})", _verification(report)) for runtime, report in manifest.get("verify", {}).items()],
+    ]
+    if manifest.get("engine"):
+        engine = manifest["engine"]
+        rows.append(("engine", f"TensorRT {engine['tensorrt']} on {engine['gpu']} (compute {engine['compute_capability']})"))
+    if manifest.get("triton"):
+        rows.append(("triton model", f"{manifest['triton']['name']}, max batch {manifest['triton'].get('max_batch_size')}"))
+    rows += [("created", manifest.get("created", "?")),
+             ("versions", ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items()))]
+    return tabulate(rows, tablefmt="plain", disable_numparse=True)
+
+
+def _verification(report: dict[str, Any]) -> str:
+    verdict = "passed" if report.get("passed") else f"FAILED: {report.get('failure')}"
+    return (f"{verdict}: top-1 agreement {100 * report['top1_agreement']:.2f}%, largest logit error "
+            f"{report['max_abs_error']:.2e}, on {report['source']}")
+
+
+def _classes(classes: list[str]) -> str:
+    return f"{len(classes)}: {', '.join(classes[:12])}{' ...' if len(classes) > 12 else ''}"
+
+
+def _describe_artifact(path: str | Path) -> str:
     meta = read_meta(path)
     heads = meta.heads_per_block
     rows = [
@@ -54,7 +110,7 @@ def describe(path: str | Path) -> str:
         ("stage", meta.stage),
         ("model", meta.model_name),
         ("model kwargs", ", ".join(f"{k}={v}" for k, v in meta.model_kwargs.items())),
-        ("classes", f"{len(meta.classes)}: {', '.join(meta.classes[:12])}{' ...' if len(meta.classes) > 12 else ''}"),
+        ("classes", _classes(meta.classes)),
         ("input", f"3x{meta.img_size}x{meta.img_size}, mean {meta.mean}, std {meta.std}"),
         ("heads per block", f"{heads} (total {sum(heads)})" if heads else "n/a"),
         ("MLP width per block", str(meta.mlp_per_block) if meta.mlp_per_block else "unpruned"),

@@ -75,13 +75,25 @@ def _artifact(path: Path) -> ModelSource:
                        meta.metrics.get("macs"))
 
 
-def _export(path: Path) -> ModelSource:
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The ``export.json`` of an export directory; one line when it is missing or not JSON."""
+    path = Path(path)
+    if not (path / EXPORT_MANIFEST).is_file():
+        raise UserError(f"{path} is not an export (no {EXPORT_MANIFEST})", "pass a directory written by `vitcompress export`")
     try:
-        manifest = json.loads((path / EXPORT_MANIFEST).read_text())
+        return json.loads((path / EXPORT_MANIFEST).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path / EXPORT_MANIFEST} is corrupt ({type(exc).__name__}: {exc})",
+                        "re-export with `vitcompress export`") from None
+
+
+def _export(path: Path) -> ModelSource:
+    manifest = read_manifest(path)
+    try:
         contract = manifest["contract"]
         model_input = contract["input"]
         size = int(model_input["shape"][2 if model_input["layout"] == "NHWC" else 3])
-    except (json.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as exc:
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
         raise UserError(f"{path / EXPORT_MANIFEST} is corrupt ({type(exc).__name__}: {exc})",
                         "re-export with `vitcompress export`") from None
     file, kind = _model_file(path, manifest)
