@@ -1,15 +1,18 @@
 """Attention modules that work with any number of heads, for attention classes whose forward does not.
 
-timm's ``beit.Attention`` and ``RelPosAttention`` end with ``reshape(B, N, C)``, where ``C`` is the
-*input* width; that only holds while ``num_heads * head_dim == C``. After head pruning it does not,
-so their pruned blocks use these subclasses: the same computation, reshaped to the attention width.
+timm's ``beit.Attention``, ``RelPosAttention`` and ``EvaAttention`` end with ``reshape(B, N, C)``,
+where ``C`` is the *input* width; that only holds while ``num_heads * head_dim == C``. After head
+pruning it does not, so their pruned blocks use these subclasses: the same computation (timm 1.0's,
+checked against it by the tests), reshaped to the attention width.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import apply_rot_embed_cat
 from timm.models import beit
+from timm.models.eva import EvaAttention
 from timm.models.vision_transformer_relpos import RelPosAttention
 from torch import nn
 
@@ -45,6 +48,35 @@ class PrunedRelPosAttention(RelPosAttention):
         return self.proj_drop(self.proj(x))
 
 
+class PrunedEvaAttention(EvaAttention):
+    """``EvaAttention`` (EVA, EVA-02, timm's RoPE ViTs) with fused qkv, reshaped to the attention width.
+
+    RoPE rotates each head's dimensions the same way, so it needs nothing per head. Gated attention
+    and separate q/k/v projections are refused by ``check_prunable`` before this is used.
+    """
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        B, N, _ = x.shape
+        if self.q_bias is None:
+            qkv = self.qkv(x)
+        elif self.qkv_bias_separate:
+            qkv = self.qkv(x) + torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        else:
+            qkv = F.linear(x, weight=self.qkv.weight, bias=torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+        q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            npt, half = self.num_prefix_tokens, getattr(self, "rotate_half", False)
+            q = torch.cat([q[:, :, :npt, :], apply_rot_embed_cat(q[:, :, npt:, :], rope, half=half)], dim=2).type_as(v)
+            k = torch.cat([k[:, :, :npt, :], apply_rot_embed_cat(k[:, :, npt:, :], rope, half=half)], dim=2).type_as(v)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                           dropout_p=self.attn_drop.p if self.training else 0.0)
+        x = self.norm(x.transpose(1, 2).reshape(B, N, -1))
+        return self.proj_drop(self.proj(x))
+
+
 # the subclass a pruned block's attention becomes (attention classes whose own forward already works are absent)
 WIDTH_SAFE: dict[type[nn.Module], type[nn.Module]] = {beit.Attention: PrunedBeitAttention,
-                                                      RelPosAttention: PrunedRelPosAttention}
+                                                      RelPosAttention: PrunedRelPosAttention,
+                                                      EvaAttention: PrunedEvaAttention}

@@ -92,13 +92,15 @@ def _register_attention_classes() -> None:
     from modelopt.torch.quantization.plugins.attention import register_attention_for_kv_quant
     from timm.layers.attention import Attention
     from timm.models.beit import Attention as BeitAttention
+    from timm.models.eva import EvaAttention
     from timm.models.vision_transformer_relpos import RelPosAttention
 
-    from vitcompress.compress.pruned_attention import PrunedBeitAttention, PrunedRelPosAttention
+    from vitcompress.compress.pruned_attention import PrunedBeitAttention, PrunedEvaAttention, PrunedRelPosAttention
 
     # The subclasses first: once its parent is registered, modelopt would wrap a subclass with the
     # parent's quantizers but keep the subclass's own, unpatched forward.
-    for cls in (PrunedBeitAttention, BeitAttention, PrunedRelPosAttention, RelPosAttention, Attention):
+    for cls in (PrunedBeitAttention, BeitAttention, PrunedRelPosAttention, RelPosAttention, PrunedEvaAttention,
+                EvaAttention, Attention):
         if cls not in _ATTENTION_REGISTERED:
             register_attention_for_kv_quant(cls)
             _ATTENTION_REGISTERED.add(cls)

@@ -30,12 +30,13 @@ def _supported_attention() -> tuple[type[nn.Module], ...]:
     """Attention classes whose heads :func:`remove_heads` knows how to cut (every weight that is per head)."""
     from timm.layers.attention import Attention
     from timm.models.beit import Attention as BeitAttention
+    from timm.models.eva import EvaAttention
     from timm.models.vision_transformer_relpos import RelPosAttention
 
-    return Attention, BeitAttention, RelPosAttention
+    return Attention, BeitAttention, RelPosAttention, EvaAttention
 
 
-SUPPORTED_FAMILIES = "timm's ViT family (ViT, DeiT, DeiT III, DINOv2, CLIP, SigLIP), vit_relpos_* or BEiT"
+SUPPORTED_FAMILIES = "timm's ViT family (ViT, DeiT, DeiT III, DINOv2, CLIP, SigLIP), vit_relpos_*, BEiT or EVA"
 
 
 def check_prunable(model: nn.Module, name: str, mlp: bool = False) -> None:

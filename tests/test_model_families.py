@@ -13,7 +13,7 @@ import torch
 
 from tests.test_bad_input import assert_clean_failure
 from tests.test_export import FP32_TOLERANCE, assert_close_logits, do_export, images, onnx_logits, torch_logits
-from tests.test_prune import KWARGS, logits, make_artifact, zero_head
+from tests.test_prune import KWARGS, logits, make_artifact, scrambled, zero_head
 from vitcompress.artifact import load_model
 from vitcompress.compress.plan import PrunePlan
 from vitcompress.compress.prune import apply_plan, prune
@@ -47,14 +47,33 @@ def test_eva02_exports_and_matches_pytorch(tmp_path: Path, target: str) -> None:
 @pytest.mark.parametrize("rel_pos_type", ["mlp", "bias"])
 def test_relpos_heads_come_out_with_their_relative_position_bias(tmp_path: Path, rel_pos_type: str) -> None:
     """vit_relpos keeps a bias per head (an MLP output or a table column): the right ones must go."""
-    torch.manual_seed(0)
-    model = create_model(RELPOS, {**KWARGS, "rel_pos_type": rel_pos_type}).eval()
+    model = scrambled(create_model(RELPOS, {**KWARGS, "rel_pos_type": rel_pos_type})).eval()
     zero_head(model.blocks[0].attn, 1)
     zero_head(model.blocks[1].attn, 3)
     before = logits(model)
     apply_plan(model, PrunePlan(heads=[[1], [3]], mlp=[[], []]), img_size=32)
     assert heads_per_block(model) == [3, 3]
     torch.testing.assert_close(logits(model), before, atol=1e-5, rtol=1e-5)
+
+
+def test_eva02_heads_come_out_with_their_rope_and_biases() -> None:
+    """EVA-02: q/v biases beside the fused qkv, RoPE, a SwiGLU MLP."""
+    model = scrambled(create_model("eva02_tiny_patch14_224", dict(KWARGS))).eval()
+    zero_head(model.blocks[0].attn, 2)
+    zero_head(model.blocks[1].attn, 0)
+    before = logits(model)
+    apply_plan(model, PrunePlan(heads=[[2], [0]], mlp=[[], []]), img_size=32)
+    assert heads_per_block(model) == [3, 3]
+    torch.testing.assert_close(logits(model), before, atol=1e-5, rtol=1e-5)
+
+
+def test_a_norm_over_the_attention_width_loses_the_heads_channels() -> None:
+    """EVA's ``scale_attn_inner`` LayerNorm spans every head, so even a zeroed head moves the others' statistics:
+    exact logits cannot be the check; the norm must shrink with the heads and the model still run."""
+    model = create_model("eva02_tiny_patch14_224", {**KWARGS, "scale_attn_inner": True}).eval()
+    apply_plan(model, PrunePlan(heads=[[2], [0, 1]], mlp=[[], []]), img_size=32)
+    assert [b.attn.norm.normalized_shape for b in model.blocks] == [(48,), (32,)]
+    assert torch.isfinite(logits(model)).all()
 
 
 def test_pruned_relpos_model_reloads_and_quantizes_its_attention(tmp_path: Path) -> None:
@@ -70,11 +89,9 @@ def test_pruned_relpos_model_reloads_and_quantizes_its_attention(tmp_path: Path)
     assert len(bmm) == 3 * 2  # q, k and v of both blocks
 
 
-def test_a_gated_mlp_model_loses_heads_but_refuses_mlp_pruning(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    src = make_artifact(tmp_path, DINOV2_SWIGLU, create_model(DINOV2_SWIGLU, dict(SWIGLU_KWARGS)))
-    meta_path = src / "vitcompress.json"  # make_artifact records KWARGS; this model needs its mlp_ratio too
-    meta_path.write_text(meta_path.read_text().replace('"num_heads": 4', '"num_heads": 4, "mlp_ratio": 4.0'))
+@pytest.mark.parametrize("name", [DINOV2_SWIGLU, "eva02_tiny_patch14_224"])
+def test_a_gated_mlp_model_loses_heads_but_refuses_mlp_pruning(tmp_path: Path, name: str) -> None:
+    src = make_artifact(tmp_path, name, kwargs=SWIGLU_KWARGS if name == DINOV2_SWIGLU else KWARGS)
     result = prune(PruneConfig(src=str(src), out=str(tmp_path / "heads"), heads=0.5, finetune_epochs=0))
     assert result.meta.heads_per_block == [2, 2] and result.meta.mlp_per_block == []
     with pytest.raises(UserError, match="--mlp 0"):
@@ -82,8 +99,7 @@ def test_a_gated_mlp_model_loses_heads_but_refuses_mlp_pruning(tmp_path: Path) -
     assert not (tmp_path / "mlp").exists()
 
 
-@pytest.mark.parametrize("name, attention", [("eva02_tiny_patch14_224", "EvaAttention"),
-                                             ("cait_xxs24_224", "TalkingHeadAttn")])
+@pytest.mark.parametrize("name, attention", [("xcit_nano_12_p8_224", "XCA"), ("cait_xxs24_224", "TalkingHeadAttn")])
 def test_prune_refuses_attention_it_cannot_cut(tmp_path: Path, capsys: pytest.CaptureFixture, name: str,
                                                attention: str) -> None:
     src = make_artifact(tmp_path, name)
@@ -93,7 +109,7 @@ def test_prune_refuses_attention_it_cannot_cut(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_quantize_attention_refuses_attention_modelopt_cannot_patch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    src = make_artifact(tmp_path, "eva02_tiny_patch14_224")
+    src = make_artifact(tmp_path, "cait_xxs24_224")
     assert_clean_failure(capsys, ["qat", src, "--epochs", "0", "--calib-size", "16", "--quantize-attention",
                                   "--out", tmp_path / "q"], "--quantize-attention", "drop --quantize-attention")
     assert not (tmp_path / "q").exists()
