@@ -33,7 +33,7 @@ from vitcompress.compress.surgery import (
 )
 from vitcompress.config import PruneConfig
 from vitcompress.datasets.imageset import DataSplits
-from vitcompress.distributed import DistContext, resolve_device
+from vitcompress.distributed import DistContext, require_one_process, resolve_device
 from vitcompress.errors import UserError
 from vitcompress.evaluate import evaluate
 from vitcompress.fsutil import atomic_file
@@ -105,6 +105,7 @@ def prune(cfg: PruneConfig) -> StageResult | PrunePreview:
     With ``cfg.dry_run`` nothing is written and a :class:`PrunePreview` is returned instead.
     """
     cfg.validate()
+    require_one_process("prune")
     meta = read_meta(cfg.src)
     if meta.quantization:
         raise UserError(f"{cfg.src} is already quantized ({meta.quantization.get('method', 'int8')})",

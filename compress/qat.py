@@ -31,7 +31,7 @@ from vitcompress.compress.quantize import (
 from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher
 from vitcompress.config import QatConfig
 from vitcompress.datasets.imageset import DataSplits, ImageSet
-from vitcompress.distributed import DistContext, resolve_device
+from vitcompress.distributed import DistContext, require_one_process, resolve_device
 from vitcompress.errors import UserError, require
 from vitcompress.evaluate import evaluate
 from vitcompress.fsutil import atomic_file
@@ -50,6 +50,7 @@ def qat(cfg: QatConfig) -> StageResult | dict[str, Any]:
     With ``cfg.sensitivity`` nothing is written; the per-group sensitivity report is returned instead.
     """
     cfg.validate()
+    require_one_process("qat")
     meta = read_meta(cfg.src)
     if meta.quantization:
         raise UserError(f"{cfg.src} is already quantized ({meta.quantization['method']} calibration)",

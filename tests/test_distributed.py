@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import TINY
+import pytest
+
+from tests.conftest import TINY, run_cli
 from vitcompress.artifact import read_meta
 
 
@@ -28,3 +30,15 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert meta.metrics["top1"] > 0.3, meta.metrics["top1"]
     assert result.stdout.count("artifact:") == 1  # one summary, from rank 0
     assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "model.safetensors", "train_log.csv", "vitcompress.json"]
+
+
+@pytest.mark.parametrize("command", ["prune", "qat", "pipeline"])
+def test_one_process_stages_refuse_torchrun(tmp_path: Path, shapes_artifact: Path, command: str,
+                                            capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun every process would write the same output: prune, qat and pipeline say so instead."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    source = [] if command == "pipeline" else [shapes_artifact]  # pipeline: the built-in recipe
+    assert run_cli(command, *source, "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "torchrun started 2" in err and "without torchrun" in err
+    assert not (tmp_path / "out").exists()

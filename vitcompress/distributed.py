@@ -55,6 +55,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+ONE_GPU_FIX = "run it without torchrun: it uses one GPU (finetune is the stage that trains on several)"
+
+
+def require_one_process(command: str, fix: str = ONE_GPU_FIX) -> None:
+    """Refuse to run under a multi-process ``torchrun``: every process would write the same output."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        raise UserError(f"`vitcompress {command}` runs in one process, and torchrun started {world_size}", fix)
+
+
 def init_distributed(device_name: str) -> DistContext:
     """Join the process group when started by ``torchrun`` (NCCL on GPUs, gloo on CPUs)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

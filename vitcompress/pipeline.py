@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from vitcompress.distributed import require_one_process
 from vitcompress.errors import UserError, require
 from vitcompress.fsutil import atomic_file
 from vitcompress.recipe import STAGES, build_config, load_recipe, section_digest
@@ -76,6 +77,8 @@ def plan(recipe: dict[str, dict[str, Any]]) -> list[Step]:
 def pipeline(recipe_path: str | None, out: str, from_stage: str | None = None, until_stage: str | None = None,
              quiet: bool = False, log: Callable[[str], None] = print) -> PipelineResult:
     """Run (or finish) the recipe's stages into ``out``."""
+    require_one_process("pipeline", "run it without torchrun; to train on several GPUs, run `torchrun ... -m vitcompress "
+                                    "finetune` first and start the recipe from that artifact (src: in its first section)")
     for flag, stage in (("--from", from_stage), ("--until", until_stage)):
         require(stage is None or stage in STAGES, f"{flag} {stage!r} is not a stage", f"use one of {', '.join(STAGES)}")
     recipe = load_recipe(recipe_path or default_recipe())
