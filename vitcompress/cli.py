@@ -146,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         EXPORT_PRECISIONS,
         EXPORT_TARGETS,
         KD_CHOICES,
+        PREDICT_BATCH_SIZE,
         PRUNE_CRITERIA,
         PRUNE_RANKINGS,
         TRITON_INSTANCE_KINDS,
@@ -243,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files (JPEG, PNG, any mode PIL opens), or folders: every image under them")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image")
-    p.add_argument("--batch-size", type=int, default=32, help="images per call of the model")
+    p.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE, help="images per call of the model")
     p.add_argument("--backend", default=None,
                    help="runtime (default: torch for artifacts, ort-cpu for ONNX, tensorrt for engines)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

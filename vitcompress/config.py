@@ -17,6 +17,7 @@ AUTO_AUGMENT_CHOICES = ("none", "randaugment", "autoaugment", "trivialaugment")
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
 # torch.compile's modes; reduce-overhead and max-autotune also replay the compiled step as CUDA graphs on GPUs
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PREDICT_BATCH_SIZE = 32  # images per call of the model in `predict`
 
 
 @dataclass

@@ -24,20 +24,20 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from vitcompress.augment import BatchTransform
+from vitcompress.config import PREDICT_BATCH_SIZE
 from vitcompress.datasets.folder import square_pixels, storage_side
 from vitcompress.errors import UserError
 from vitcompress.runtimes import open_runtime
 from vitcompress.sources import ModelSource, open_source
 
 ImageLike = str | Path | Image.Image
-DEFAULT_BATCH_SIZE = 32
 
 
 class Classifier:
     """A model from ``src`` (any path ``open_source`` knows) that takes PIL images or paths."""
 
     def __init__(self, src: str | Path, backend: str | None = None, threads: int | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+                 batch_size: int = PREDICT_BATCH_SIZE) -> None:
         if batch_size < 1:
             raise UserError(f"--batch-size {batch_size} must be at least 1", "pass e.g. --batch-size 32")
         self.source: ModelSource = open_source(src)
@@ -105,7 +105,7 @@ def image_files(paths: list[str]) -> list[str]:
 
 
 def predict(src: str, images: list[str], top_k: int = 5, backend: str | None = None,
-            batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
+            batch_size: int = PREDICT_BATCH_SIZE) -> list[dict[str, Any]]:
     """``vitcompress predict``: one ``{"image", "top"}`` record per image file (folders expanded)."""
     files = image_files(images)
     answers = Classifier(src, backend, batch_size=batch_size)(files, top_k=top_k)
