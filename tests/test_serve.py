@@ -3,6 +3,7 @@ and answers every request of a concurrent burst."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -144,3 +145,10 @@ def test_foreground_server_answers_then_stops_on_ctrl_c(served) -> None:
 def test_an_onnx_export_is_served_under_its_directory_name_and_the_default_batch(served) -> None:
     source, _ = served
     assert served_model_name("", source) == "pixels" and served_max_batch_size(0, source) == DEFAULT_MAX_BATCH_SIZE
+
+
+def test_an_engine_is_served_with_batches_its_profile_takes(served) -> None:
+    engine = dataclasses.replace(served[0], kind="engine", max_batch=8)  # as `export --format tensorrt --batch 1,4,8`
+    assert served_max_batch_size(0, engine) == 8 and served_max_batch_size(4, engine) == 4
+    with pytest.raises(UserError, match="above the engine's profile maximum 8"):
+        served_max_batch_size(16, engine)

@@ -217,8 +217,12 @@ def served_model_name(requested: str, source: ModelSource) -> str:
 
 
 def served_max_batch_size(requested: int, source: ModelSource) -> int:
-    """``--max-batch-size``, else a Triton repository export's own, else :data:`DEFAULT_MAX_BATCH_SIZE`."""
-    return requested or source.triton.get("max_batch_size") or DEFAULT_MAX_BATCH_SIZE
+    """``--max-batch-size``, else a Triton repository export's own, else :data:`DEFAULT_MAX_BATCH_SIZE`
+    (for an engine, no more than its profile takes: asking for more is an error)."""
+    if requested and source.batch_limit(requested) < requested:
+        raise UserError(f"--max-batch-size {requested} is above the engine's profile maximum {source.max_batch}",
+                        f"pass --max-batch-size {source.max_batch} or less, or rebuild with export --batch ...,{requested}")
+    return source.batch_limit(requested or source.triton.get("max_batch_size") or DEFAULT_MAX_BATCH_SIZE)
 
 
 def ready_message(server: TritonServer) -> str:
