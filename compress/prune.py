@@ -39,15 +39,7 @@ from vitcompress.evaluate import evaluate
 from vitcompress.fsutil import atomic_file
 from vitcompress.latency import torch_latency_ms
 from vitcompress.loader import BatchLoader
-from vitcompress.models import (
-    build_kwargs,
-    count_macs,
-    count_params,
-    create_model,
-    default_img_size,
-    heads_per_block,
-    parse_model_kwargs,
-)
+from vitcompress.models import count_macs, count_params, heads_per_block
 from vitcompress.stage import StageResult, prepare_staging, publish, staging_guard
 from vitcompress.train import seed_everything
 
@@ -121,16 +113,6 @@ def prune(cfg: PruneConfig) -> StageResult | PrunePreview:
     transform = BatchTransform(meta.img_size, meta.mean, meta.std, cfg.train.augment)
     with staging_guard(staging, resumable=cfg.finetune_epochs > 0):
         return _prune_and_publish(cfg, model, meta, data, transform, ctx, out, staging)
-
-
-def check_architecture(model_name: str, model_kwargs: str | dict | None, img_size: int | None,
-                       patch_size: int | None, mlp: bool) -> None:
-    """Refuse, before it is trained, a model that prune would refuse afterwards (``pipeline`` checks its recipe
-    with this). The model is built on the meta device: no weights, no memory, well under a second."""
-    kwargs = build_kwargs(10, img_size or default_img_size(model_name), patch_size, parse_model_kwargs(model_kwargs))
-    with torch.device("meta"):
-        model = create_model(model_name, kwargs)
-    check_prunable(model, model_name, mlp=mlp)
 
 
 def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, data: DataSplits,

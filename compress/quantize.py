@@ -78,18 +78,20 @@ def insert_quantizers(model: nn.Module, config: dict[str, Any]) -> None:
             _register_attention_classes()
         mtq.quantize(model, config, forward_loop=None)
     if attention and not any(name.endswith("_bmm_quantizer") for name, _ in model.named_modules()):
-        raise UserError(f"--quantize-attention: modelopt cannot quantize the attention of {type(model).__name__} "
-                        "(only timm's ViT, BEiT and vit_relpos attention)", "drop --quantize-attention")
+        raise _attention_not_quantizable(model)
     if attention:  # modelopt's patch of the explicit (non-fused) path pairs quantizers with the wrong matmuls
         for module in model.modules():
             if hasattr(module, "fused_attn"):
                 module.fused_attn = True
 
 
-def _register_attention_classes() -> None:
-    """Let modelopt's attention plugin give timm's attention classes Q/K/V quantizers at their matmuls
-    (it patches both the fused ``scaled_dot_product_attention`` call and the explicit ``@`` path)."""
-    from modelopt.torch.quantization.plugins.attention import register_attention_for_kv_quant
+ATTENTION_FAMILIES = "timm's ViT, BEiT, vit_relpos and EVA attention"
+
+
+def quantizable_attention_classes() -> tuple[type[nn.Module], ...]:
+    """The attention classes modelopt's attention plugin is given, subclasses first: once its parent is
+    registered, modelopt would wrap a subclass with the parent's quantizers but keep the subclass's own,
+    unpatched forward."""
     from timm.layers.attention import Attention
     from timm.models.beit import Attention as BeitAttention
     from timm.models.eva import EvaAttention
@@ -97,10 +99,27 @@ def _register_attention_classes() -> None:
 
     from vitcompress.compress.pruned_attention import PrunedBeitAttention, PrunedEvaAttention, PrunedRelPosAttention
 
-    # The subclasses first: once its parent is registered, modelopt would wrap a subclass with the
-    # parent's quantizers but keep the subclass's own, unpatched forward.
-    for cls in (PrunedBeitAttention, BeitAttention, PrunedRelPosAttention, RelPosAttention, PrunedEvaAttention,
-                EvaAttention, Attention):
+    return (PrunedBeitAttention, BeitAttention, PrunedRelPosAttention, RelPosAttention, PrunedEvaAttention,
+            EvaAttention, Attention)
+
+
+def check_attention_quantizable(model: nn.Module) -> None:
+    """Refuse ``--quantize-attention`` for a model with no attention the plugin can patch (CaiT, XCiT)."""
+    if not any(isinstance(module, quantizable_attention_classes()) for module in model.modules()):
+        raise _attention_not_quantizable(model)
+
+
+def _attention_not_quantizable(model: nn.Module) -> UserError:
+    return UserError(f"--quantize-attention: modelopt cannot quantize the attention of {type(model).__name__} "
+                     f"(only {ATTENTION_FAMILIES})", "drop --quantize-attention")
+
+
+def _register_attention_classes() -> None:
+    """Let modelopt's attention plugin give timm's attention classes Q/K/V quantizers at their matmuls
+    (it patches both the fused ``scaled_dot_product_attention`` call and the explicit ``@`` path)."""
+    from modelopt.torch.quantization.plugins.attention import register_attention_for_kv_quant
+
+    for cls in quantizable_attention_classes():
         if cls not in _ATTENTION_REGISTERED:
             register_attention_for_kv_quant(cls)
             _ATTENTION_REGISTERED.add(cls)

@@ -124,6 +124,8 @@ def test_an_interrupted_finetune_resumes(tmp_path: Path) -> None:
     ({**SMALL, "prune": {**SMALL["prune"], "data": "folder:/no/such/dir"}}, "recipe section 'prune': --data folder:/no/such"),
     ({**SMALL, "finetune": {**SMALL["finetune"], "model": "cait_xxs24_224"}},
      "recipe section 'prune': block 0 of cait_xxs24_224 uses timm.models.cait.TalkingHeadAttn"),
+    ({"finetune": {**SMALL["finetune"], "model": "cait_xxs24_224"}, "qat": {**SMALL["qat"], "quantize_attention": True}},
+     "recipe section 'qat': --quantize-attention: modelopt cannot quantize the attention of Cait"),
     ({**SMALL, "finetune": {**SMALL["finetune"], "model": "vit_giant_patch14_dinov2",
                             "model_kwargs": "depth=1,embed_dim=32,num_heads=2,mlp_ratio=4"},
       "prune": {**SMALL["prune"], "mlp": 0.25}}, "recipe section 'prune': block 0 of vit_giant_patch14_dinov2 has a GluMlp"),

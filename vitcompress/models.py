@@ -121,6 +121,14 @@ def create_model(name: str, kwargs: dict[str, Any], pretrained: bool = False) ->
                         "that has them, or pass --init-checkpoint FILE") from None
 
 
+def meta_model(name: str, model_kwargs: str | dict | None, img_size: int | None, patch_size: int | None) -> nn.Module:
+    """The architecture finetune would build, on the meta device: no weights, no memory, well under a second
+    (``pipeline`` checks a recipe's later stages against it before anything trains)."""
+    kwargs = build_kwargs(10, img_size or default_img_size(name), patch_size, parse_model_kwargs(model_kwargs))
+    with torch.device("meta"):
+        return create_model(name, kwargs)
+
+
 def load_init_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load local weights into ``model``; the classifier is re-initialised if its class count differs.
 

@@ -136,22 +136,30 @@ def _resumable(step: Step, target: Path, done: dict[str, Any], digest: str) -> b
 
 def check_options(steps: list[Step], recipe: dict[str, dict[str, Any]], root: Path) -> None:
     """Every step's options, checked before the first step runs: a bad value in qat must not wait for finetune."""
-    configs = {}
+    configs: dict[str, Any] = {}
     for step in steps:
         try:
-            configs[step.name] = _step_config(step, recipe[step.stage], root, resume=False)
-            configs[step.name].validate()
-            if step.stage == "prune" and step.inputs[0] in configs:  # a model the recipe trains first
-                _check_prunable_before_training(configs[step.inputs[0]], configs[step.name])
+            config = configs[step.name] = _step_config(step, recipe[step.stage], root, resume=False)
+            config.validate()
+            finetune = next((configs[s.name] for s in steps if s.stage == "finetune" and s.name in configs), None)
+            if finetune is not None:  # a model the recipe trains first
+                _check_architecture_before_training(step.stage, config, finetune)
         except UserError as exc:
             raise UserError(f"recipe section '{step.stage}': {exc.problem}", exc.fix) from None
 
 
-def _check_prunable_before_training(finetune: Any, prune: Any) -> None:
-    """An architecture prune cannot cut is refused now, not after finetune has trained it."""
-    from vitcompress.compress.prune import check_architecture
+def _check_architecture_before_training(stage: str, config: Any, finetune: Any) -> None:
+    """What prune or ``qat --quantize-attention`` would refuse about the model is refused now, not after
+    finetune has trained it (the model is built on the meta device)."""
+    from vitcompress.compress.quantize import check_attention_quantizable
+    from vitcompress.compress.surgery import check_prunable
+    from vitcompress.models import meta_model
 
-    check_architecture(finetune.model, finetune.model_kwargs, finetune.img_size, finetune.patch_size, mlp=prune.mlp > 0)
+    if stage == "prune":
+        model = meta_model(finetune.model, finetune.model_kwargs, finetune.img_size, finetune.patch_size)
+        check_prunable(model, finetune.model, mlp=config.mlp > 0)
+    elif stage == "qat" and config.quantize_attention:
+        check_attention_quantizable(meta_model(finetune.model, finetune.model_kwargs, finetune.img_size, finetune.patch_size))
 
 
 def _step_config(step: Step, section: dict[str, Any], root: Path, resume: bool) -> Any:
