@@ -79,11 +79,13 @@ def bench(cfg: BenchConfig) -> BenchResult:
                 progress.update(len(cfg.batch_sizes()))
                 continue
             progress.set_postfix_str(f"{source.label} on {backend}")
-            for batch in [b for b in cfg.batch_sizes() if source.batch_limit(b) < b]:
+            batches = [b for b in cfg.batch_sizes() if source.batch_limit(b) == b]  # an engine's profile caps them
+            for batch in [b for b in cfg.batch_sizes() if b not in batches]:
                 skipped.append({"variant": source.label, "backend": backend, "reason": f"batch {batch} is above the "
                                 f"engine's profile maximum {source.max_batch}: rebuild it with export --batch ...,{batch}"})
+                progress.update(1)
             try:
-                measured = _measure(source, backend, cfg, images, progress)
+                measured = _measure(source, backend, batches, cfg, images, progress)
             except UserError as exc:  # a runtime that fails to start here (e.g. Triton from the wrong Python)
                 skipped.append({"variant": source.label, "backend": backend, "reason": str(exc)})
                 continue
@@ -134,7 +136,8 @@ def _eval_images(cfg: BenchConfig, source: ModelSource) -> EvalImages:
     return EvalImages(generated_pixels(max(cfg.batch_sizes()), source.img_size), None, "generated pixels")
 
 
-def _measure(source: ModelSource, backend: str, cfg: BenchConfig, images: EvalImages, progress: tqdm) -> dict[str, Any]:
+def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchConfig, images: EvalImages,
+             progress: tqdm) -> dict[str, Any]:
     pixels = BatchTransform(source.img_size, source.mean, source.std).eval_pixels(images.pixels)
     _reset_peak_rss()
     runtime = RUNTIMES[backend](source, threads=cfg.threads or None)
@@ -144,10 +147,7 @@ def _measure(source: ModelSource, backend: str, cfg: BenchConfig, images: EvalIm
                   "params": source.params, "macs": source.macs}
         accuracy, predicted = _accuracy(runtime, source, pixels, images.labels)
         records = []
-        for batch in cfg.batch_sizes():
-            if source.batch_limit(batch) < batch:  # listed as skipped by the caller
-                progress.update(1)
-                continue
+        for batch in batches:
             inputs = source.prepare(_repeat_to(pixels, batch))
             times = time_calls(lambda inputs=inputs: runtime.run(inputs), cfg.warmup, cfg.min_iters, cfg.max_seconds)
             stats = latency_stats(times)
