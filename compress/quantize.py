@@ -89,18 +89,13 @@ ATTENTION_FAMILIES = "timm's ViT, BEiT, vit_relpos and EVA attention"
 
 
 def quantizable_attention_classes() -> tuple[type[nn.Module], ...]:
-    """The attention classes modelopt's attention plugin is given, subclasses first: once its parent is
-    registered, modelopt would wrap a subclass with the parent's quantizers but keep the subclass's own,
-    unpatched forward."""
-    from timm.layers.attention import Attention
-    from timm.models.beit import Attention as BeitAttention
-    from timm.models.eva import EvaAttention
-    from timm.models.vision_transformer_relpos import RelPosAttention
+    """The attention classes modelopt's attention plugin is given: the ones prune cuts, and our pruned
+    subclasses of them. The subclasses come first: once its parent is registered, modelopt would wrap a
+    subclass with the parent's quantizers but keep the subclass's own, unpatched forward."""
+    from vitcompress.compress.pruned_attention import WIDTH_SAFE
+    from vitcompress.compress.surgery import prunable_attention_classes
 
-    from vitcompress.compress.pruned_attention import PrunedBeitAttention, PrunedEvaAttention, PrunedRelPosAttention
-
-    return (PrunedBeitAttention, BeitAttention, PrunedRelPosAttention, RelPosAttention, PrunedEvaAttention,
-            EvaAttention, Attention)
+    return (*WIDTH_SAFE.values(), *prunable_attention_classes())
 
 
 def check_attention_quantizable(model: nn.Module) -> None:

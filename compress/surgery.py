@@ -26,7 +26,7 @@ def blocks_of(model: nn.Module) -> list[nn.Module]:
     return [b for b in getattr(model, "blocks", []) if hasattr(getattr(b, "attn", None), "num_heads")]
 
 
-def _supported_attention() -> tuple[type[nn.Module], ...]:
+def prunable_attention_classes() -> tuple[type[nn.Module], ...]:
     """Attention classes whose heads :func:`remove_heads` knows how to cut (every weight that is per head)."""
     from timm.layers.attention import Attention
     from timm.models.beit import Attention as BeitAttention
@@ -50,7 +50,7 @@ def check_prunable(model: nn.Module, name: str, mlp: bool = False) -> None:
                         f"prune an artifact of {SUPPORTED_FAMILIES}")
     for i, block in enumerate(blocks):
         attn = block.attn
-        if not isinstance(attn, _supported_attention()):
+        if not isinstance(attn, prunable_attention_classes()):
             kind = f"{type(attn).__module__}.{type(attn).__name__}"
             raise UserError(f"block {i} of {name} uses {kind}, whose heads prune cannot remove",
                             f"prune an artifact of {SUPPORTED_FAMILIES}")
