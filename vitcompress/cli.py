@@ -28,6 +28,7 @@ HELP = {
     "train_subset": "train on a class-balanced, seeded sample of N training images (0: all), for quick runs",
     "cache_dir": "cache for extracted archives and decoded images (default: $VITCOMPRESS_CACHE or ~/.cache/vitcompress)",
     "device": "auto | cpu | cuda | cuda:N (under torchrun each rank uses cuda:LOCAL_RANK)",
+    "backend": "runtime (default: torch for artifacts, ort-cpu for ONNX, tensorrt for engines)",
     "force": "replace an existing output directory",
     "resume": "continue an interrupted run from OUT.tmp-run/last.ckpt",
     "epochs": "training epochs (with --time-budget: the most it may run)",
@@ -245,8 +246,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="image files (JPEG, PNG, any mode PIL opens), or folders: every image under them")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image")
     p.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE, help="images per call of the model")
-    p.add_argument("--backend", default=None,
-                   help="runtime (default: torch for artifacts, ort-cpu for ONNX, tensorrt for engines)")
+    p.add_argument("--backend", default=None, help=HELP["backend"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("eval", formatter_class=fmt, parents=[common],
@@ -258,8 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help=HELP["download"])
     p.add_argument("--batch-size", type=int, default=256, help="images per batch")
     p.add_argument("--device", default="auto", help=HELP["device"] + " (artifacts)")
-    p.add_argument("--backend", default=None,
-                   help="runtime (default: torch for artifacts, ort-cpu for ONNX, tensorrt for engines)")
+    p.add_argument("--backend", default=None, help=HELP["backend"])
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     p.add_argument("--quiet", action="store_true", help=HELP["quiet"])
 

@@ -57,8 +57,10 @@ class TritonServer:
         reason = server_unavailable()
         if reason:
             raise UserError(f"cannot start a Triton server: {reason}", "pip install 'vitcompress[serve]'")
+        from vitcompress.runtimes import DEFAULT_RUNTIME
+
         self.source, self.model_name = source, model_name
-        self.runtime_name = runtime or ("tensorrt" if source.kind == "engine" else "ort-cpu")
+        self.runtime_name = runtime or DEFAULT_RUNTIME[source.kind]
         # an engine takes no more than its profile's largest batch, and Triton must not send it more
         self.threads, self.max_batch_size = threads, source.batch_limit(max_batch_size)
         self.max_queue_delay_us = max_queue_delay_us
