@@ -17,7 +17,7 @@ from vitcompress.augment import BatchTransform
 from vitcompress.config import FinetuneConfig
 from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import DataSplits
-from vitcompress.distributed import DistContext, init_distributed, shutdown_distributed
+from vitcompress.distributed import DistContext, process_group
 from vitcompress.evaluate import evaluate
 from vitcompress.models import (
     build_kwargs,
@@ -45,17 +45,14 @@ def finetune(cfg: FinetuneConfig) -> StageResult:
     check_model_name(cfg.model)
     img_size = cfg.img_size if cfg.img_size is not None else default_img_size(cfg.model)
     check_geometry(img_size, cfg.patch_size, cfg.model)
-    ctx = init_distributed(cfg.device)
-    try:
+    with process_group(cfg.device) as ctx:
         return _finetune(cfg, img_size, ctx)
-    finally:
-        shutdown_distributed(ctx)
 
 
 def _finetune(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> StageResult:
     out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main)
     seed_everything(cfg.train.seed + ctx.rank)
-    data = _load_data_rank0_first(cfg, img_size, ctx)
+    data = ctx.main_first(lambda: load_data(_data_options(cfg, img_size, ctx)))  # rank 0 builds any decode cache
     kwargs = build_kwargs(data.num_classes, img_size, cfg.patch_size, parse_model_kwargs(cfg.model_kwargs))
     if cfg.drop_path:
         kwargs.setdefault("drop_path_rate", cfg.drop_path)
@@ -100,14 +97,10 @@ def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, 
     return StageResult(out, meta)
 
 
-def _load_data_rank0_first(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> DataSplits:
-    """Rank 0 builds any decode cache first; the other ranks then read it."""
-    opts = DataOptions(spec=cfg.data, data_dir=cfg.data_dir, download=cfg.download, img_size=img_size,
+def _data_options(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> DataOptions:
+    return DataOptions(spec=cfg.data, data_dir=cfg.data_dir, download=cfg.download, img_size=img_size,
                        val_split=cfg.val_split, train_subset=cfg.train_subset, seed=cfg.train.seed, cache_dir=cfg.cache_dir,
                        quiet=cfg.train.quiet or not ctx.is_main)
-    data = load_data(opts) if ctx.is_main else None
-    ctx.barrier()
-    return data if data is not None else load_data(opts)
 
 
 def _recipe(cfg: FinetuneConfig) -> dict[str, Any]:

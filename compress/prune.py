@@ -33,7 +33,7 @@ from vitcompress.compress.surgery import (
 )
 from vitcompress.config import PruneConfig
 from vitcompress.datasets.imageset import DataSplits
-from vitcompress.distributed import DistContext, require_one_process, resolve_device
+from vitcompress.distributed import DistContext, process_group
 from vitcompress.errors import UserError
 from vitcompress.evaluate import evaluate
 from vitcompress.fsutil import atomic_file
@@ -97,21 +97,24 @@ def prune(cfg: PruneConfig) -> StageResult | PrunePreview:
     With ``cfg.dry_run`` nothing is written and a :class:`PrunePreview` is returned instead.
     """
     cfg.validate()
-    require_one_process("prune")
     meta = read_meta(cfg.src)
     if meta.quantization:
         raise UserError(f"{cfg.src} is already quantized ({meta.quantization.get('method', 'int8')})",
                         "prune the FP32 artifact it came from, then quantize the pruned one")
-    ctx = DistContext(device=resolve_device(cfg.device))
+    with process_group(cfg.device) as ctx:  # under torchrun: one plan (rank 0's), recovery with DDP
+        return _prune(cfg, ctx)
+
+
+def _prune(cfg: PruneConfig, ctx: DistContext) -> StageResult | PrunePreview:
     model, meta = load_model(cfg.src, ctx.device)
     check_prunable(model, meta.model_name, mlp=cfg.mlp > 0)
     if cfg.dry_run:
         return _preview(cfg, model, meta, ctx)
-    out, staging = prepare_staging(cfg.out, cfg.force, resume=cfg.resume)
-    seed_everything(cfg.train.seed)
-    data = load_source_data(cfg.source, meta, cfg.src, cfg.train)
+    out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main)
+    seed_everything(cfg.train.seed + ctx.rank)
+    data = load_source_data(cfg.source, meta, cfg.src, cfg.train, ctx)
     transform = BatchTransform(meta.img_size, meta.mean, meta.std, cfg.train.augment)
-    with staging_guard(staging, resumable=cfg.finetune_epochs > 0):
+    with staging_guard(staging, ctx.is_main, resumable=cfg.finetune_epochs > 0):
         return _prune_and_publish(cfg, model, meta, data, transform, ctx, out, staging)
 
 
@@ -140,7 +143,7 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
             test = evaluate(model, data.test, transform, ctx)  # the last evaluation is the artifact's test report
             steps[-1].top1_after_surgery = test["top1"]
         if epochs[k - 1]:
-            if not resuming:
+            if not resuming and ctx.is_main:
                 _save_progress(progress_file, k, steps, alive, model, before_top1, before)
             train = copy.deepcopy(cfg.train)
             train.epochs = epochs[k - 1]
@@ -148,7 +151,6 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
                                log_name=f"train_log_step{k}.csv" if cfg.iterative > 1 else None, resume=resuming)
             test = evaluate(model, data.test, transform, ctx)
             steps[-1].top1_after_recovery = test["top1"]
-    progress_file.unlink(missing_ok=True)
     after = _measure(model, ctx, meta.img_size)
     pruning = {
         "criterion": cfg.criterion, "ranking": cfg.ranking, "iterative": cfg.iterative,
@@ -159,7 +161,7 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
         "top1_before": before_top1, "top1_after_surgery": steps[-1].top1_after_surgery,
         "top1_after_recovery": steps[-1].top1_after_recovery,
         "steps": [asdict(s) for s in steps], "before": before, "after": after,
-        "device": str(ctx.device),
+        "device": str(ctx.device), "world_size": ctx.world_size,
     }
     new_meta = ArtifactMeta(
         stage="prune", model_name=meta.model_name, model_kwargs=meta.model_kwargs, classes=meta.classes,
@@ -168,8 +170,11 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
         data=data.description, versions=library_versions(), created=now_iso(),
         metrics={**test, "params": after["params"], "macs": after["macs"], "pruning": pruning},
     )
-    write_artifact(staging, model, new_meta)
-    publish(staging, out)
+    if ctx.is_main:
+        progress_file.unlink(missing_ok=True)
+        write_artifact(staging, model, new_meta)
+        publish(staging, out)
+    ctx.barrier()
     return StageResult(out, new_meta, model)
 
 
@@ -211,7 +216,7 @@ def _plan(cfg: PruneConfig, model: nn.Module, data: DataSplits | None, transform
     scores = score_blocks(model, criterion, batches, seed=seed, mlp=cfg.mlp > 0)
     heads = choose(scores.heads, heads0, ratio_heads, cfg.ranking, "heads")
     mlp = choose(scores.mlp, mlp0, ratio_mlp, cfg.ranking, "MLP channels") if cfg.mlp else [[] for _ in heads]
-    return PrunePlan(heads, mlp)
+    return ctx.broadcast_object(PrunePlan(heads, mlp))  # every rank cuts the same: scores can round apart across GPUs
 
 
 def _score_batches(cfg: PruneConfig, data: DataSplits, transform: BatchTransform,
@@ -242,7 +247,7 @@ def _measure(model: nn.Module, ctx: DistContext, img_size: int) -> dict[str, Any
 def _preview(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, ctx: DistContext) -> PrunePreview:
     """The plan of a one-shot run, and the params/MACs it would leave; nothing is written."""
     needs_data = CRITERIA[cfg.criterion]().needs_data
-    data = load_source_data(cfg.source, meta, cfg.src, cfg.train) if needs_data else None
+    data = load_source_data(cfg.source, meta, cfg.src, cfg.train, ctx) if needs_data else None
     transform = BatchTransform(meta.img_size, meta.mean, meta.std) if needs_data else None
     heads0, mlp0 = heads_per_block(model), mlp_widths(model)
     params0, macs0 = count_params(model), count_macs(model, meta.img_size)

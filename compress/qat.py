@@ -31,7 +31,7 @@ from vitcompress.compress.quantize import (
 from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher
 from vitcompress.config import QatConfig
 from vitcompress.datasets.imageset import DataSplits, ImageSet
-from vitcompress.distributed import DistContext, require_one_process, resolve_device
+from vitcompress.distributed import DistContext, process_group
 from vitcompress.errors import UserError, require
 from vitcompress.evaluate import evaluate
 from vitcompress.fsutil import atomic_file
@@ -50,18 +50,21 @@ def qat(cfg: QatConfig) -> StageResult | dict[str, Any]:
     With ``cfg.sensitivity`` nothing is written; the per-group sensitivity report is returned instead.
     """
     cfg.validate()
-    require_one_process("qat")
     meta = read_meta(cfg.src)
     if meta.quantization:
         raise UserError(f"{cfg.src} is already quantized ({meta.quantization['method']} calibration)",
                         "quantize the FP32 (or pruned) artifact it came from")
     modelopt()  # fail early, with the install hint, before any data is read
-    ctx = DistContext(device=resolve_device(cfg.device))
+    with process_group(cfg.device) as ctx:  # under torchrun: rank 0's ranges on every rank, QAT with DDP
+        return _qat(cfg, ctx)
+
+
+def _qat(cfg: QatConfig, ctx: DistContext) -> StageResult | dict[str, Any]:
     model, meta = load_model(cfg.src, ctx.device)
     if not cfg.sensitivity:
-        out, staging = prepare_staging(cfg.out, cfg.force, resume=cfg.resume)
-    seed_everything(cfg.train.seed)
-    data = load_source_data(cfg.source, meta, cfg.src, cfg.train)
+        out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main)
+    seed_everything(cfg.train.seed + ctx.rank)
+    data = load_source_data(cfg.source, meta, cfg.src, cfg.train, ctx)
     require(cfg.calib_size <= len(data.train), f"--calib-size {cfg.calib_size} is more than the {len(data.train)} "
             "training images", f"pass --calib-size {len(data.train)} or less")
     transform = BatchTransform(meta.img_size, meta.mean, meta.std, cfg.train.augment)
@@ -69,7 +72,7 @@ def qat(cfg: QatConfig) -> StageResult | dict[str, Any]:
         from vitcompress.compress.sensitivity import sensitivity
 
         return sensitivity(model, cfg, data, transform, ctx)
-    with staging_guard(staging, resumable=cfg.train.epochs > 0):
+    with staging_guard(staging, ctx.is_main, resumable=cfg.train.epochs > 0):
         return _quantize_and_publish(cfg, model, meta, data, transform, ctx, out, staging)
 
 
@@ -87,13 +90,13 @@ def _quantize_and_publish(cfg: QatConfig, model: nn.Module, meta: ArtifactMeta, 
         progress = {"top1_fp32": evaluate(model, data.test, transform, ctx)["top1"]}
         progress["unreached"] = quantize_and_calibrate(model, config, cfg, data, transform, ctx)
         progress["top1_ptq"] = evaluate(model, data.test, transform, ctx)["top1"]
-        with atomic_file(progress_file) as tmp:
-            tmp.write_text(json.dumps(progress))
+        if ctx.is_main:
+            with atomic_file(progress_file) as tmp:
+                tmp.write_text(json.dumps(progress))
     top1_fp32, top1_ptq, unreached = progress["top1_fp32"], progress["top1_ptq"], progress["unreached"]
     fit = (fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, cfg.train, resume=cfg.resume)
            if cfg.train.epochs else None)
     test = evaluate(model, data.test, transform, ctx)
-    progress_file.unlink()
     quantized, skipped = quantized_layers(model)
     quantization = {"format": "int8 fake-quant (nvidia-modelopt)", "method": cfg.calib_method,
                     "percentile": cfg.percentile if cfg.calib_method == "percentile" else None,
@@ -110,10 +113,13 @@ def _quantize_and_publish(cfg: QatConfig, model: nn.Module, meta: ArtifactMeta, 
                  "qat": {"top1_fp32": top1_fp32, "top1_ptq": top1_ptq,
                          "top1_qat": test["top1"] if cfg.train.epochs else None, "calib_size": cfg.calib_size,
                          "epochs": len(fit.history) if fit else 0, "time_budget": cfg.train.time_budget or None,
-                         "device": str(ctx.device)}},
+                         "device": str(ctx.device), "world_size": ctx.world_size}},
     )
-    write_artifact(staging, model, new_meta)
-    publish(staging, out)
+    if ctx.is_main:
+        progress_file.unlink()
+        write_artifact(staging, model, new_meta)
+        publish(staging, out)
+    ctx.barrier()
     return StageResult(out, new_meta, model)
 
 
@@ -124,8 +130,10 @@ def quantize_and_calibrate(model: nn.Module, config: dict[str, Any], cfg: QatCon
     Returns the quantizers calibration never reached (switched off; see ``quantize.calibrate``).
     """
     insert_quantizers(model, config)
-    return calibrate(model, calibration_loop(data.train, cfg.calib_size, transform, ctx, cfg.train.seed),
-                     cfg.calib_method, cfg.percentile)
+    unreached = calibrate(model, calibration_loop(data.train, cfg.calib_size, transform, ctx, cfg.train.seed),
+                          cfg.calib_method, cfg.percentile)
+    ctx.broadcast_state(model)  # every rank calibrated on the same images; rank 0's ranges are the ones kept
+    return unreached
 
 
 def calibration_loop(train: ImageSet, size: int, transform: BatchTransform, ctx: DistContext,

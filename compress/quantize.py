@@ -70,9 +70,13 @@ def insert_quantizers(model: nn.Module, config: dict[str, Any]) -> None:
     """Wrap the model's Linear/Conv layers with modelopt quantizers (not calibrated yet)."""
     import contextlib
     import io
+    import warnings
 
     mtq = modelopt()
-    with contextlib.redirect_stdout(io.StringIO()):  # modelopt prints what it patches and inserts
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # modelopt prints what it patches
+        # under torchrun modelopt warns, per layer class, that it takes the whole process group as the
+        # data-parallel group: what DDP uses here too
+        warnings.filterwarnings("ignore", message="Distributed training is initialized but no parallel_state")
         attention = any(e["quantizer_name"] == ATTENTION_QUANTIZERS for e in config["quant_cfg"])
         if attention:
             _register_attention_classes()

@@ -20,14 +20,20 @@ from vitcompress.errors import require
 from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, FitResult, Trainer
 
 
-def load_source_data(source: SourceData, meta: ArtifactMeta, src: str, train: TrainConfig) -> DataSplits:
-    """The data the artifact names (or ``source.data``), split for validation as its parent was."""
+def load_source_data(source: SourceData, meta: ArtifactMeta, src: str, train: TrainConfig,
+                     ctx: DistContext | None = None) -> DataSplits:
+    """The data the artifact names (or ``source.data``), split for validation as its parent was.
+
+    Under torchrun rank 0 loads first (building any decode cache), then the other ranks, quietly.
+    """
+    ctx = ctx or DistContext()
     spec = source.data or meta.data.get("spec")
     require(bool(spec), f"{src} does not say which data it was trained on", "pass --data")
     seed = meta.recipe.get("train", {}).get("seed", train.seed)  # the parent's validation split
-    return load_data(DataOptions(spec=spec, data_dir=source.data_dir, download=source.download, img_size=meta.img_size,
-                                 val_split=source.val_split, train_subset=source.train_subset, seed=seed,
-                                 cache_dir=source.cache_dir, quiet=train.quiet, expected_classes=meta.classes))
+    options = DataOptions(spec=spec, data_dir=source.data_dir, download=source.download, img_size=meta.img_size,
+                          val_split=source.val_split, train_subset=source.train_subset, seed=seed,
+                          cache_dir=source.cache_dir, quiet=train.quiet or not ctx.is_main, expected_classes=meta.classes)
+    return ctx.main_first(lambda: load_data(options))
 
 
 def make_teacher(model: nn.Module, kd: DistillOptions, epochs: int) -> nn.Module | None:
@@ -53,9 +59,11 @@ def fine_tune_in_place(model: nn.Module, teacher: nn.Module | None, kd: DistillO
         model.load_state_dict(load_file(str(best), device=str(ctx.device)))
     else:
         model.load_state_dict(trainer.eval_model().state_dict())
-    for name in (BEST_WEIGHTS_FILE, CHECKPOINT_FILE):
-        (workdir / name).unlink(missing_ok=True)
-    if log_name and (workdir / LOG_FILE).is_file():
-        (workdir / LOG_FILE).rename(workdir / log_name)
+    ctx.barrier()  # every rank has read the best weights before rank 0 removes them
+    if ctx.is_main:
+        for name in (BEST_WEIGHTS_FILE, CHECKPOINT_FILE):
+            (workdir / name).unlink(missing_ok=True)
+        if log_name and (workdir / LOG_FILE).is_file():
+            (workdir / LOG_FILE).rename(workdir / log_name)
     model.eval()
     return fit

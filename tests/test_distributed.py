@@ -1,13 +1,14 @@
-"""torchrun with two CPU processes (gloo): DDP trains, rank 0 alone writes the artifact."""
+"""torchrun with two CPU processes (gloo): DDP trains (finetune, prune's recovery, qat), rank 0 alone writes."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import yaml
 
 from tests.conftest import TINY, run_cli
 from vitcompress.artifact import read_meta
@@ -32,13 +33,63 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "model.safetensors", "train_log.csv", "vitcompress.json"]
 
 
-@pytest.mark.parametrize("command", ["prune", "qat", "pipeline"])
-def test_one_process_stages_refuse_torchrun(tmp_path: Path, shapes_artifact: Path, command: str,
-                                            capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under torchrun every process would write the same output: prune, qat and pipeline say so instead."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    source = [] if command == "pipeline" else [shapes_artifact]  # pipeline: the built-in recipe
-    assert run_cli(command, *source, "--out", tmp_path / "out") == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "torchrun started 2" in err and "without torchrun" in err
-    assert not (tmp_path / "out").exists()
+def _torchrun(*args: object, processes: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+           "-m", "vitcompress", *map(str, args)]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_prune_then_qat(tmp_path: Path, shapes_artifact: Path) -> None:
+    """prune and qat under torchrun: rank 0's plan and INT8 ranges on every rank, recovery and QAT with DDP,
+    one artifact. The surgery and the PTQ are the single-process ones (same plan, same ranges, same score)."""
+    prune_args = ["--heads", "0.5", "--criterion", "taylor", "--batch-size", "32", "--device", "cpu", "--quiet"]
+    single = tmp_path / "single"
+    assert run_cli("prune", shapes_artifact, *prune_args, "--finetune-epochs", "0", "--out", single) == 0
+    pruned = tmp_path / "pruned"
+    result = _torchrun("prune", shapes_artifact, *prune_args, "--finetune-epochs", "2", "--out", pruned)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("artifact:") == 1  # one summary, from rank 0
+    meta, alone = read_meta(pruned), read_meta(single)
+    assert meta.metrics["pruning"]["world_size"] == 2 and meta.heads_per_block == [1, 1]
+    assert meta.metrics["pruning"]["removed_heads"] == alone.metrics["pruning"]["removed_heads"]
+    assert meta.metrics["pruning"]["top1_after_surgery"] == alone.metrics["pruning"]["top1_after_surgery"]
+    assert meta.metrics["samples"] == 1000 and meta.metrics["top1"] > 0.3, meta.metrics["top1"]
+    assert not any(p.name.endswith(".tmp-run") for p in tmp_path.iterdir())
+
+    qat_args = ["--calib-size", "128", "--batch-size", "32", "--device", "cpu", "--quiet"]
+    ptq = tmp_path / "ptq"
+    assert run_cli("qat", pruned, *qat_args, "--epochs", "0", "--out", ptq) == 0
+    int8 = tmp_path / "int8"
+    result = _torchrun("qat", pruned, *qat_args, "--epochs", "1", "--out", int8)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("artifact:") == 1
+    qat, alone = read_meta(int8).metrics["qat"], read_meta(ptq).metrics["qat"]
+    assert qat["world_size"] == 2 and qat["epochs"] == 1
+    assert qat["top1_ptq"] == alone["top1_ptq"]
+    assert read_meta(int8).metrics["top1"] > 0.3
+
+
+def test_torchrun_pipeline(tmp_path: Path) -> None:
+    """The whole pipeline under torchrun: every training stage on both processes, exports and bench on rank 0."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "finetune": {"model": "vit_tiny_patch16_224", "data": "shapes", "img_size": 32, "patch_size": 8,
+                     "model_kwargs": "depth=1,embed_dim=32,num_heads=2", "epochs": 2, "lr": "3e-3", "batch_size": 64,
+                     "drop_path": 0.0, "device": "cpu"},
+        "prune": {"heads": 0.5, "criterion": "l1", "finetune_epochs": 1, "batch_size": 64, "device": "cpu"},
+        "qat": {"epochs": 1, "calib_size": 64, "batch_size": 64, "device": "cpu"},
+        "export": {"verify_size": 16},
+        "bench": {"data": "shapes", "eval_size": 64, "backends": "ort-cpu", "batch": "1", "warmup": 1, "min_iters": 2,
+                  "max_seconds": 0.05},
+    }, sort_keys=False))
+    out = tmp_path / "out"
+    result = _torchrun("pipeline", recipe, "--out", out, "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("pipeline: ") == 1 and result.stdout.count("[pipeline] bench") == 1
+    state = json.loads((out / "pipeline.json").read_text())["steps"]
+    assert {name: step["status"] for name, step in state.items()} == dict.fromkeys(
+        ["fp32", "pruned", "int8", "pruned-int8", "onnx-fp32", "onnx-pruned", "onnx-int8", "onnx-pruned-int8", "bench"], "done")
+    assert read_meta(out / "fp32").metrics["world_size"] == 2
+    assert read_meta(out / "pruned").metrics["pruning"]["world_size"] == 2
+    assert read_meta(out / "pruned-int8").metrics["qat"]["world_size"] == 2
+    assert len(json.loads((out / "bench" / "results.json").read_text())["records"]) == 4

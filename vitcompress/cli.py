@@ -269,6 +269,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
+    say = print if _is_rank0() else _silent  # under torchrun every process runs the command; rank 0 reports
     if args.command == "finetune":
         from vitcompress.cliargs import dataclass_from_args
         from vitcompress.compress.finetune import finetune
@@ -276,8 +277,7 @@ def _run(args: argparse.Namespace) -> None:
         from vitcompress.report import stage_summary
 
         result = finetune(dataclass_from_args(FinetuneConfig, args))
-        if _is_rank0():
-            print(stage_summary(result.path, result.meta))
+        say(stage_summary(result.path, result.meta))
     elif args.command == "prune":
         from vitcompress.cliargs import dataclass_from_args
         from vitcompress.compress.prune import PrunePreview, prune
@@ -285,7 +285,7 @@ def _run(args: argparse.Namespace) -> None:
         from vitcompress.report import prune_preview, prune_summary
 
         result = prune(dataclass_from_args(PruneConfig, args))
-        print(prune_preview(result) if isinstance(result, PrunePreview) else prune_summary(result.path, result.meta))
+        say(prune_preview(result) if isinstance(result, PrunePreview) else prune_summary(result.path, result.meta))
     elif args.command == "qat":
         from vitcompress.cliargs import dataclass_from_args
         from vitcompress.compress.qat import qat
@@ -293,7 +293,7 @@ def _run(args: argparse.Namespace) -> None:
         from vitcompress.report import qat_summary, sensitivity_table
 
         result = qat(dataclass_from_args(QatConfig, args))
-        print(sensitivity_table(result) if isinstance(result, dict) else qat_summary(result.path, result.meta))
+        say(sensitivity_table(result) if isinstance(result, dict) else qat_summary(result.path, result.meta))
     elif args.command == "export":
         from vitcompress.cliargs import dataclass_from_args
         from vitcompress.config import ExportConfig
@@ -301,7 +301,7 @@ def _run(args: argparse.Namespace) -> None:
         from vitcompress.report import export_summary
 
         result = export(dataclass_from_args(ExportConfig, args))
-        print(export_summary(result.path, result.manifest))
+        say(export_summary(result.path, result.manifest))
     elif args.command == "bench":
         from vitcompress.bench import bench
         from vitcompress.bench_report import report_table, skipped_table
@@ -310,7 +310,7 @@ def _run(args: argparse.Namespace) -> None:
 
         result = bench(dataclass_from_args(BenchConfig, args))
         skipped = skipped_table(result.results)
-        print(f"\n{report_table(result.results)}\n\n{skipped}\n\nreport: {result.path / 'report.md'}")
+        say(f"\n{report_table(result.results)}\n\n{skipped}\n\nreport: {result.path / 'report.md'}")
     elif args.command == "serve":
         from vitcompress.cliargs import dataclass_from_args
         from vitcompress.config import ServeConfig
@@ -323,24 +323,24 @@ def _run(args: argparse.Namespace) -> None:
 
         result = pipeline(args.recipe, args.out, args.from_stage, args.until_stage, quiet=args.quiet)
         table = f"\n{report_table(result.bench.results)}\n\nreport: {result.bench.path / 'report.md'}" if result.bench else ""
-        print(f"{table}\n\npipeline: {result.path} (ran: {', '.join(result.ran) or 'nothing'})")
+        say(f"{table}\n\npipeline: {result.path} (ran: {', '.join(result.ran) or 'nothing'})")
     elif args.command == "predict":
         from vitcompress.predict import predict
         from vitcompress.report import predictions_table
 
         records = predict(args.src, args.images, args.top_k, args.backend, args.batch_size)
-        print(json.dumps({"model": args.src, "predictions": records}) if args.json else predictions_table(records))
+        say(json.dumps({"model": args.src, "predictions": records}) if args.json else predictions_table(records))
     elif args.command == "eval":
         from vitcompress.evaluate import evaluate_artifact
         from vitcompress.report import metrics_table, per_class_table
 
         report = evaluate_artifact(args.src, args.data, args.data_dir, args.download, args.cache_dir,
                                    args.batch_size, args.device, quiet=args.quiet or args.json, backend=args.backend)
-        print(json.dumps(report) if args.json else f"{metrics_table(report)}\n\n{per_class_table(report)}")
+        say(json.dumps(report) if args.json else f"{metrics_table(report)}\n\n{per_class_table(report)}")
     elif args.command == "info":
         from vitcompress.report import describe, info_json
 
-        print(json.dumps(info_json(args.src), indent=2) if args.json else describe(args.src))
+        say(json.dumps(info_json(args.src), indent=2) if args.json else describe(args.src))
 
 
 def _after_interrupt(command: str) -> str:
@@ -350,6 +350,10 @@ def _after_interrupt(command: str) -> str:
     if command == "pipeline":
         return "run the same command again: finished stages are skipped, an interrupted training stage resumes"
     return "nothing was written (outputs appear whole or not at all)"
+
+
+def _silent(*_: object) -> None:
+    pass
 
 
 def _is_rank0() -> bool:

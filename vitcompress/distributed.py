@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from vitcompress.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -36,6 +42,30 @@ class DistContext:
         dist.broadcast(tensor, src=0)
         return int(tensor.item())
 
+    def broadcast_object(self, value: T) -> T:
+        """Rank 0's ``value`` (any picklable object this program made, never a user's file) on every rank."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        return box[0]
+
+    def broadcast_state(self, module: nn.Module) -> None:
+        """Make every rank's parameters and buffers rank 0's, in place.
+
+        For state each rank computed alone that must agree exactly, e.g. calibrated INT8 ranges: the same
+        images on different GPUs can round differently.
+        """
+        if self.distributed:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+    def main_first(self, work: Callable[[], T]) -> T:
+        """Rank 0 runs ``work`` first (building any cache it fills), then the other ranks run it."""
+        result = work() if self.is_main else None
+        self.barrier()
+        return result if self.is_main else work()
+
     def barrier(self) -> None:
         if self.distributed:  # NCCL wants the device named, or it guesses (and warns)
             dist.barrier(device_ids=[self.device.index]) if self.device.type == "cuda" else dist.barrier()
@@ -55,30 +85,28 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-ONE_GPU_FIX = "run it without torchrun: it uses one GPU (finetune is the stage that trains on several)"
-
-
-def require_one_process(command: str, fix: str = ONE_GPU_FIX) -> None:
-    """Refuse to run under a multi-process ``torchrun``: every process would write the same output."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:
-        raise UserError(f"`vitcompress {command}` runs in one process, and torchrun started {world_size}", fix)
-
-
 def init_distributed(device_name: str) -> DistContext:
-    """Join the process group when started by ``torchrun`` (NCCL on GPUs, gloo on CPUs)."""
+    """Join the process group when started by ``torchrun`` (NCCL for CUDA tensors, gloo for CPU ones)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
     if world_size <= 1:
         return DistContext(device=device)
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():  # both backends: a pipeline's group serves stages on either device
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     return DistContext(dist.get_rank(), world_size, local_rank, device)
 
 
-def shutdown_distributed(ctx: DistContext) -> None:
-    if ctx.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+@contextlib.contextmanager
+def process_group(device_name: str) -> Iterator[DistContext]:
+    """This process's :class:`DistContext` for the duration; under ``torchrun`` the process group is joined,
+    and left at the end unless it was already there (a pipeline's group outlives its stages)."""
+    joined = not dist.is_initialized()
+    ctx = init_distributed(device_name)
+    try:
+        yield ctx
+    finally:
+        if joined and ctx.distributed and dist.is_initialized():
+            dist.destroy_process_group()

@@ -16,13 +16,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vitcompress.distributed import require_one_process
+from vitcompress.distributed import DistContext, process_group
 from vitcompress.errors import UserError, require
 from vitcompress.fsutil import atomic_file
 from vitcompress.recipe import STAGES, build_config, load_recipe, section_digest
 
 STATE_FILE = "pipeline.json"
-RESUMABLE_STAGES = ("finetune", "prune", "qat")  # the stages with --resume (a checkpoint in OUT.tmp-run/)
+TRAINING_STAGES = ("finetune", "prune", "qat")  # --resume (a checkpoint in OUT.tmp-run/); every rank runs them under torchrun
 DEFAULT_RECIPE = "default.yaml"
 
 
@@ -76,17 +76,26 @@ def plan(recipe: dict[str, dict[str, Any]]) -> list[Step]:
 
 def pipeline(recipe_path: str | None, out: str, from_stage: str | None = None, until_stage: str | None = None,
              quiet: bool = False, log: Callable[[str], None] = print) -> PipelineResult:
-    """Run (or finish) the recipe's stages into ``out``."""
-    require_one_process("pipeline", "run it without torchrun; to train on several GPUs, run `torchrun ... -m vitcompress "
-                                    "finetune` first and start the recipe from that artifact (src: in its first section)")
+    """Run (or finish) the recipe's stages into ``out``.
+
+    Under ``torchrun`` every process runs the training stages together (finetune, prune's recovery and
+    qat with DDP, in one process group); rank 0 alone exports, benches and writes ``pipeline.json``.
+    """
     for flag, stage in (("--from", from_stage), ("--until", until_stage)):
         require(stage is None or stage in STAGES, f"{flag} {stage!r} is not a stage", f"use one of {', '.join(STAGES)}")
     recipe = load_recipe(recipe_path or default_recipe())
     root = Path(out)
     steps = plan(recipe)
     check_options(steps, recipe, root)
+    with process_group("auto") as ctx:
+        return _run_steps(recipe, steps, root, from_stage, until_stage, quiet, log if ctx.is_main else _silent, ctx)
+
+
+def _run_steps(recipe: dict[str, dict[str, Any]], steps: list[Step], root: Path, from_stage: str | None,
+               until_stage: str | None, quiet: bool, log: Callable[[str], None], ctx: DistContext) -> PipelineResult:
     root.mkdir(parents=True, exist_ok=True)
     state = _read_state(root)
+    ctx.barrier()  # every rank has read the state before rank 0 rewrites it
     selected = set(STAGES[STAGES.index(from_stage or STAGES[0]) : STAGES.index(until_stage or STAGES[-1]) + 1])
     digests: dict[str, str] = {}
     ran, skipped, bench_result = [], [], None
@@ -109,16 +118,26 @@ def pipeline(recipe_path: str | None, out: str, from_stage: str | None = None, u
             log(f"[pipeline] {step.name}: not selected")
             continue
         resume = _resumable(step, target, done, digests[step.name])
+        if step.stage in TRAINING_STAGES:
+            ctx.barrier()  # every rank has seen the files as they were before rank 0 starts this step
+        elif not ctx.is_main:
+            continue  # exports and bench are rank 0's (the training stages before them end with a barrier)
         log(f"[pipeline] {step.name}: {step.stage}{' (resuming)' if resume else ''}")
         state[step.name] = {"digest": digests[step.name], "status": "running", "stage": step.stage}
-        _write_state(root, state, recipe)
+        if ctx.is_main:
+            _write_state(root, state, recipe)
         result = _run_step(step, _step_config(step, section, root, resume), quiet)
         state[step.name]["status"] = "done"
-        _write_state(root, state, recipe)
+        if ctx.is_main:
+            _write_state(root, state, recipe)
         ran.append(step.name)
         if step.stage == "bench":
             bench_result = result
     return PipelineResult(root, ran, skipped, bench_result)
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 def _needed_later(step: Step, steps: list[Step], selected: set[str]) -> bool:
@@ -130,7 +149,7 @@ def _resumable(step: Step, target: Path, done: dict[str, Any], digest: str) -> b
     from vitcompress.stage import staging_dir
     from vitcompress.train import CHECKPOINT_FILE
 
-    return (step.stage in RESUMABLE_STAGES and done.get("digest") == digest
+    return (step.stage in TRAINING_STAGES and done.get("digest") == digest
             and (staging_dir(target) / CHECKPOINT_FILE).is_file())
 
 
@@ -170,7 +189,7 @@ def _step_config(step: Step, section: dict[str, Any], root: Path, resume: bool) 
         return build_config("finetune", section, out=out, force=not resume, resume=resume)
     if step.stage == "bench":
         return build_config("bench", section, srcs=sources, out=out, force=True)
-    resume_option = {"resume": resume} if step.stage in RESUMABLE_STAGES else {}
+    resume_option = {"resume": resume} if step.stage in TRAINING_STAGES else {}
     return build_config(step.stage, section, src=sources[0], out=out, force=not resume, **resume_option)
 
 
