@@ -139,13 +139,13 @@ def test_train_subset_is_a_balanced_sample_outside_validation() -> None:
 
 
 def test_split_too_big_for_ram_stays_memory_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vitcompress.datasets import folder
+    from vitcompress.datasets import decoded
     from vitcompress.loader import BatchLoader
 
     root = write_image_folder(tmp_path / "d", per_class=4, classes=2)
     opts = DataOptions(spec=f"folder:{root}", img_size=32, val_split=0, cache_dir=str(tmp_path / "c"))
     in_ram = load_data(opts)
-    monkeypatch.setattr(folder, "available_memory", lambda: 0)
+    monkeypatch.setattr(decoded, "available_memory", lambda: 0)
     mapped = load_data(opts)
     assert torch.equal(in_ram.train.images, mapped.train.images)
     batches = [x for x, _ in BatchLoader(mapped.train, 3, torch.device("cpu"), shuffle=True, drop_last=False)]

@@ -8,12 +8,13 @@ import sys
 import traceback
 
 from vitcompress import __version__
+from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS
 from vitcompress.errors import UserError
 
 HELP = {
     "model": "timm model name, e.g. vit_tiny_patch16_224, deit_small_patch16_224, beitv2_base_patch16_224",
-    "data": "dataset: cifar10 | folder:PATH (ImageFolder tree or .tar/.tar.gz/.tar.xz of one) | "
-            "shapes[:N] (generated, no network; N training images per class, default 500)",
+    "data": f"dataset: a torchvision one ({', '.join(TORCHVISION_SETS)}) | folder:PATH (ImageFolder tree or "
+            ".tar/.tar.gz/.tar.xz of one) | shapes[:N] (generated, no network; N training images per class, default 500)",
     "out": "output artifact directory",
     "img_size": "input resolution (default: the model's own, e.g. 224)",
     "patch_size": "patch size passed to timm (default: the model's own)",
@@ -22,8 +23,8 @@ HELP = {
     "pretrained": "start from the model's pretrained weights on the Hugging Face hub (needs internet or a cache)",
     "init_checkpoint": "start from local weights (.safetensors, .pth, or an artifact directory; never unpickles code); "
                        "the classifier is resized to the dataset's classes",
-    "data_dir": "where cifar10 lives or is downloaded to (default: the cache dir)",
-    "download": "allow torchvision to download cifar10",
+    "data_dir": "where a torchvision dataset lives or is downloaded to (default: CACHE_DIR/NAME)",
+    "download": "allow torchvision to download the dataset",
     "val_split": "share of train held out for validation when the data has no val/ split (0: none)",
     "train_subset": "train on a class-balanced, seeded sample of N training images (0: all), for quick runs",
     "cache_dir": "cache for extracted archives and decoded images (default: $VITCOMPRESS_CACHE or ~/.cache/vitcompress)",

@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS
 from vitcompress.errors import UserError, require
 
-DATA_SPEC_HELP = "cifar10 | folder:PATH (ImageFolder tree or .tar/.tar.gz/.tar.xz of one) | shapes[:N]"
+DATA_SPEC_HELP = (f"{' | '.join(TORCHVISION_SETS)} (torchvision) | folder:PATH (ImageFolder tree or .tar/.tar.gz/.tar.xz "
+                  "of one) | shapes[:N]")
 CROP_CHOICES = ("pad", "rrc", "none")
 AUTO_AUGMENT_CHOICES = ("none", "randaugment", "autoaugment", "trivialaugment")
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
@@ -42,7 +44,7 @@ def check_data_spec(spec: str, flag: str = "--data") -> None:
     elif name == "folder" and arg:
         require(Path(arg).expanduser().exists(), f"{flag} {spec}: {arg} does not exist",
                 "pass folder:PATH with PATH an image folder or a .tar[.gz|.xz] of one")
-    elif spec != "cifar10":
+    elif spec not in TORCHVISION_SETS:
         raise UserError(f"unknown data spec {spec!r}", f"use one of: {DATA_SPEC_HELP}")
 
 

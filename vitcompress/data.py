@@ -1,4 +1,4 @@
-"""Dataset specs (``cifar10``, ``folder:PATH``, ``shapes``) to decoded train/val/test splits."""
+"""Dataset specs (torchvision names such as ``cifar10``, ``folder:PATH``, ``shapes``) to decoded train/val/test splits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from vitcompress.config import check_data_spec
 from vitcompress.datasets.folder import load_folder
 from vitcompress.datasets.imageset import DataSplits, ImageSet, check_classes, holdout_split
 from vitcompress.datasets.shapes import TRAIN_PER_CLASS, load_shapes
-from vitcompress.datasets.torchvision_sets import load_cifar10
+from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS
+from vitcompress.datasets.torchvision_sets import load_torchvision
 from vitcompress.errors import require
 
 
@@ -47,10 +48,11 @@ def load_data(opts: DataOptions) -> DataSplits:
     if name == "shapes":
         train, test = load_shapes(int(arg) if arg else TRAIN_PER_CLASS)
         described = {"spec": opts.spec}
-    elif opts.spec == "cifar10":
-        root = Path(opts.data_dir) if opts.data_dir else cache_dir / "cifar10"
-        train, test = load_cifar10(root, opts.download)
-        described = {"spec": "cifar10", "root": str(root)}
+    elif opts.spec in TORCHVISION_SETS:
+        root = Path(opts.data_dir).expanduser() if opts.data_dir else cache_dir / opts.spec
+        splits, info = load_torchvision(opts.spec, root, opts.download, opts.img_size, cache_dir, opts.quiet)
+        train, val, test = splits["train"], splits.get("val"), splits["test"]
+        described = {"spec": opts.spec, "root": str(root), **info}
     else:  # folder:PATH, the only other form check_data_spec lets through
         splits, info = load_folder(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet,
                                    expected_classes=opts.expected_classes)

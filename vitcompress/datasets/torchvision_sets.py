@@ -1,35 +1,108 @@
-"""``cifar10``: torchvision's CIFAR-10, with its real download when the user allows it.
+"""torchvision's datasets by name (``cifar10``, ``cifar100``, ``flowers102``, ... see
+``torchvision_catalog.py``), with their real download when the user allows it.
 
-torchvision checks the md5 of every file before reading it, so only the official release is ever
-unpickled, never an arbitrary file a user points us at.
+Sets torchvision holds as one array (CIFAR, SVHN, STL-10, MNIST) become an ``ImageSet`` directly, at
+their own size. Sets of image files of any size (Flowers-102, Pets, Food-101, DTD, GTSRB) are decoded
+once into the same square uint8 cache as folder data (``decoded.py``).
+
+torchvision checks the md5 of the files it unpickles (CIFAR) before reading them, so only the
+official release is ever unpickled, never an arbitrary file a user points us at.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
+from vitcompress.datasets.decoded import build_cache, is_cached, open_split, square_pixels, storage_side
 from vitcompress.datasets.imageset import ImageSet
+from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS, TorchvisionSet
 from vitcompress.errors import UserError
 
 
-def load_cifar10(root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
-    from torchvision.datasets import CIFAR10
+def load_torchvision(name: str, root: Path, download: bool, img_size: int, cache_dir: Path,
+                     quiet: bool = False) -> tuple[dict[str, ImageSet], dict[str, Any]]:
+    """The splits of torchvision dataset ``name`` (``train``, ``test``, and ``val`` where it has one)."""
+    spec = TORCHVISION_SETS[name]
+    datasets = {split: _open(spec, root, download, kwargs)
+                for split, kwargs in (("train", spec.train), ("val", spec.val), ("test", spec.test)) if kwargs is not None}
+    classes = _classes(spec, datasets["train"])
+    if all(_as_array(ds) is not None for ds in datasets.values()):
+        return {split: _array_imageset(ds, classes) for split, ds in datasets.items()}, {}
+    size = storage_side(datasets["train"][0][0].size, img_size)
+    target = cache_dir / "decoded" / _cache_key(name, root, size)
+    if not is_cached(target):
+        build_cache({split: _DecodeItems(ds, size) for split, ds in datasets.items()}, classes, size, target, quiet)
+    return {split: open_split(target / split, classes) for split in datasets}, {"storage_size": size}
+
+
+def _open(spec: TorchvisionSet, root: Path, download: bool, kwargs: dict[str, Any]) -> Dataset:
+    import torchvision.datasets
 
     try:
-        train = CIFAR10(str(root), train=True, download=download)
-        test = CIFAR10(str(root), train=False, download=download)
+        return getattr(torchvision.datasets, spec.cls)(str(root), download=download, **kwargs)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise UserError(f"CIFAR-10 not found in {root} ({exc})",
+        raise UserError(f"{spec.title} not found in {root} ({exc})",
                         "pass --download (needs internet), --data-dir DIR where it is, or use folder:PATH") from None
     except OSError as exc:  # URLError and friends: no network
-        raise UserError(f"could not download CIFAR-10 into {root} ({exc})",
+        raise UserError(f"could not download {spec.title} into {root} ({exc})",
                         "connect to the internet, or use folder:PATH with a local copy") from None
-    return _to_imageset(train), _to_imageset(test)
+    except ImportError as exc:  # SVHN and Flowers-102 read .mat files with scipy
+        raise UserError(f"torchvision's {spec.title} needs {exc.name}", f"pip install {exc.name}") from None
 
 
-def _to_imageset(ds) -> ImageSet:
-    images = torch.from_numpy(np.ascontiguousarray(ds.data))
-    return ImageSet(images, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes))
+def _classes(spec: TorchvisionSet, train: Dataset) -> list[str]:
+    classes = getattr(train, "classes", None) or spec.classes
+    if classes:
+        return list(classes)
+    return [str(c) for c in range(int(_labels(train).max()) + 1)]
+
+
+def _as_array(ds: Dataset) -> np.ndarray | None:
+    """The set's images as one uint8 array, where torchvision holds them so (N x H x W [x C] or N x C x H x W)."""
+    data = getattr(ds, "data", None)
+    if isinstance(data, torch.Tensor):
+        data = data.numpy()
+    return data if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim in (3, 4) else None
+
+
+def _labels(ds: Dataset) -> np.ndarray:
+    for attribute in ("targets", "labels", "_labels"):
+        labels = getattr(ds, attribute, None)
+        if labels is not None:
+            return np.asarray(labels, dtype=np.int64)
+    return np.asarray([ds[i][1] for i in range(len(ds))], dtype=np.int64)
+
+
+def _array_imageset(ds: Dataset, classes: list[str]) -> ImageSet:
+    images = _as_array(ds)
+    if images.ndim == 3:  # grey (MNIST): three equal channels
+        images = np.repeat(images[..., None], 3, axis=-1)
+    elif images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):  # N x C x H x W (SVHN, STL-10)
+        images = images.transpose(0, 2, 3, 1)
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(_labels(ds)), classes)
+
+
+class _DecodeItems(Dataset):
+    """``(label, pixels, index)`` per item of a torchvision set of image files, for ``decoded.build_cache``."""
+
+    def __init__(self, dataset: Dataset, size: int) -> None:
+        self.dataset, self.size = dataset, size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
+        image, label = self.dataset[i]
+        return int(label), square_pixels(image.convert("RGB"), self.size), str(i)
+
+
+def _cache_key(name: str, root: Path, size: int) -> str:
+    return "tv-" + hashlib.sha256(f"{name}|{root.resolve()}|{size}".encode()).hexdigest()[:20]
