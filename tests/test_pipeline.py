@@ -120,7 +120,7 @@ def test_an_interrupted_finetune_resumes(tmp_path: Path) -> None:
     ({"prune": SMALL["prune"]}, "no finetune section comes before it"),
     ({**SMALL, "qat": {**SMALL["qat"], "calib_method": "minmax"}}, "recipe section 'qat': --calib-method 'minmax'"),
     ({**SMALL, "bench": {**SMALL["bench"], "backends": "ort-gpu"}}, "recipe section 'bench': --backends 'ort-gpu'"),
-    ({**SMALL, "bench": {**SMALL["bench"], "data": "cifar100"}}, "recipe section 'bench': unknown data spec 'cifar100'"),
+    ({**SMALL, "bench": {**SMALL["bench"], "data": "imagenet"}}, "recipe section 'bench': unknown data spec 'imagenet'"),
     ({**SMALL, "prune": {**SMALL["prune"], "data": "folder:/no/such/dir"}}, "recipe section 'prune': --data folder:/no/such"),
     ({**SMALL, "finetune": {**SMALL["finetune"], "model": "cait_xxs24_224"}},
      "recipe section 'prune': block 0 of cait_xxs24_224 uses timm.models.cait.TalkingHeadAttn"),
