@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, TINY, run_cli, write_image_folder
+from vitcompress.artifact import read_meta
 from vitcompress.config import ExportConfig
 from vitcompress.datasets.shapes import CLASSES
 from vitcompress.export.exporter import export
@@ -62,6 +63,23 @@ def test_from_and_until(tmp_path: Path) -> None:
     assert until.ran == ["fp32", "pruned"]
     rest = pipeline(str(recipe), str(tmp_path / "out"), from_stage="qat", until_stage="qat", quiet=True, log=lambda _: None)
     assert rest.ran == ["int8", "pruned-int8"]
+
+
+def test_info_describes_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`vitcompress info OUT` on a pipeline's output: every step that ran, its score, and what was not made yet."""
+    recipe = write_recipe(tmp_path / "r.yaml", SMALL)
+    out = tmp_path / "out"
+    pipeline(str(recipe), str(out), until_stage="export", quiet=True, log=lambda _: None)
+    capsys.readouterr()
+    assert run_cli("info", out) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    top1 = read_meta(out / "pruned").metrics["top1"]
+    assert "prune" in lines["pruned"] and "done" in lines["pruned"] and f"{100 * top1:.2f}%" in lines["pruned"]
+    assert "int8 export, agrees with PyTorch" in lines["onnx-pruned-int8"]
+    assert "bench" not in lines and "bench report:" not in "\n".join(lines.values())  # --until export: no bench yet
+    assert run_cli("info", out, "--json") == 0
+    state = json.loads(capsys.readouterr().out)
+    assert list(state["steps"]) == STEPS[:-1] and state["recipe"]["prune"]["heads"] == 0.5
 
 
 def _run_until(recipe: Path, out: Path, ready) -> None:

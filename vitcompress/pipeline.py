@@ -94,7 +94,7 @@ def pipeline(recipe_path: str | None, out: str, from_stage: str | None = None, u
 def _run_steps(recipe: dict[str, dict[str, Any]], steps: list[Step], root: Path, from_stage: str | None,
                until_stage: str | None, quiet: bool, log: Callable[[str], None], ctx: DistContext) -> PipelineResult:
     root.mkdir(parents=True, exist_ok=True)
-    state = _read_state(root)
+    state = read_state(root)
     ctx.barrier()  # every rank has read the state before rank 0 rewrites it
     selected = set(STAGES[STAGES.index(from_stage or STAGES[0]) : STAGES.index(until_stage or STAGES[-1]) + 1])
     digests: dict[str, str] = {}
@@ -213,7 +213,8 @@ def _load_bench(target: Path) -> Any:
     return BenchResult(target, json.loads((target / "results.json").read_text()))
 
 
-def _read_state(root: Path) -> dict[str, Any]:
+def read_state(root: Path) -> dict[str, Any]:
+    """Each step of the run in ``root``, in run order: its stage, recipe digest and status (empty when unknown)."""
     path = root / STATE_FILE
     if not path.is_file():
         return {}

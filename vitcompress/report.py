@@ -46,17 +46,23 @@ def _precision(meta: ArtifactMeta) -> str:
 
 
 def info_json(path: str | Path) -> dict[str, Any]:
-    """What ``vitcompress info --json`` prints: an artifact's metadata, or an export's manifest."""
+    """What ``vitcompress info --json`` prints: an artifact's metadata, an export's manifest, a run's state."""
+    from vitcompress.run_report import is_pipeline_run, run_json
     from vitcompress.sources import open_source, read_manifest
 
+    if is_pipeline_run(path):
+        return run_json(path)
     source = open_source(path)  # one line for anything that is neither
     return read_meta(path).to_json() if source.kind == "artifact" else read_manifest(path)
 
 
 def describe(path: str | Path) -> str:
-    """What ``vitcompress info`` prints about an artifact or an export."""
+    """What ``vitcompress info`` prints about an artifact, an export or a pipeline's output directory."""
+    from vitcompress.run_report import describe_run, is_pipeline_run
     from vitcompress.sources import open_source
 
+    if is_pipeline_run(path):
+        return describe_run(path)
     source = open_source(path)
     return _describe_artifact(path) if source.kind == "artifact" else _describe_export(path, source)
 
