@@ -13,9 +13,8 @@ from vitcompress.artifact import ArtifactMeta
 from vitcompress.augment import BatchTransform
 from vitcompress.compress.distill import DistillationLoss
 from vitcompress.config import DistillOptions, SourceData, TrainConfig
-from vitcompress.data import DataOptions, load_data
+from vitcompress.data import DataOptions, data_dir_for, load_data
 from vitcompress.datasets.imageset import DataSplits
-from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS
 from vitcompress.distributed import DistContext
 from vitcompress.errors import require
 from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, FitResult, Trainer
@@ -31,10 +30,8 @@ def load_source_data(source: SourceData, meta: ArtifactMeta, src: str, train: Tr
     spec = source.data or meta.data.get("spec")
     require(bool(spec), f"{src} does not say which data it was trained on", "pass --data")
     seed = meta.recipe.get("train", {}).get("seed", train.seed)  # the parent's validation split
-    own = spec == meta.data.get("spec")  # a torchvision set is found where the parent found it
-    data_dir = source.data_dir or (meta.data.get("root") if own and spec in TORCHVISION_SETS else None)
-    options = DataOptions(spec=spec, data_dir=data_dir, download=source.download, img_size=meta.img_size,
-                          val_split=source.val_split, train_subset=source.train_subset, seed=seed,
+    options = DataOptions(spec=spec, data_dir=data_dir_for(spec, source.data_dir, meta.data), download=source.download,
+                          img_size=meta.img_size, val_split=source.val_split, train_subset=source.train_subset, seed=seed,
                           cache_dir=source.cache_dir, quiet=train.quiet or not ctx.is_main, expected_classes=meta.classes)
     return ctx.main_first(lambda: load_data(options))
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from vitcompress.artifact import ArtifactMeta
 from vitcompress.augment import BatchTransform
-from vitcompress.data import DataOptions, generated_pixels, test_sample
+from vitcompress.data import DataOptions, data_dir_for, generated_pixels, test_sample
 from vitcompress.errors import UserError
 from vitcompress.export.onnx_runtime import ort_runner, ort_session, run_in_batches
 
@@ -52,8 +52,9 @@ def verification_set(meta: ArtifactMeta, spec: str | None, size: int, data_dir: 
     spec = spec or meta.data.get("spec")
     if spec:
         try:
-            test = test_sample(DataOptions(spec=spec, data_dir=data_dir, img_size=meta.img_size, val_split=0.0,
-                                           cache_dir=cache_dir, quiet=quiet, expected_classes=meta.classes), size)
+            options = DataOptions(spec=spec, data_dir=data_dir_for(spec, data_dir, meta.data), img_size=meta.img_size,
+                                  val_split=0.0, cache_dir=cache_dir, quiet=quiet, expected_classes=meta.classes)
+            test = test_sample(options, size)
         except UserError:
             if explicit:
                 raise

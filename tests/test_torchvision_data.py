@@ -4,6 +4,7 @@ decoded once into the cache (DTD, with its own validation split)."""
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -102,6 +103,10 @@ def test_finetune_and_eval_on_a_torchvision_set(tmp_path: Path, capsys: pytest.C
     pruned = tmp_path / "p"  # the data where finetune found it, without --data-dir again
     assert run_cli("prune", out, "--heads", "0.5", "--finetune-epochs", "0", "--quiet", "--out", pruned) == 0
     assert read_meta(pruned).metrics["samples"] == 12
+    onnx = tmp_path / "onnx"  # verified on the set's test images, found there too
+    assert run_cli("export", out, "--verify-size", "8", "--quiet", "--out", onnx) == 0
+    manifest = json.loads((onnx / "export.json").read_text())
+    assert manifest["verify"]["onnxruntime"]["source"].startswith("dtd (test split")
 
 
 def test_missing_set_says_how_to_get_it(tmp_path: Path) -> None:
