@@ -88,7 +88,8 @@ def pipeline(recipe_path: str | None, out: str, from_stage: str | None = None, u
     steps = plan(recipe)
     check_options(steps, recipe, root)
     with process_group("auto") as ctx:
-        return _run_steps(recipe, steps, root, from_stage, until_stage, quiet, log if ctx.is_main else _silent, ctx)
+        rank_log = log if ctx.is_main else lambda _: None  # rank 0 reports
+        return _run_steps(recipe, steps, root, from_stage, until_stage, quiet, rank_log, ctx)
 
 
 def _run_steps(recipe: dict[str, dict[str, Any]], steps: list[Step], root: Path, from_stage: str | None,
@@ -134,10 +135,6 @@ def _run_steps(recipe: dict[str, dict[str, Any]], steps: list[Step], root: Path,
         if step.stage == "bench":
             bench_result = result
     return PipelineResult(root, ran, skipped, bench_result)
-
-
-def _silent(_: str) -> None:
-    pass
 
 
 def _needed_later(step: Step, steps: list[Step], selected: set[str]) -> bool:
