@@ -13,8 +13,9 @@ from vitcompress.artifact import ArtifactMeta
 from vitcompress.augment import BatchTransform
 from vitcompress.compress.distill import DistillationLoss
 from vitcompress.config import DistillOptions, SourceData, TrainConfig
-from vitcompress.data import DataOptions, data_dir_for, load_data
+from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import DataSplits
+from vitcompress.datasets.torchvision_catalog import data_dir_for
 from vitcompress.distributed import DistContext
 from vitcompress.errors import require
 from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, FitResult, Trainer

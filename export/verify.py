@@ -17,7 +17,8 @@ from torch import nn
 
 from vitcompress.artifact import ArtifactMeta
 from vitcompress.augment import BatchTransform
-from vitcompress.data import DataOptions, data_dir_for, generated_pixels, test_sample
+from vitcompress.data import DataOptions, generated_pixels, test_sample
+from vitcompress.datasets.torchvision_catalog import data_dir_for
 from vitcompress.errors import UserError
 from vitcompress.export.onnx_runtime import ort_runner, ort_session, run_in_batches
 

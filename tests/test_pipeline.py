@@ -212,3 +212,14 @@ def test_predict_names_an_unreadable_image(tmp_path: Path, shapes_artifact: Path
     assert run_cli("predict", shapes_artifact, bad) == 2
     err = capsys.readouterr().err.strip()
     assert str(bad) in err and err.count("\n") == 0
+
+
+def test_bench_finds_finetunes_torchvision_set_where_finetune_did(tmp_path: Path) -> None:
+    from vitcompress.pipeline import _step_config
+
+    recipe = {"finetune": {**SMALL["finetune"], "data": "dtd", "data_dir": "/data/tv"}, "export": {},
+              "bench": {"data": "dtd"}}
+    bench = next(s for s in plan(recipe) if s.stage == "bench")
+    assert _step_config(bench, recipe, tmp_path, resume=False).data_dir == "/data/tv"
+    for section, expected in (({"data": "shapes"}, None), ({"data": "dtd", "data_dir": "/elsewhere"}, "/elsewhere"), ({}, None)):
+        assert _step_config(bench, {**recipe, "bench": section}, tmp_path, resume=False).data_dir == expected

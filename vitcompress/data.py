@@ -37,16 +37,6 @@ class DataOptions:
     expected_classes: list[str] | None = None  # e.g. a trained model's; checked before any decoding
 
 
-def data_dir_for(spec: str, data_dir: str | None, trained_on: dict) -> str | None:
-    """``data_dir``, else where the model's own data was found when ``spec`` is that torchvision set.
-
-    ``trained_on`` is an artifact's ``data`` record: a set passed with ``--data-dir`` once is found again.
-    """
-    if data_dir or spec != trained_on.get("spec") or spec not in TORCHVISION_SETS:
-        return data_dir
-    return trained_on.get("root")
-
-
 def load_data(opts: DataOptions) -> DataSplits:
     """Load the dataset named by ``opts.spec``; carve a validation split from train if it has none."""
     require(0.0 <= opts.val_split < 1.0, f"--val-split {opts.val_split} is not in [0, 1)", "use e.g. 0.1, or 0 for none")

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from vitcompress.datasets.torchvision_catalog import data_dir_for
 from vitcompress.distributed import DistContext, process_group
 from vitcompress.errors import UserError, require
 from vitcompress.fsutil import atomic_file
@@ -127,7 +128,7 @@ def _run_steps(recipe: dict[str, dict[str, Any]], steps: list[Step], root: Path,
         state[step.name] = {"digest": digests[step.name], "status": "running", "stage": step.stage}
         if ctx.is_main:
             _write_state(root, state, recipe)
-        result = _run_step(step, _step_config(step, section, root, resume), quiet)
+        result = _run_step(step, _step_config(step, recipe, root, resume), quiet)
         state[step.name]["status"] = "done"
         if ctx.is_main:
             _write_state(root, state, recipe)
@@ -155,7 +156,7 @@ def check_options(steps: list[Step], recipe: dict[str, dict[str, Any]], root: Pa
     configs: dict[str, Any] = {}
     for step in steps:
         try:
-            config = configs[step.name] = _step_config(step, recipe[step.stage], root, resume=False)
+            config = configs[step.name] = _step_config(step, recipe, root, resume=False)
             config.validate()
             finetune = next((configs[s.name] for s in steps if s.stage == "finetune" and s.name in configs), None)
             if finetune is not None:  # a model the recipe trains first
@@ -178,14 +179,17 @@ def _check_architecture_before_training(stage: str, config: Any, finetune: Any) 
         check_attention_quantizable(meta_model(finetune.model, finetune.model_kwargs, finetune.img_size, finetune.patch_size))
 
 
-def _step_config(step: Step, section: dict[str, Any], root: Path, resume: bool) -> Any:
-    """The stage's config for ``step``: the recipe section, reading its inputs under ``root``, writing ``root/name``."""
+def _step_config(step: Step, recipe: dict[str, dict[str, Any]], root: Path, resume: bool) -> Any:
+    """The stage's config for ``step``: its recipe section, reading its inputs under ``root``, writing ``root/name``."""
+    section = recipe[step.stage]
     out = str(root / step.name)
     sources = [section["src"] if name == "src" else str(root / name) for name in step.inputs]
     if step.stage == "finetune":
         return build_config("finetune", section, out=out, force=not resume, resume=resume)
-    if step.stage == "bench":
-        return build_config("bench", section, srcs=sources, out=out, force=True)
+    if step.stage == "bench":  # bench on finetune's torchvision set finds it where finetune did
+        trained_on = {"spec": recipe.get("finetune", {}).get("data"), "root": recipe.get("finetune", {}).get("data_dir")}
+        data_dir = data_dir_for(section.get("data"), section.get("data_dir"), trained_on) if section.get("data") else None
+        return build_config("bench", {**section, "data_dir": data_dir}, srcs=sources, out=out, force=True)
     resume_option = {"resume": resume} if step.stage in TRAINING_STAGES else {}
     return build_config(step.stage, section, src=sources[0], out=out, force=not resume, **resume_option)
 

@@ -36,3 +36,13 @@ TORCHVISION_SETS: dict[str, TorchvisionSet] = {
     "gtsrb": TorchvisionSet("GTSRB", "GTSRB", {"split": "train"}, {"split": "test"},
                             classes=tuple(str(c) for c in range(43))),
 }
+
+
+def data_dir_for(spec: str, data_dir: str | None, trained_on: dict) -> str | None:
+    """``data_dir``, else where the model's own data was found when ``spec`` is that torchvision set.
+
+    ``trained_on`` is an artifact's ``data`` record: a set passed with ``--data-dir`` once is found again.
+    """
+    if data_dir or spec != trained_on.get("spec") or spec not in TORCHVISION_SETS:
+        return data_dir
+    return trained_on.get("root")
