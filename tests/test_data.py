@@ -150,3 +150,18 @@ def test_split_too_big_for_ram_stays_memory_mapped(tmp_path: Path, monkeypatch: 
     assert torch.equal(in_ram.train.images, mapped.train.images)
     batches = [x for x, _ in BatchLoader(mapped.train, 3, torch.device("cpu"), shuffle=True, drop_last=False)]
     assert sum(len(x) for x in batches) == 8 and batches[0].dtype == torch.uint8
+
+
+def test_train_subset_of_a_folder_with_val_decodes_only_the_sample(tmp_path: Path) -> None:
+    """With a val/ split there is nothing to carve from train first, so --train-subset picks the files before
+    decoding (for data too large to decode whole): the same images as sampling the decoded split."""
+    root = write_image_folder(tmp_path / "d", per_class=8, classes=3, splits=("train", "val", "test"))
+    whole = load_data(DataOptions(spec=f"folder:{root}", img_size=32, cache_dir=str(tmp_path / "c1"), seed=5))
+    sampled = load_data(DataOptions(spec=f"folder:{root}", img_size=32, cache_dir=str(tmp_path / "c2"), seed=5,
+                                    train_subset=6))
+    _, expected = holdout_split(whole.train, 6 / 24, seed=5)
+    assert torch.equal(sampled.train.images, expected.images) and torch.equal(sampled.train.labels, expected.labels)
+    assert torch.bincount(sampled.train.labels).tolist() == [2, 2, 2] and len(sampled.val) == 24
+    counts = {p.parent.name: int(p.read_text()) for p in (tmp_path / "c2" / "decoded").rglob("count.txt")}
+    assert counts == {"train": 6, "val": 24, "test": 24}  # only the sample was decoded
+    assert sampled.description["train_subset"] == "6 images, class-balanced, seed 5"

@@ -26,7 +26,8 @@ HELP = {
     "data_dir": "where a torchvision dataset lives or is downloaded to (default: CACHE_DIR/NAME)",
     "download": "allow torchvision to download the dataset",
     "val_split": "share of train held out for validation when the data has no val/ split (0: none)",
-    "train_subset": "train on a class-balanced, seeded sample of N training images (0: all), for quick runs",
+    "train_subset": "train on a class-balanced, seeded sample of N training images (0: all), for quick runs; a folder "
+                    "with its own val/ decodes only the sample",
     "cache_dir": "cache for extracted archives and decoded images (default: $VITCOMPRESS_CACHE or ~/.cache/vitcompress)",
     "device": "auto | cpu | cuda | cuda:N (under torchrun each rank uses cuda:LOCAL_RANK)",
     "backend": "runtime (default: torch for artifacts, ort-cpu for ONNX, tensorrt for engines)",

@@ -45,6 +45,7 @@ def load_data(opts: DataOptions) -> DataSplits:
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
     name, _, arg = opts.spec.partition(":")
     val: ImageSet | None = None
+    sampled = False  # --train-subset already taken (from a folder's file list, before decoding)
     if name == "shapes":
         train, test = load_shapes(int(arg) if arg else TRAIN_PER_CLASS)
         described = {"spec": opts.spec}
@@ -55,18 +56,22 @@ def load_data(opts: DataOptions) -> DataSplits:
         described = {"spec": opts.spec, "root": str(root), **info}
     else:  # folder:PATH, the only other form check_data_spec lets through
         splits, info = load_folder(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet,
-                                   expected_classes=opts.expected_classes)
+                                   expected_classes=opts.expected_classes, train_sample=opts.train_subset,
+                                   seed=opts.seed, carve_val=opts.val_split > 0)
         train, val = splits["train"], splits.get("val")
         test = splits.get("test", val)
         described = {"spec": opts.spec, **info}
+        sampled = described.pop("train_sampled")
     if opts.expected_classes is not None:
         check_classes(opts.expected_classes, train.classes, opts.spec)
     if val is None and opts.val_split > 0:
         train, val = holdout_split(train, opts.val_split, seed=opts.seed)
         described["val"] = f"{opts.val_split:g} of train, stratified, seed {opts.seed}"
     require(len(train) > 0, f"dataset {opts.spec} has an empty train split", "check the data path")
-    if 0 < opts.train_subset < len(train):
+    if 0 < opts.train_subset < len(train) and not sampled:
         _, train = holdout_split(train, opts.train_subset / len(train), seed=opts.seed)
+        sampled = True
+    if sampled:
         described["train_subset"] = f"{len(train)} images, class-balanced, seed {opts.seed}"
     described.update(train=len(train), val=len(val) if val is not None else 0, test=len(test))
     return DataSplits(train=train, val=val, test=test, classes=train.classes, description=described)

@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from vitcompress.datasets.archive import extract_cached, is_archive
 from vitcompress.datasets.decoded import build_cache, is_cached, open_split, skipped_files, square_pixels, storage_side
-from vitcompress.datasets.imageset import ImageSet, check_classes
+from vitcompress.datasets.imageset import ImageSet, check_classes, stratified_split
 from vitcompress.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -105,12 +106,24 @@ def _cache_key(root: Path, samples: dict[str, list[tuple[str, int]]], size: int)
 
 
 def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
-                expected_classes: list[str] | None = None) -> tuple[dict[str, ImageSet], dict]:
-    """Decoded splits of an ImageFolder tree, keyed ``train``/``val``/``test`` (those present)."""
+                expected_classes: list[str] | None = None, train_sample: int = 0, seed: int = 0,
+                carve_val: bool = True) -> tuple[dict[str, ImageSet], dict]:
+    """Decoded splits of an ImageFolder tree, keyed ``train``/``val``/``test`` (those present).
+
+    ``train_sample`` > 0 decodes only a class-balanced, seeded sample of that many training files: the
+    sample ``--train-subset`` would take from the decoded split, taken before decoding, for data too large
+    to decode whole. Not when a validation split is still to be carved out of train first (no ``val/``
+    and ``carve_val``). ``info["train_sampled"]`` says whether it was taken.
+    """
     root = locate_root(path, cache_dir, quiet)
     classes, samples = _scan(root)
     if expected_classes is not None:
         check_classes(expected_classes, classes, str(path))
+    sampled = 0 < train_sample < len(samples["train"]) and ("val" in samples or not carve_val)
+    if sampled:
+        labels = torch.tensor([label for _, label in samples["train"]])
+        _, chosen = stratified_split(labels, len(classes), train_sample / len(labels), seed)
+        samples["train"] = [samples["train"][i] for i in chosen.tolist()]
     size = storage_size(samples["train"][0][0], img_size)
     target = cache_dir / "decoded" / _cache_key(root, samples, size)
     if not is_cached(target):
@@ -120,4 +133,4 @@ def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
         print(f"warning: skipped {len(skipped)} unreadable image(s) in {root} (first: {skipped[0]}); "
               f"the full list is in {target / 'manifest.json'}", file=sys.stderr, flush=True)
     splits = {split: open_split(target / split, classes) for split in samples}
-    return splits, {"root": str(root), "storage_size": size, "skipped_files": skipped}
+    return splits, {"root": str(root), "storage_size": size, "skipped_files": skipped, "train_sampled": sampled}

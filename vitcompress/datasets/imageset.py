@@ -61,14 +61,21 @@ def _preview(names: list[str]) -> str:
 
 def holdout_split(train: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
     """Split ``fraction`` of ``train`` off as a validation set, stratified by class and seeded."""
+    kept, held = stratified_split(train.labels, len(train.classes), fraction, seed)
+    return train.subset(kept), train.subset(held)
+
+
+def stratified_split(labels: torch.Tensor, num_classes: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted indices ``(kept, held)``: ``round(fraction x count)`` of each class held out, seeded.
+
+    Works on labels alone, so a file list can be sampled before anything is decoded.
+    """
     gen = torch.Generator().manual_seed(seed)
-    val_idx, train_idx = [], []
-    for label in range(len(train.classes)):
-        idx = torch.nonzero(train.labels == label).flatten()
+    held_idx, kept_idx = [], []
+    for label in range(num_classes):
+        idx = torch.nonzero(labels == label).flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_val = int(round(len(idx) * fraction))
-        val_idx.append(idx[:n_val])
-        train_idx.append(idx[n_val:])
-    train_sorted = torch.cat(train_idx).sort().values
-    val_sorted = torch.cat(val_idx).sort().values
-    return train.subset(train_sorted), train.subset(val_sorted)
+        n_held = int(round(len(idx) * fraction))
+        held_idx.append(idx[:n_held])
+        kept_idx.append(idx[n_held:])
+    return torch.cat(kept_idx).sort().values, torch.cat(held_idx).sort().values
