@@ -80,9 +80,11 @@ def test_info_describes_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert run_cli("info", out, "--json") == 0
     state = json.loads(capsys.readouterr().out)
     assert list(state["steps"]) == STEPS[:-1] and state["recipe"]["prune"]["heads"] == 0.5
-    assert run_cli("eval", out, "--data", "shapes") == 2  # a run is not one model: the error names its steps
-    err = capsys.readouterr().err
-    assert "a pipeline's output" in err and str(out / "onnx-int8") in err and err.count("\n") == 1
+    for command in (["eval", out, "--data", "shapes"], ["export", out, "--out", tmp_path / "x"],
+                    ["prune", out, "--heads", "0.5", "--out", tmp_path / "y"]):
+        assert run_cli(*command) == 2  # a run is not one model: the error names its steps
+        err = capsys.readouterr().err
+        assert "a pipeline's output" in err and str(out / "onnx-int8") in err and err.count("\n") == 1
 
 
 def _run_until(recipe: Path, out: Path, ready) -> None:

@@ -9,12 +9,22 @@ from typing import Any
 from tabulate import tabulate
 
 from vitcompress.artifact import read_meta
+from vitcompress.errors import UserError
 
 
 def is_pipeline_run(path: str | Path) -> bool:
     from vitcompress.pipeline import STATE_FILE
 
     return (Path(path) / STATE_FILE).is_file()
+
+
+def run_given_as_model(path: Path) -> UserError | None:
+    """The error for a pipeline's output given where one model is expected (``None`` for anything else)."""
+    if not is_pipeline_run(path):
+        return None
+    return UserError(f"{path} is a pipeline's output, which holds several models",
+                     f"pass one of its steps, e.g. {path / 'onnx-int8'} or {path / 'fp32'} "
+                     f"(`vitcompress info {path}` lists them)")
 
 
 def describe_run(root: str | Path) -> str:

@@ -62,12 +62,10 @@ def open_source(path: str | Path) -> ModelSource:
         return _artifact(path)
     if (path / EXPORT_MANIFEST).is_file():
         return _export(path)
-    from vitcompress.run_report import is_pipeline_run
+    from vitcompress.run_report import run_given_as_model
 
-    if is_pipeline_run(path):
-        raise UserError(f"{path} is a pipeline's output, which holds several models",
-                        f"pass one of its steps, e.g. {path / 'onnx-int8'} or {path / 'fp32'} "
-                        f"(`vitcompress info {path}` lists them)")
+    if error := run_given_as_model(path):
+        raise error
     raise UserError(f"{path} is neither an artifact nor an export (no {META_FILE} or {EXPORT_MANIFEST})",
                     "pass a directory written by a vitcompress stage or by `vitcompress export`")
 
