@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from timm.data import resolve_data_config
 from torch import nn
 
-from vitcompress.artifact import ArtifactMeta, library_versions, now_iso, write_artifact
+from vitcompress.artifact import ArtifactMeta, library_versions, now_iso
 from vitcompress.augment import BatchTransform
 from vitcompress.config import FinetuneConfig
 from vitcompress.data import DataOptions, load_data
@@ -32,7 +32,7 @@ from vitcompress.models import (
     parse_model_kwargs,
 )
 from vitcompress.plots import save_confusion_png
-from vitcompress.stage import StageResult, prepare_staging, publish, staging_guard
+from vitcompress.stage import StageResult, prepare_staging, publish_artifact, staging_guard
 from vitcompress.train import BEST_WEIGHTS_FILE, Trainer, seed_everything
 
 
@@ -88,12 +88,9 @@ def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, 
                  "time_budget": cfg.train.time_budget or None, "world_size": ctx.world_size,
                  "device": _device_name(ctx.device), "wall_seconds_this_run": round(time.time() - started, 2)},
     )
-    if ctx.is_main:
-        write_artifact(staging, final, meta)
-        save_confusion_png(test["confusion_matrix"], data.classes, staging / "confusion.png",
-                           title=f"{cfg.model} on {cfg.data}: top-1 {test['top1']:.3f}")
-        publish(staging, out)
-    ctx.barrier()
+    publish_artifact(staging, out, final, meta, ctx,
+                     also=lambda folder: save_confusion_png(test["confusion_matrix"], data.classes, folder / "confusion.png",
+                                                            title=f"{cfg.model} on {cfg.data}: top-1 {test['top1']:.3f}"))
     return StageResult(out, meta)
 
 

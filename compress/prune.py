@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta, write_artifact
+from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta
 from vitcompress.augment import BatchTransform
 from vitcompress.compress.importance import CRITERIA
 from vitcompress.compress.plan import PrunePlan, choose
@@ -40,7 +40,7 @@ from vitcompress.fsutil import atomic_file
 from vitcompress.latency import torch_latency_ms
 from vitcompress.loader import BatchLoader
 from vitcompress.models import count_macs, count_params, heads_per_block
-from vitcompress.stage import StageResult, prepare_staging, publish, staging_guard
+from vitcompress.stage import StageResult, prepare_staging, publish_artifact, staging_guard
 from vitcompress.train import seed_everything
 
 LATENCY_BATCHES = (1, 64)
@@ -170,11 +170,7 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
         data=data.description, versions=library_versions(), created=now_iso(),
         metrics={**test, "params": after["params"], "macs": after["macs"], "pruning": pruning},
     )
-    if ctx.is_main:
-        progress_file.unlink(missing_ok=True)
-        write_artifact(staging, model, new_meta)
-        publish(staging, out)
-    ctx.barrier()
+    publish_artifact(staging, out, model, new_meta, ctx, resume_files=(progress_file,))
     return StageResult(out, new_meta, model)
 
 

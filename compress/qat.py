@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta, write_artifact
+from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta
 from vitcompress.augment import BatchTransform
 from vitcompress.compress.quantize import (
     calibrate,
@@ -37,7 +37,7 @@ from vitcompress.evaluate import evaluate
 from vitcompress.fsutil import atomic_file
 from vitcompress.loader import BatchLoader
 from vitcompress.models import count_macs, count_params
-from vitcompress.stage import StageResult, prepare_staging, publish, staging_guard
+from vitcompress.stage import StageResult, prepare_staging, publish_artifact, staging_guard
 from vitcompress.train import CHECKPOINT_FILE, seed_everything
 
 CALIB_BATCH = 64
@@ -115,11 +115,7 @@ def _quantize_and_publish(cfg: QatConfig, model: nn.Module, meta: ArtifactMeta, 
                          "epochs": len(fit.history) if fit else 0, "time_budget": cfg.train.time_budget or None,
                          "device": str(ctx.device), "world_size": ctx.world_size}},
     )
-    if ctx.is_main:
-        progress_file.unlink()
-        write_artifact(staging, model, new_meta)
-        publish(staging, out)
-    ctx.barrier()
+    publish_artifact(staging, out, model, new_meta, ctx, resume_files=(progress_file,))
     return StageResult(out, new_meta, model)
 
 

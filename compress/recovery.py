@@ -21,13 +21,11 @@ from vitcompress.errors import require
 from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, FitResult, Trainer
 
 
-def load_source_data(source: SourceData, meta: ArtifactMeta, src: str, train: TrainConfig,
-                     ctx: DistContext | None = None) -> DataSplits:
+def load_source_data(source: SourceData, meta: ArtifactMeta, src: str, train: TrainConfig, ctx: DistContext) -> DataSplits:
     """The data the artifact names (or ``source.data``), split for validation as its parent was.
 
     Under torchrun rank 0 loads first (building any decode cache), then the other ranks, quietly.
     """
-    ctx = ctx or DistContext()
     spec = source.data or meta.data.get("spec")
     require(bool(spec), f"{src} does not say which data it was trained on", "pass --data")
     seed = meta.recipe.get("train", {}).get("seed", train.seed)  # the parent's validation split

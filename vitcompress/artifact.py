@@ -129,10 +129,9 @@ def read_meta(path: str | Path) -> ArtifactMeta:
     path = Path(path)
     meta_path = path / META_FILE
     if not path.is_dir() or not meta_path.is_file():
-        from vitcompress.run_report import run_given_as_model
+        from vitcompress.run_report import refuse_run_as_model
 
-        if error := run_given_as_model(path):
-            raise error
+        refuse_run_as_model(path)
         raise UserError(f"{path} is not a vitcompress artifact (no {META_FILE})",
                         "pass a directory written by `vitcompress finetune` or a later stage")
     try:

@@ -18,13 +18,12 @@ def is_pipeline_run(path: str | Path) -> bool:
     return (Path(path) / STATE_FILE).is_file()
 
 
-def run_given_as_model(path: Path) -> UserError | None:
-    """The error for a pipeline's output given where one model is expected (``None`` for anything else)."""
-    if not is_pipeline_run(path):
-        return None
-    return UserError(f"{path} is a pipeline's output, which holds several models",
-                     f"pass one of its steps, e.g. {path / 'onnx-int8'} or {path / 'fp32'} "
-                     f"(`vitcompress info {path}` lists them)")
+def refuse_run_as_model(path: Path) -> None:
+    """One line for a pipeline's output given where one model is expected; nothing for anything else."""
+    if is_pipeline_run(path):
+        raise UserError(f"{path} is a pipeline's output, which holds several models",
+                        f"pass one of its steps, e.g. {path / 'onnx-int8'} or {path / 'fp32'} "
+                        f"(`vitcompress info {path}` lists them)")
 
 
 def describe_run(root: str | Path) -> str:

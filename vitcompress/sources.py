@@ -62,10 +62,9 @@ def open_source(path: str | Path) -> ModelSource:
         return _artifact(path)
     if (path / EXPORT_MANIFEST).is_file():
         return _export(path)
-    from vitcompress.run_report import run_given_as_model
+    from vitcompress.run_report import refuse_run_as_model
 
-    if error := run_given_as_model(path):
-        raise error
+    refuse_run_as_model(path)
     raise UserError(f"{path} is neither an artifact nor an export (no {META_FILE} or {EXPORT_MANIFEST})",
                     "pass a directory written by a vitcompress stage or by `vitcompress export`")
 

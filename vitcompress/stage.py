@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitcompress.artifact import ArtifactMeta
+from torch import nn
+
+from vitcompress.artifact import ArtifactMeta, write_artifact
+from vitcompress.distributed import DistContext
 from vitcompress.errors import UserError
 from vitcompress.fsutil import check_output_dir, publish_dir
 from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE
@@ -73,8 +76,16 @@ def staging_guard(staging: Path, is_main: bool = True, resumable: bool = True) -
         raise
 
 
-def publish(staging: Path, out: Path) -> None:
-    """Drop the resume files and move the finished staging dir onto ``out``."""
-    for name in (CHECKPOINT_FILE, BEST_WEIGHTS_FILE):
-        (staging / name).unlink(missing_ok=True)
-    publish_dir(staging, out)
+def publish_artifact(staging: Path, out: Path, model: nn.Module, meta: ArtifactMeta, ctx: DistContext,
+                     also: Callable[[Path], None] | None = None, resume_files: tuple[Path, ...] = ()) -> None:
+    """Rank 0 writes the artifact into ``staging`` (with what ``also`` adds there), drops the resume files
+    (the checkpoint, the best weights and the stage's own ``resume_files``) and moves it onto ``out``;
+    every rank waits until it has."""
+    if ctx.is_main:
+        write_artifact(staging, model, meta)
+        if also is not None:
+            also(staging)
+        for path in (staging / CHECKPOINT_FILE, staging / BEST_WEIGHTS_FILE, *resume_files):
+            path.unlink(missing_ok=True)
+        publish_dir(staging, out)
+    ctx.barrier()
