@@ -4,13 +4,17 @@ Measures in one run, on one machine:
   train_ips     full training steps (device augmentation + forward + backward + AdamW) through the
                 real Trainer, vit_small_patch16_224 at 32px with 4px patches (65 tokens)
   pipeline_ips  our data path alone: uint8 tensor (decoded once) -> BatchLoader -> BatchTransform.train
+  streamed_ips  the same with --stream: JPEGs decoded by --workers loader processes every epoch, no cache
+  streamed_train_ips  full training steps through the Trainer on the streamed data
   classic_ips   the usual torchvision path on the same JPEG files: ImageFolder + PIL transforms + DataLoader
   plain_loop_ips  a plain timm-style training loop (that DataLoader, autocast, AdamW) on the same model
   compiled_train_ips  with --compile: the Trainer again with ``--compile`` (torch.compile of the step), once per
                       --compile-modes entry (``compiled_reduce_overhead_train_ips`` for reduce-overhead, ...)
-and records three ratios (one more per compile mode): pipeline_ips / train_ips (>1: the data path cannot starve the
-model), pipeline_ips / classic_ips (what decoding once and augmenting batches on the device buys) and
-train_ips / plain_loop_ips (what the whole training path buys end to end), and each compiled_*_ips / plain_loop_ips.
+and records these ratios (one more per compile mode): pipeline_ips / train_ips (>1: the data path cannot starve the
+model), pipeline_ips / classic_ips (what decoding once and augmenting batches on the device buys),
+streamed_ips / classic_ips (streaming against the usual path, both decoding every epoch), streamed_train_ips /
+train_ips (what streaming costs a training step), train_ips / plain_loop_ips (what the whole training path buys end
+to end), and each compiled_*_ips / plain_loop_ips.
 
 Usage:  python benchmarks/train_speed.py [--device cpu|cuda] [--steps 10] [--batch-size 64] [--compile]
                                          [--compile-modes default,reduce-overhead]
@@ -133,6 +137,8 @@ def _time_batches(batches, count: int, batch_size: int, device: torch.device, wa
 
 # ratio -> (numerator, denominator), recorded as soon as both are measured
 RATIOS = {"pipeline_over_train": ("pipeline_ips", "train_ips"), "pipeline_over_classic": ("pipeline_ips", "classic_ips"),
+          "streamed_over_classic": ("streamed_ips", "classic_ips"),
+          "streamed_train_over_train": ("streamed_train_ips", "train_ips"),
           "train_over_plain_loop": ("train_ips", "plain_loop_ips")}
 
 
@@ -150,7 +156,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8, help="training steps timed")
     parser.add_argument("--pipeline-batches", type=int, default=50)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="loader processes of the torchvision path and of --stream")
     parser.add_argument("--compile", action="store_true", help="also time the Trainer with --compile")
     parser.add_argument("--compile-modes", default="default",
                         help=f"with --compile: the torch.compile modes to time, comma-separated ({', '.join(COMPILE_MODES)})")
@@ -162,6 +169,7 @@ def main() -> None:
         parser.error(f"--compile-modes: unknown {', '.join(sorted(unknown))}; use {', '.join(COMPILE_MODES)}")
     ctx = DistContext(device=resolve_device(args.device))
     data = load_data(DataOptions(spec=f"folder:{args.data}", img_size=32, val_split=0))
+    streamed = load_data(DataOptions(spec=f"folder:{args.data}", img_size=32, val_split=0, stream=True, workers=args.workers))
     if args.steps * args.batch_size > len(data.train):
         parser.error(f"--steps {args.steps} x --batch-size {args.batch_size} is more than the {len(data.train)} "
                      "training images: pass fewer steps or a smaller batch")
@@ -196,6 +204,8 @@ def main() -> None:
     measure("train_ips", train_ips, data, args, ctx, workdir)
     measure("pipeline_ips", pipeline_ips, data, args, ctx)
     measure("classic_ips", classic_ips, root, args, ctx)
+    measure("streamed_ips", pipeline_ips, streamed, args, ctx)
+    measure("streamed_train_ips", train_ips, streamed, args, ctx, workdir)
     measure("plain_loop_ips", plain_loop_ips, root, args, ctx)
     for mode, name in zip(compile_modes, compiled, strict=True):
         measure(f"{name}_train_ips", train_ips, data, args, ctx, workdir, compile_mode=mode)

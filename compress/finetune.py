@@ -97,7 +97,7 @@ def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, 
 def _data_options(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> DataOptions:
     return DataOptions(spec=cfg.data, data_dir=cfg.data_dir, download=cfg.download, img_size=img_size,
                        val_split=cfg.val_split, train_subset=cfg.train_subset, seed=cfg.train.seed, cache_dir=cfg.cache_dir,
-                       quiet=cfg.train.quiet or not ctx.is_main)
+                       quiet=cfg.train.quiet or not ctx.is_main, stream=cfg.stream, workers=cfg.workers)
 
 
 def _recipe(cfg: FinetuneConfig) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from vitcompress.artifact import ArtifactMeta
 from vitcompress.augment import BatchTransform
 from vitcompress.compress.distill import DistillationLoss
 from vitcompress.config import DistillOptions, SourceData, TrainConfig
-from vitcompress.data import DataOptions, load_data
+from vitcompress.data import DataOptions, load_data, streamed_before
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.datasets.torchvision_catalog import data_dir_for
 from vitcompress.distributed import DistContext
@@ -31,7 +31,8 @@ def load_source_data(source: SourceData, meta: ArtifactMeta, src: str, train: Tr
     seed = meta.recipe.get("train", {}).get("seed", train.seed)  # the parent's validation split
     options = DataOptions(spec=spec, data_dir=data_dir_for(spec, source.data_dir, meta.data), download=source.download,
                           img_size=meta.img_size, val_split=source.val_split, train_subset=source.train_subset, seed=seed,
-                          cache_dir=source.cache_dir, quiet=train.quiet or not ctx.is_main, expected_classes=meta.classes)
+                          cache_dir=source.cache_dir, quiet=train.quiet or not ctx.is_main, expected_classes=meta.classes,
+                          stream=source.stream or streamed_before(spec, meta.data), workers=source.workers)
     return ctx.main_first(lambda: load_data(options))
 
 

@@ -17,10 +17,11 @@ from torch import nn
 
 from vitcompress.artifact import ArtifactMeta
 from vitcompress.augment import BatchTransform
-from vitcompress.data import DataOptions, generated_pixels, test_sample
+from vitcompress.data import DataOptions, generated_pixels, streamed_before, test_sample
 from vitcompress.datasets.torchvision_catalog import data_dir_for
 from vitcompress.errors import UserError
 from vitcompress.export.onnx_runtime import ort_runner, ort_session, run_in_batches
+from vitcompress.loader import read_all
 
 VERIFY_BATCH = 7  # an odd size, so the dynamic batch axis is exercised beyond 1 and powers of two
 
@@ -54,14 +55,16 @@ def verification_set(meta: ArtifactMeta, spec: str | None, size: int, data_dir: 
     if spec:
         try:
             options = DataOptions(spec=spec, data_dir=data_dir_for(spec, data_dir, meta.data), img_size=meta.img_size,
-                                  val_split=0.0, cache_dir=cache_dir, quiet=quiet, expected_classes=meta.classes)
+                                  val_split=0.0, cache_dir=cache_dir, quiet=quiet, expected_classes=meta.classes,
+                                  stream=streamed_before(spec, meta.data))
             test = test_sample(options, size)
         except UserError:
             if explicit:
                 raise
         else:
-            pixels = BatchTransform(meta.img_size, meta.mean, meta.std).eval_pixels(test.images)
-            return VerificationSet(pixels, test.labels, f"{spec} (test split, {len(test)} images)")
+            pixels, labels = read_all(test)
+            pixels = BatchTransform(meta.img_size, meta.mean, meta.std).eval_pixels(pixels)
+            return VerificationSet(pixels, labels, f"{spec} (test split, {len(labels)} images)")
     return VerificationSet(generated_pixels(size, meta.img_size), None, f"generated pixels ({size} images)")
 
 

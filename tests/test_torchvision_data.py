@@ -16,8 +16,8 @@ from PIL import Image
 from tests.conftest import TINY, run_cli
 from vitcompress.artifact import read_meta
 from vitcompress.data import DataOptions, load_data
-from vitcompress.datasets import torchvision_sets
-from vitcompress.datasets.decoded import square_pixels
+from vitcompress.datasets import decoded
+from vitcompress.datasets.items import square_pixels
 from vitcompress.errors import UserError
 
 DTD_CLASSES = ["banded", "dotted", "striped"]
@@ -87,7 +87,7 @@ def test_dtd_images_are_decoded_once_with_its_own_val_split(tmp_path: Path, monk
     def no_decoding(*_: object) -> None:
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(torchvision_sets._DecodeItems, "__getitem__", no_decoding)
+    monkeypatch.setattr(decoded._Decoding, "__getitem__", no_decoding)
     assert torch.equal(load_data(opts).test.images, data.test.images)  # read from the cache
 
 

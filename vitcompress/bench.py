@@ -30,6 +30,7 @@ from vitcompress.data import DataOptions, generated_pixels, test_sample
 from vitcompress.errors import UserError, require
 from vitcompress.fsutil import check_output_dir, staged_directory
 from vitcompress.latency import latency_stats, time_calls
+from vitcompress.loader import read_all
 from vitcompress.runtimes import RUNTIMES, Runtime
 from vitcompress.sources import ModelSource, open_source
 
@@ -130,9 +131,11 @@ def _eval_images(cfg: BenchConfig, source: ModelSource) -> EvalImages:
     """The test split of ``--data`` (or ``--eval-size`` images of it); generated pixels without ``--data``."""
     if cfg.data:
         test = test_sample(DataOptions(spec=cfg.data, data_dir=cfg.data_dir, img_size=source.img_size, val_split=0.0,
-                                       cache_dir=cfg.cache_dir, quiet=cfg.quiet, expected_classes=source.classes),
+                                       cache_dir=cfg.cache_dir, quiet=cfg.quiet, expected_classes=source.classes,
+                                       stream=cfg.stream),
                            cfg.eval_size)
-        return EvalImages(test.images, test.labels.numpy(), f"{cfg.data} (test split, {len(test)} images)")
+        pixels, labels = read_all(test)
+        return EvalImages(pixels, labels.numpy(), f"{cfg.data} (test split, {len(labels)} images)")
     return EvalImages(generated_pixels(max(cfg.batch_sizes()), source.img_size), None, "generated pixels")
 
 

@@ -29,6 +29,10 @@ HELP = {
     "train_subset": "train on a class-balanced, seeded sample of N training images (0: all), for quick runs; a folder "
                     "with its own val/ decodes only the sample",
     "cache_dir": "cache for extracted archives and decoded images (default: $VITCOMPRESS_CACHE or ~/.cache/vitcompress)",
+    "stream": "decode image files in worker processes as batches are drawn, every epoch, instead of once into the "
+              "cache: for data too large to cache (ImageNet-scale); prune, qat and export verification stream too "
+              "when the source artifact's data was streamed",
+    "workers": "decoding processes with --stream (0: one per CPU core, shared by the processes on this machine)",
     "device": "auto | cpu | cuda | cuda:N (under torchrun each rank uses cuda:LOCAL_RANK)",
     "backend": "runtime (default: torch for artifacts, ort-cpu for ONNX, tensorrt for engines)",
     "force": "replace an existing output directory",
@@ -258,6 +262,7 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("data_dir", "cache_dir"):
         p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=HELP[name])
     p.add_argument("--download", action="store_true", help=HELP["download"])
+    p.add_argument("--stream", action="store_true", help=HELP["stream"])
     p.add_argument("--batch-size", type=int, default=256, help="images per batch")
     p.add_argument("--device", default="auto", help=HELP["device"] + " (artifacts)")
     p.add_argument("--backend", default=None, help=HELP["backend"])
@@ -337,7 +342,8 @@ def _run(args: argparse.Namespace) -> None:
         from vitcompress.report import metrics_table, per_class_table
 
         report = evaluate_artifact(args.src, args.data, args.data_dir, args.download, args.cache_dir,
-                                   args.batch_size, args.device, quiet=args.quiet or args.json, backend=args.backend)
+                                   args.batch_size, args.device, quiet=args.quiet or args.json, backend=args.backend,
+                                   stream=args.stream)
         say(json.dumps(report) if args.json else f"{metrics_table(report)}\n\n{per_class_table(report)}")
     elif args.command == "info":
         from vitcompress.report import describe, info_json

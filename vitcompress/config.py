@@ -48,6 +48,10 @@ def check_data_spec(spec: str, flag: str = "--data") -> None:
         raise UserError(f"unknown data spec {spec!r}", f"use one of: {DATA_SPEC_HELP}")
 
 
+def check_workers(workers: int) -> None:
+    require(workers >= 0, f"--workers {workers} must not be negative", "pass 0 for one per CPU core")
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of the training loop (shared by every stage that trains)."""
@@ -133,6 +137,8 @@ class FinetuneConfig:
     val_split: float = 0.1
     train_subset: int = 0
     cache_dir: str | None = None
+    stream: bool = False
+    workers: int = 0
     device: str = "auto"
     force: bool = False
     resume: bool = False
@@ -142,6 +148,7 @@ class FinetuneConfig:
         self.train.validate()
         require(0 <= self.drop_path < 1, f"--drop-path {self.drop_path} is not in [0, 1)", "pass e.g. 0.1")
         check_data_spec(self.data)
+        check_workers(self.workers)
 
 
 PRUNE_CRITERIA = ("l1", "l2", "taylor", "attention", "random")
@@ -184,10 +191,13 @@ class SourceData:
     val_split: float = 0.1
     train_subset: int = 0
     cache_dir: str | None = None
+    stream: bool = False  # also when the artifact's own data was streamed
+    workers: int = 0
 
     def validate(self) -> None:
         if self.data:
             check_data_spec(self.data)
+        check_workers(self.workers)
 
 
 @dataclass
@@ -359,6 +369,7 @@ class BenchConfig:
     data: str | None = None
     data_dir: str | None = None
     cache_dir: str | None = None
+    stream: bool = False
     eval_size: int = 0
     baseline: str | None = None
     threads: int = 0

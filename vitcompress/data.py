@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vitcompress.config import check_data_spec
+from vitcompress.config import check_data_spec, check_workers
 from vitcompress.datasets.folder import load_folder
 from vitcompress.datasets.imageset import DataSplits, ImageSet, check_classes, holdout_split
 from vitcompress.datasets.shapes import TRAIN_PER_CLASS, load_shapes
@@ -35,12 +35,15 @@ class DataOptions:
     cache_dir: str | None = None
     quiet: bool = False
     expected_classes: list[str] | None = None  # e.g. a trained model's; checked before any decoding
+    stream: bool = False  # image files are decoded as batches are drawn, not cached once (see datasets/streamed.py)
+    workers: int = 0  # decoding processes when streaming (0: one per CPU core, shared by the processes on this machine)
 
 
 def load_data(opts: DataOptions) -> DataSplits:
     """Load the dataset named by ``opts.spec``; carve a validation split from train if it has none."""
     require(0.0 <= opts.val_split < 1.0, f"--val-split {opts.val_split} is not in [0, 1)", "use e.g. 0.1, or 0 for none")
     require(opts.train_subset >= 0, f"--train-subset {opts.train_subset} must not be negative", "pass 0 for all images")
+    check_workers(opts.workers)
     check_data_spec(opts.spec)
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
     name, _, arg = opts.spec.partition(":")
@@ -51,13 +54,14 @@ def load_data(opts: DataOptions) -> DataSplits:
         described = {"spec": opts.spec}
     elif opts.spec in TORCHVISION_SETS:
         root = Path(opts.data_dir).expanduser() if opts.data_dir else cache_dir / opts.spec
-        splits, info = load_torchvision(opts.spec, root, opts.download, opts.img_size, cache_dir, opts.quiet)
+        splits, info = load_torchvision(opts.spec, root, opts.download, opts.img_size, cache_dir, opts.quiet,
+                                        stream=opts.stream, workers=opts.workers)
         train, val, test = splits["train"], splits.get("val"), splits["test"]
         described = {"spec": opts.spec, "root": str(root), **info}
     else:  # folder:PATH, the only other form check_data_spec lets through
         splits, info = load_folder(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet,
                                    expected_classes=opts.expected_classes, train_sample=opts.train_subset,
-                                   seed=opts.seed, carve_val=opts.val_split > 0)
+                                   seed=opts.seed, carve_val=opts.val_split > 0, stream=opts.stream, workers=opts.workers)
         train, val = splits["train"], splits.get("val")
         test = splits.get("test", val)
         described = {"spec": opts.spec, **info}
@@ -75,6 +79,11 @@ def load_data(opts: DataOptions) -> DataSplits:
         described["train_subset"] = f"{len(train)} images, class-balanced, seed {opts.seed}"
     described.update(train=len(train), val=len(val) if val is not None else 0, test=len(test))
     return DataSplits(train=train, val=val, test=test, classes=train.classes, description=described)
+
+
+def streamed_before(spec: str, trained_on: dict) -> bool:
+    """Whether the model's own data, ``spec``, was streamed (``--stream``): then it is streamed again, not cached."""
+    return spec == trained_on.get("spec") and bool(trained_on.get("streamed"))
 
 
 def test_sample(opts: DataOptions, size: int = 0, seed: int = 0) -> ImageSet:

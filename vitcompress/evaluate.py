@@ -43,12 +43,11 @@ def evaluate(model: nn.Module, data: ImageSet, transform: BatchTransform, ctx: D
 def evaluate_runtime(runtime: Runtime, source: ModelSource, data: ImageSet, batch_size: int = 256) -> dict[str, Any]:
     """Metrics of a deployed model (an ONNX export, an engine) as ``runtime`` runs it, on ``data``."""
     transform = BatchTransform(source.img_size, source.mean, source.std)
-    labels = data.labels
 
     def scored() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(labels), batch_size):
-            pixels = transform.eval_pixels(data.images[start : start + batch_size])
-            yield torch.from_numpy(runtime.run(source.prepare(pixels))).float(), labels[start : start + batch_size]
+        for images, labels in BatchLoader(data, batch_size, torch.device("cpu"), shuffle=False, drop_last=False):
+            pixels = transform.eval_pixels(images)
+            yield torch.from_numpy(runtime.run(source.prepare(pixels))).float(), labels
 
     return score(scored(), data.classes, DistContext())
 
@@ -72,7 +71,7 @@ def score(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: list[st
 
 def evaluate_artifact(src: str, data: str, data_dir: str | None = None, download: bool = False,
                       cache_dir: str | None = None, batch_size: int = 256, device: str = "auto",
-                      quiet: bool = False, backend: str | None = None) -> dict[str, Any]:
+                      quiet: bool = False, backend: str | None = None, stream: bool = False) -> dict[str, Any]:
     """Score artifact or export ``src`` on the test split of ``data``.
 
     An artifact is rebuilt in PyTorch on ``device``; an export (ONNX, engine, Triton repository) runs in
@@ -81,7 +80,7 @@ def evaluate_artifact(src: str, data: str, data_dir: str | None = None, download
     require(batch_size >= 1, f"--batch-size {batch_size} must be at least 1", "pass --batch-size 1 or more")
     source = open_source(src)
     options = DataOptions(spec=data, data_dir=data_dir, download=download, img_size=source.img_size, val_split=0.0,
-                          cache_dir=cache_dir, quiet=quiet, expected_classes=source.classes)
+                          cache_dir=cache_dir, quiet=quiet, expected_classes=source.classes, stream=stream)
     if source.kind == "artifact" and backend in (None, "torch"):
         ctx = DistContext(device=resolve_device(device))
         model, meta = load_model(src, ctx.device)

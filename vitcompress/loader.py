@@ -2,6 +2,8 @@
 
 When the device is a GPU and the split fits, the whole tensor is moved there once, so a batch is
 one index operation on the device: no worker processes, no host-to-device copy per step.
+A streamed split (``--stream``) is read by ``DataLoader`` worker processes instead, each decoding
+one whole batch of the same indices, so both forms give the same batches in the same order.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import math
 from collections.abc import Iterator
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from vitcompress.datasets.imageset import ImageSet
 
@@ -33,9 +36,10 @@ class BatchLoader:
                  seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.batch_size, self.device, self.shuffle, self.drop_last = batch_size, device, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
-        on_device = device.type == "cuda" and _fits_on_device(data.images, device)
+        self.data = data
+        on_device = device.type == "cuda" and not data.streamed and _fits_on_device(data.images, device)
+        self.labels = data.labels.to(device) if on_device else data.labels
         self.images = data.images.to(device) if on_device else data.images
-        self.labels = data.labels.to(self.images.device)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -56,11 +60,45 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for chunk in self._indices().to(self.images.device).split(self.batch_size):
-            if self.drop_last and len(chunk) < self.batch_size:
-                return
-            images, labels = self.images[chunk], self.labels[chunk]
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        chunks = self._indices().to(self.labels.device).split(self.batch_size)
+        if self.drop_last and chunks and len(chunks[-1]) < self.batch_size:
+            chunks = chunks[:-1]
+        batches = self._decoded(chunks) if self.data.streamed else ((self.images[c], self.labels[c]) for c in chunks)
+        for images, labels in batches:
+            if len(labels):  # a streamed batch of only unreadable images is empty
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def _decoded(self, chunks: tuple[torch.Tensor, ...]) -> DataLoader:
+        """The batches of a streamed split, decoded ahead by worker processes, in order."""
+        workers = min(self.data.images.workers, len(chunks))
+        # Its own generator: the workers' base seed would otherwise be drawn from the global RNG, and every
+        # augmentation after it would differ from the cached path's.
+        return DataLoader(_BatchReads(self.data, chunks), batch_size=None, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", prefetch_factor=4 if workers else None,
+                          generator=torch.Generator())
+
+
+class _BatchReads(Dataset):
+    """Item ``k``: batch ``k`` of ``chunks`` read (decoded) from ``data``."""
+
+    def __init__(self, data: ImageSet, chunks: tuple[torch.Tensor, ...]) -> None:
+        self.data, self.chunks = data, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.read(self.chunks[k])
+
+
+def read_all(data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of ``data``'s pixels and labels in memory (a streamed set is decoded by the loader's workers)."""
+    if not data.streamed:
+        return data.images, data.labels
+    batches = list(BatchLoader(data, 256, torch.device("cpu"), shuffle=False, drop_last=False))
+    if not batches:
+        return torch.empty((0, *data.images.shape[1:]), dtype=torch.uint8), data.labels[:0]
+    return torch.cat([images for images, _ in batches]), torch.cat([labels for _, labels in batches])
 
 
 def _fits_on_device(images: torch.Tensor, device: torch.device) -> bool:

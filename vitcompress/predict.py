@@ -25,7 +25,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from vitcompress.augment import BatchTransform
 from vitcompress.config import PREDICT_BATCH_SIZE
-from vitcompress.datasets.decoded import square_pixels, storage_side
+from vitcompress.datasets.items import square_pixels, storage_side
 from vitcompress.errors import UserError
 from vitcompress.runtimes import open_runtime
 from vitcompress.sources import ModelSource, open_source

@@ -9,62 +9,47 @@ read into RAM when it fits comfortably, else batches are gathered straight from 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vitcompress.datasets.imageset import ImageSet
+from vitcompress.datasets.items import ImageItems, decode
 from vitcompress.errors import UserError
 
-CROP_PCT = 0.875  # the usual resize-then-centre-crop ratio for evaluation
 RAM_SHARE = 0.3  # a decoded split larger than this share of free RAM stays memory-mapped
 MANIFEST = "manifest.json"
 
 
-def storage_side(image_size: tuple[int, int], img_size: int) -> int:
-    """Side length images are cached at: enough for a centre crop to ``img_size``, never upscaled."""
-    return max(1, min(math.ceil(img_size / CROP_PCT), min(image_size)))
-
-
-def square_pixels(img: Image.Image, size: int) -> np.ndarray:
-    """Shorter side resized to ``size`` (bicubic), centre-cropped square: uint8 ``size x size x 3``."""
-    w, h = img.size
-    scale = size / min(w, h)
-    if (w, h) != (size, size):
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
-        left, top = (img.width - size) // 2, (img.height - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    return np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
+SplitItems = tuple[ImageItems, Sequence[int]]  # a split's images and their labels
 
 
 def is_cached(target: Path) -> bool:
     return (target / MANIFEST).is_file()
 
 
-def build_cache(splits: dict[str, Dataset], classes: list[str], size: int, target: Path, quiet: bool) -> None:
+def build_cache(splits: dict[str, SplitItems], classes: list[str], size: int, target: Path, quiet: bool) -> None:
     """Decode every split into ``target/<split>/``; write the manifest; publish by one rename.
 
-    Each dataset item is ``(label, pixels or None, name)``: ``None`` for an image that cannot be read,
-    which is skipped and named in the manifest.
+    An image that cannot be read is skipped and named in the manifest.
     """
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     workers = min(8, os.cpu_count() or 1)
     if not quiet:
-        total = sum(len(ds) for ds in splits.values())
+        total = sum(len(labels) for _, labels in splits.values())
         print(f"decoding {total} images once at {size}x{size} into {target}", file=sys.stderr, flush=True)
     skipped: list[str] = []
-    for split, dataset in splits.items():
+    for split, (items, labels) in splits.items():
         (staging / split).mkdir(parents=True)
-        skipped += _decode_split(dataset, size, staging / split, workers, quiet)
+        skipped += _decode_split(_Decoding(items, labels, size), size, staging / split, workers, quiet)
     for split in splits:
         if int((staging / split / "count.txt").read_text()) == 0:
             shutil.rmtree(staging, ignore_errors=True)
@@ -78,11 +63,26 @@ def skipped_files(target: Path) -> list[str]:
     return json.loads((target / MANIFEST).read_text())["skipped"]
 
 
+class _Decoding(Dataset):
+    """``(label, pixels or None, name)`` per image, decoded in ``_decode_split``'s worker processes."""
+
+    def __init__(self, items: ImageItems, labels: Sequence[int], size: int) -> None:
+        self.items, self.labels, self.size = items, labels, size
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
+        return int(self.labels[i]), decode(self.items, i, self.size), self.items.name(i)
+
+
 def _decode_split(dataset: Dataset, size: int, out: Path, workers: int, quiet: bool) -> list[str]:
     """Decode into ``out/images.npy`` + ``labels.npy``; return the names of the images that could not be read."""
     images = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(len(dataset), size, size, 3))
     labels, bad, kept = [], [], 0
-    loader = DataLoader(dataset, batch_size=256, num_workers=workers, collate_fn=list)
+    # Its own generator: drawing the workers' seed from the global RNG would make a run that decodes train
+    # differently from the same run reading the cache.
+    loader = DataLoader(dataset, batch_size=256, num_workers=workers, collate_fn=list, generator=torch.Generator())
     for batch in tqdm(loader, desc=f"decoding {out.name}", unit="batch", disable=quiet, leave=False):
         for label, pixels, name in batch:
             if pixels is None:

@@ -1,7 +1,8 @@
 """``folder:PATH``: an ImageFolder tree (``train/`` plus ``val/`` and/or ``test/``), or an archive of one.
 
-Images are decoded once into a uint8 cache (``decoded.py``). Unreadable images are *skipped with a
-warning and a count*; their names are kept in the cache and in the artifact.
+Images are decoded once into a uint8 cache (``decoded.py``), or with ``stream`` read from their files
+as batches are drawn (``streamed.py``). Unreadable images are *skipped with a warning and a count*;
+their names are kept in the cache and in the artifact (streaming names them as it meets them).
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from vitcompress.datasets.archive import extract_cached, is_archive
-from vitcompress.datasets.decoded import build_cache, is_cached, open_split, skipped_files, square_pixels, storage_side
+from vitcompress.datasets.decoded import build_cache, is_cached, open_split, skipped_files
 from vitcompress.datasets.imageset import ImageSet, check_classes, stratified_split
+from vitcompress.datasets.items import UNREADABLE, ImageFiles, storage_side
+from vitcompress.datasets.streamed import StreamedImages
 from vitcompress.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -72,28 +73,15 @@ def _find_classes(split_dir: Path) -> tuple[list[str], dict[str, int]]:
         raise UserError(f"{split_dir} has no class folders", "put images in <split>/<class>/*.jpg") from None
 
 
-def storage_size(first_image: str, img_size: int) -> int:
-    """Side length images are cached at: enough for a centre crop to ``img_size``, never upscaled."""
-    with Image.open(first_image) as img:
-        return storage_side(img.size, img_size)
-
-
-class _DecodeFiles(Dataset):
-    """``(label, pixels or None, path)`` per image file, for ``decoded.build_cache``."""
-
-    def __init__(self, samples: list[tuple[str, int]], size: int) -> None:
-        self.samples, self.size = samples, size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
-        path, label = self.samples[i]
+def storage_size(files: list[tuple[str, int]], img_size: int) -> int:
+    """Side length images are stored at, from the first readable image: enough for a centre crop to ``img_size``."""
+    for path, _ in files:
         try:
             with Image.open(path) as img:
-                return label, square_pixels(img.convert("RGB"), self.size), path
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            return label, None, path
+                return storage_side(img.size, img_size)
+        except UNREADABLE:
+            continue
+    raise UserError(f"no readable images in the train split ({len(files)} files)", "check that the files are real images")
 
 
 def _cache_key(root: Path, samples: dict[str, list[tuple[str, int]]], size: int) -> str:
@@ -107,13 +95,14 @@ def _cache_key(root: Path, samples: dict[str, list[tuple[str, int]]], size: int)
 
 def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
                 expected_classes: list[str] | None = None, train_sample: int = 0, seed: int = 0,
-                carve_val: bool = True) -> tuple[dict[str, ImageSet], dict]:
-    """Decoded splits of an ImageFolder tree, keyed ``train``/``val``/``test`` (those present).
+                carve_val: bool = True, stream: bool = False, workers: int = 0) -> tuple[dict[str, ImageSet], dict]:
+    """Splits of an ImageFolder tree, keyed ``train``/``val``/``test`` (those present): decoded, or streamed.
 
     ``train_sample`` > 0 decodes only a class-balanced, seeded sample of that many training files: the
     sample ``--train-subset`` would take from the decoded split, taken before decoding, for data too large
     to decode whole. Not when a validation split is still to be carved out of train first (no ``val/``
-    and ``carve_val``). ``info["train_sampled"]`` says whether it was taken.
+    and ``carve_val``). ``info["train_sampled"]`` says whether it was taken. ``stream`` decodes nothing
+    now: the splits read their files as batches are drawn, with ``workers`` processes (0: one per core).
     """
     root = locate_root(path, cache_dir, quiet)
     classes, samples = _scan(root)
@@ -124,13 +113,19 @@ def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
         labels = torch.tensor([label for _, label in samples["train"]])
         _, chosen = stratified_split(labels, len(classes), train_sample / len(labels), seed)
         samples["train"] = [samples["train"][i] for i in chosen.tolist()]
-    size = storage_size(samples["train"][0][0], img_size)
+    size = storage_size(samples["train"], img_size)
+    info = {"root": str(root), "storage_size": size, "train_sampled": sampled}
+    split_items = {split: (ImageFiles([p for p, _ in files]), [label for _, label in files]) for split, files in samples.items()}
+    if stream:
+        splits = {split: ImageSet(StreamedImages(items, size, workers=workers), torch.tensor(labels, dtype=torch.long), classes)
+                  for split, (items, labels) in split_items.items()}
+        return splits, {**info, "streamed": True}
     target = cache_dir / "decoded" / _cache_key(root, samples, size)
     if not is_cached(target):
-        build_cache({split: _DecodeFiles(files, size) for split, files in samples.items()}, classes, size, target, quiet)
+        build_cache(split_items, classes, size, target, quiet)
     skipped = skipped_files(target)
     if skipped and not quiet:
         print(f"warning: skipped {len(skipped)} unreadable image(s) in {root} (first: {skipped[0]}); "
               f"the full list is in {target / 'manifest.json'}", file=sys.stderr, flush=True)
     splits = {split: open_split(target / split, classes) for split in samples}
-    return splits, {"root": str(root), "storage_size": size, "skipped_files": skipped, "train_sampled": sampled}
+    return splits, {**info, "skipped_files": skipped}

@@ -7,17 +7,22 @@ training keep a GPU busy: no per-image JPEG decode or PIL augmentation in the ho
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from vitcompress.errors import UserError
 
+if TYPE_CHECKING:
+    from vitcompress.datasets.streamed import StreamedImages
+
 
 @dataclass
 class ImageSet:
-    """One split: ``images`` is uint8 ``N x H x W x 3``; ``labels`` is int64 ``N``."""
+    """One split: ``images`` is uint8 ``N x H x W x 3`` (decoded, or ``StreamedImages`` decoded when read);
+    ``labels`` is int64 ``N``."""
 
-    images: torch.Tensor
+    images: torch.Tensor | StreamedImages
     labels: torch.Tensor
     classes: list[str]
 
@@ -29,8 +34,21 @@ class ImageSet:
         """Stored side length in pixels (images are square)."""
         return int(self.images.shape[1])
 
+    @property
+    def streamed(self) -> bool:
+        return not isinstance(self.images, torch.Tensor)
+
     def subset(self, indices: torch.Tensor) -> ImageSet:
-        return ImageSet(self.images[indices], self.labels[indices], self.classes)
+        """The images at ``indices``; a streamed set's subset is lazy (nothing is decoded)."""
+        images = self.images[indices] if isinstance(self.images, torch.Tensor) else self.images.select(indices)
+        return ImageSet(images, self.labels[indices], self.classes)
+
+    def read(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels and labels of ``indices``; a streamed set decodes them now and drops the unreadable ones."""
+        if isinstance(self.images, torch.Tensor):
+            return self.images[indices], self.labels[indices]
+        pixels, kept = self.images.read(indices)
+        return pixels, self.labels[kept]
 
 
 @dataclass

@@ -3,7 +3,7 @@
 
 Sets torchvision holds as one array (CIFAR, SVHN, STL-10, MNIST) become an ``ImageSet`` directly, at
 their own size. Sets of image files of any size (Flowers-102, Pets, Food-101, DTD, GTSRB) are decoded
-once into the same square uint8 cache as folder data (``decoded.py``).
+once into the same square uint8 cache as folder data (``decoded.py``), or streamed (``streamed.py``).
 
 torchvision checks the md5 of the files it unpickles (CIFAR) before reading them, so only the
 official release is ever unpickled, never an arbitrary file a user points us at.
@@ -19,15 +19,20 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vitcompress.datasets.decoded import build_cache, is_cached, open_split, square_pixels, storage_side
+from vitcompress.datasets.decoded import build_cache, is_cached, open_split
 from vitcompress.datasets.imageset import ImageSet
+from vitcompress.datasets.items import DatasetImages, storage_side
+from vitcompress.datasets.streamed import StreamedImages
 from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS, TorchvisionSet
 from vitcompress.errors import UserError
 
 
-def load_torchvision(name: str, root: Path, download: bool, img_size: int, cache_dir: Path,
-                     quiet: bool = False) -> tuple[dict[str, ImageSet], dict[str, Any]]:
-    """The splits of torchvision dataset ``name`` (``train``, ``test``, and ``val`` where it has one)."""
+def load_torchvision(name: str, root: Path, download: bool, img_size: int, cache_dir: Path, quiet: bool = False,
+                     stream: bool = False, workers: int = 0) -> tuple[dict[str, ImageSet], dict[str, Any]]:
+    """The splits of torchvision dataset ``name`` (``train``, ``test``, and ``val`` where it has one).
+
+    ``stream``: a set of image files is not decoded now but read as batches are drawn (arrays are used as they are).
+    """
     spec = TORCHVISION_SETS[name]
     datasets = {split: _open(spec, root, download, kwargs)
                 for split, kwargs in (("train", spec.train), ("val", spec.val), ("test", spec.test)) if kwargs is not None}
@@ -35,9 +40,13 @@ def load_torchvision(name: str, root: Path, download: bool, img_size: int, cache
     if all(_as_array(ds) is not None for ds in datasets.values()):
         return {split: _array_imageset(ds, classes) for split, ds in datasets.items()}, {}
     size = storage_side(datasets["train"][0][0].size, img_size)
+    split_items = {split: (DatasetImages(ds), _labels(ds)) for split, ds in datasets.items()}
+    if stream:
+        return ({split: ImageSet(StreamedImages(items, size, workers=workers), torch.from_numpy(labels), classes)
+                 for split, (items, labels) in split_items.items()}, {"storage_size": size, "streamed": True})
     target = cache_dir / "decoded" / _cache_key(name, root, size)
     if not is_cached(target):
-        build_cache({split: _DecodeItems(ds, size) for split, ds in datasets.items()}, classes, size, target, quiet)
+        build_cache(split_items, classes, size, target, quiet)
     return {split: open_split(target / split, classes) for split in datasets}, {"storage_size": size}
 
 
@@ -76,6 +85,9 @@ def _labels(ds: Dataset) -> np.ndarray:
         labels = getattr(ds, attribute, None)
         if labels is not None:
             return np.asarray(labels, dtype=np.int64)
+    samples = getattr(ds, "_samples", None)  # GTSRB: (path, label) pairs
+    if samples is not None:
+        return np.asarray([label for _, label in samples], dtype=np.int64)
     return np.asarray([ds[i][1] for i in range(len(ds))], dtype=np.int64)
 
 
@@ -88,20 +100,6 @@ def _array_imageset(ds: Dataset, classes: list[str]) -> ImageSet:
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
     return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(_labels(ds)), classes)
-
-
-class _DecodeItems(Dataset):
-    """``(label, pixels, index)`` per item of a torchvision set of image files, for ``decoded.build_cache``."""
-
-    def __init__(self, dataset: Dataset, size: int) -> None:
-        self.dataset, self.size = dataset, size
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
-        image, label = self.dataset[i]
-        return int(label), square_pixels(image.convert("RGB"), self.size), str(i)
 
 
 def _cache_key(name: str, root: Path, size: int) -> str:

@@ -1,0 +1,116 @@
+"""--stream: image files decoded by loader workers as batches are drawn, instead of once into the cache.
+
+The promise is that streaming changes where pixels are decoded, not what they are: the same batches in the
+same order as the cache gives, the same metrics, and nothing written to the decode cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY, run_cli, write_image_folder
+from tests.test_torchvision_data import write_dtd
+from vitcompress.artifact import read_meta
+from vitcompress.data import DataOptions, load_data
+from vitcompress.loader import BatchLoader, read_all
+
+CPU = torch.device("cpu")
+
+
+def decoded_caches(cache: Path) -> list[Path]:
+    return list((cache / "decoded").glob("*")) if (cache / "decoded").is_dir() else []
+
+
+def batches(loader: BatchLoader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(loader)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_streamed_batches_equal_the_cached_ones(tmp_path: Path, rank: int) -> None:
+    root = write_image_folder(tmp_path / "d", per_class=10, classes=3, fmt="jpg")
+    common = {"spec": f"folder:{root}", "img_size": 32, "val_split": 0.2, "train_subset": 15, "seed": 4, "quiet": True}
+    cached = load_data(DataOptions(**common, cache_dir=str(tmp_path / "c1")))
+    streamed = load_data(DataOptions(**common, cache_dir=str(tmp_path / "c2"), stream=True, workers=2))
+    assert streamed.train.streamed and not cached.train.streamed
+    assert decoded_caches(tmp_path / "c2") == []  # nothing decoded ahead
+    assert streamed.description["streamed"] is True and streamed.description["train_subset"] == cached.description["train_subset"]
+    for split in ("train", "val", "test"):
+        mine, theirs = getattr(streamed, split), getattr(cached, split)
+        assert torch.equal(mine.labels, theirs.labels) and mine.images.shape == theirs.images.shape
+        options = {"shuffle": split == "train", "drop_last": split == "train", "seed": 9, "rank": rank, "world_size": 2}
+        got = batches(BatchLoader(mine, 4, CPU, **options))
+        want = batches(BatchLoader(theirs, 4, CPU, **options))
+        assert len(got) == len(want) > 0
+        for (x, y), (x_ref, y_ref) in zip(got, want, strict=True):
+            assert x.dtype == torch.uint8 and torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    pixels, labels = read_all(streamed.test)
+    assert torch.equal(pixels, cached.test.images) and torch.equal(labels, cached.test.labels)
+
+
+def test_unreadable_image_is_dropped_from_its_batch_with_a_warning(tmp_path: Path) -> None:
+    """The broken file is the first of train, which the storage size used to be read from (a traceback)."""
+    root = write_image_folder(tmp_path / "d", per_class=4, classes=2)
+    (root / "train" / "circle" / "0000.png").write_bytes(b"\x89PNG not really a png")
+    cached = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0, cache_dir=str(tmp_path / "c1"), quiet=True))
+    streamed = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0, cache_dir=str(tmp_path / "c2"),
+                                     quiet=True, stream=True))
+    assert len(streamed.train) == len(cached.train) + 1  # the file list still holds it: it is only opened when read
+    with pytest.warns(UserWarning, match=r"skipped unreadable image .*0000\.png"):
+        pixels, labels = streamed.train.read(torch.arange(len(streamed.train)))
+    assert torch.equal(pixels, cached.train.images) and torch.equal(labels, cached.train.labels)
+
+
+def test_a_torchvision_set_of_files_streams_the_pixels_it_would_cache(tmp_path: Path) -> None:
+    write_dtd(tmp_path / "tv")
+    common = {"spec": "dtd", "data_dir": str(tmp_path / "tv"), "img_size": 32, "quiet": True}
+    cached = load_data(DataOptions(**common, cache_dir=str(tmp_path / "c1")))
+    streamed = load_data(DataOptions(**common, cache_dir=str(tmp_path / "c2"), stream=True, workers=1))
+    assert decoded_caches(tmp_path / "c2") == [] and streamed.description["streamed"] is True
+    for split in ("train", "val", "test"):
+        pixels, labels = read_all(getattr(streamed, split))
+        assert torch.equal(pixels, getattr(cached, split).images) and torch.equal(labels, getattr(cached, split).labels)
+
+
+def test_a_streamed_model_is_pruned_exported_and_scored_without_a_cache(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """finetune --stream records it; prune and export's verification stream the artifact's data again;
+    eval --stream scores exactly what eval from the cache does."""
+    root = write_image_folder(tmp_path / "d", per_class=20, classes=3, splits=("train", "val", "test"), fmt="jpg")
+    stream_cache = tmp_path / "c-stream"
+    data = ["--data", f"folder:{root}", "--cache-dir", stream_cache]
+    base, pruned, exported = tmp_path / "base", tmp_path / "pruned", tmp_path / "onnx"
+    assert run_cli("finetune", *TINY, *data, "--stream", "--workers", "2", "--epochs", "6", "--batch-size", "16",
+                   "--out", base) == 0
+    assert read_meta(base).data["streamed"] is True and read_meta(base).metrics["top1"] > 1 / 3  # above chance
+    assert run_cli("prune", base, "--heads", "0.5", "--finetune-epochs", "1", "--cache-dir", stream_cache,
+                   "--batch-size", "16", "--quiet", "--out", pruned) == 0
+    assert read_meta(pruned).data["streamed"] is True
+    assert run_cli("export", pruned, "--out", exported, "--cache-dir", stream_cache, "--quiet") == 0
+    assert "test split" in json.loads((exported / "export.json").read_text())["verify"]["onnxruntime"]["source"]
+    assert decoded_caches(stream_cache) == []  # every stage read the files, none decoded them into the cache
+    capsys.readouterr()
+    scores = {}
+    for how, flags in (("streamed", ["--stream"]), ("cached", [])):
+        assert run_cli("eval", pruned, "--data", f"folder:{root}", "--json", "--cache-dir", tmp_path / how, *flags) == 0
+        scores[how] = json.loads(capsys.readouterr().out)
+    assert scores["streamed"]["top1"] == scores["cached"]["top1"] and scores["streamed"]["loss"] == scores["cached"]["loss"]
+    assert scores["streamed"]["samples"] == scores["cached"]["samples"] == 60
+    assert decoded_caches(tmp_path / "streamed") == [] and len(decoded_caches(tmp_path / "cached")) == 1
+
+
+def test_streaming_trains_exactly_the_model_the_cache_trains(tmp_path: Path) -> None:
+    """Same batches, same augmentation draws, same weights. Neither the streaming workers nor the cache's decoding
+    workers may draw from the global RNG: the cached run decodes here, and before that fix a run that built the cache
+    trained differently from the same run reading it."""
+    root = write_image_folder(tmp_path / "d", per_class=12, classes=3, fmt="jpg")
+    metrics = {}
+    for how, flags in (("streamed", ["--stream", "--workers", "2"]), ("cached", [])):
+        out = tmp_path / how
+        assert run_cli("finetune", *TINY, "--data", f"folder:{root}", "--cache-dir", tmp_path / f"c-{how}", "--epochs", "2",
+                       "--batch-size", "8", "--val-split", "0.25", "--out", out, *flags) == 0
+        metrics[how] = read_meta(out).metrics
+    for key in ("top1", "loss", "best_val_top1"):
+        assert metrics["streamed"][key] == metrics["cached"][key], key

@@ -1,0 +1,87 @@
+"""One image to its stored pixels, and the image sources a split is made of (files, a torchvision set).
+
+Both the decode-once cache (``decoded.py``) and streaming (``streamed.py``) turn images into the same
+uint8 ``S x S x 3`` pixels through ``decode``, so the two give identical batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+CROP_PCT = 0.875  # the usual resize-then-centre-crop ratio for evaluation
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError)  # what PIL raises on a broken file
+
+
+def storage_side(image_size: tuple[int, int], img_size: int) -> int:
+    """Side length images are stored at: enough for a centre crop to ``img_size``, never upscaled."""
+    return max(1, min(math.ceil(img_size / CROP_PCT), min(image_size)))
+
+
+def square_pixels(img: Image.Image, size: int) -> np.ndarray:
+    """Shorter side resized to ``size`` (bicubic), centre-cropped square: uint8 ``size x size x 3``."""
+    w, h = img.size
+    scale = size / min(w, h)
+    if (w, h) != (size, size):
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+        left, top = (img.width - size) // 2, (img.height - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
+
+
+class ImageItems(Protocol):
+    """A split's images by position, before decoding."""
+
+    def __len__(self) -> int: ...
+
+    def open(self, i: int) -> Image.Image:
+        """Image ``i`` as RGB; raises one of ``UNREADABLE`` when it cannot be read."""
+        ...
+
+    def name(self, i: int) -> str: ...
+
+
+class ImageFiles:
+    """Image files by path (a folder split)."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def open(self, i: int) -> Image.Image:
+        with Image.open(self.paths[i]) as img:
+            return img.convert("RGB")
+
+    def name(self, i: int) -> str:
+        return self.paths[i]
+
+
+class DatasetImages:
+    """The images of a torchvision dataset of files (Flowers-102, Food-101, ...); its labels are read apart."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def open(self, i: int) -> Image.Image:
+        return self.dataset[i][0].convert("RGB")
+
+    def name(self, i: int) -> str:
+        return f"{type(self.dataset).__name__}[{i}]"
+
+
+def decode(items: ImageItems, i: int, size: int) -> np.ndarray | None:
+    """Item ``i`` as uint8 ``size x size x 3`` pixels, or None when it cannot be read."""
+    try:
+        return square_pixels(items.open(i), size)
+    except UNREADABLE:
+        return None
