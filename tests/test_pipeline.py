@@ -225,3 +225,15 @@ def test_bench_finds_finetunes_torchvision_set_where_finetune_did(tmp_path: Path
     assert _step_config(bench, recipe, tmp_path, resume=False).data_dir == "/data/tv"
     for section, expected in (({"data": "shapes"}, None), ({"data": "dtd", "data_dir": "/elsewhere"}, "/elsewhere"), ({}, None)):
         assert _step_config(bench, {**recipe, "bench": section}, tmp_path, resume=False).data_dir == expected
+
+
+def test_bench_streams_finetunes_data_when_finetune_streamed(tmp_path: Path) -> None:
+    from vitcompress.pipeline import _step_config
+
+    recipe = {"finetune": {**SMALL["finetune"], "data": "dtd", "stream": True}, "export": {}, "bench": {"data": "dtd"}}
+    bench = next(s for s in plan(recipe) if s.stage == "bench")
+    assert _step_config(bench, recipe, tmp_path, resume=False).stream is True
+    for section, expected in (({"data": "shapes"}, False), ({"data": "shapes", "stream": True}, True), ({}, False)):
+        assert _step_config(bench, {**recipe, "bench": section}, tmp_path, resume=False).stream is expected
+    unstreamed = {**recipe, "finetune": {**recipe["finetune"], "stream": False}}
+    assert _step_config(bench, unstreamed, tmp_path, resume=False).stream is False

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from vitcompress.data import streamed_before
 from vitcompress.datasets.torchvision_catalog import data_dir_for
 from vitcompress.distributed import DistContext, process_group
 from vitcompress.errors import UserError, require
@@ -186,10 +187,13 @@ def _step_config(step: Step, recipe: dict[str, dict[str, Any]], root: Path, resu
     sources = [section["src"] if name == "src" else str(root / name) for name in step.inputs]
     if step.stage == "finetune":
         return build_config("finetune", section, out=out, force=not resume, resume=resume)
-    if step.stage == "bench":  # bench on finetune's torchvision set finds it where finetune did
-        trained_on = {"spec": recipe.get("finetune", {}).get("data"), "root": recipe.get("finetune", {}).get("data_dir")}
-        data_dir = data_dir_for(section.get("data"), section.get("data_dir"), trained_on) if section.get("data") else None
-        return build_config("bench", {**section, "data_dir": data_dir}, srcs=sources, out=out, force=True)
+    if step.stage == "bench":  # bench on finetune's data finds it where finetune did, and streams it if finetune did
+        finetune = recipe.get("finetune", {})
+        trained_on = {"spec": finetune.get("data"), "root": finetune.get("data_dir"), "streamed": finetune.get("stream")}
+        spec = section.get("data")
+        data_dir = data_dir_for(spec, section.get("data_dir"), trained_on) if spec else None
+        stream = bool(section.get("stream")) or (bool(spec) and streamed_before(spec, trained_on))
+        return build_config("bench", {**section, "data_dir": data_dir, "stream": stream}, srcs=sources, out=out, force=True)
     resume_option = {"resume": resume} if step.stage in TRAINING_STAGES else {}
     return build_config(step.stage, section, src=sources[0], out=out, force=not resume, **resume_option)
 
