@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -165,3 +167,20 @@ def test_train_subset_of_a_folder_with_val_decodes_only_the_sample(tmp_path: Pat
     counts = {p.parent.name: int(p.read_text()) for p in (tmp_path / "c2" / "decoded").rglob("count.txt")}
     assert counts == {"train": 6, "val": 24, "test": 24}  # only the sample was decoded
     assert sampled.description["train_subset"] == "6 images, class-balanced, seed 5"
+
+
+def test_two_commands_on_the_same_new_data_decode_it_once(tmp_path: Path) -> None:
+    """Two runs started together (two terminals; torchrun ranks with their own disks): the second waits for the
+    first's cache instead of decoding too and failing to rename its copy onto it."""
+    root = write_image_folder(tmp_path / "d", per_class=100, classes=10, fmt="jpg")
+    archive = make_tar(root, tmp_path / "d.tar")
+    load = ("from vitcompress.data import DataOptions, load_data; "
+            f"print(len(load_data(DataOptions(spec='folder:{archive}', img_size=32, cache_dir='{tmp_path / 'c'}')).train))")
+    runs = [subprocess.Popen([sys.executable, "-c", load], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-500:] for _, err in outputs]
+    assert [out.strip() for out, _ in outputs] == ["900", "900"]
+    stderr = "".join(err for _, err in outputs)
+    assert stderr.count("extracting") == 1 and stderr.count("images once at") == 1
+    assert len([p for p in (tmp_path / "c" / "decoded").iterdir() if p.is_dir()]) == 1

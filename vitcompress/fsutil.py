@@ -1,4 +1,4 @@
-"""Atomic writes: a reader never sees a half-written file or directory."""
+"""Atomic writes: a reader never sees a half-written file or directory; a cache is built by one process."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from filelock import FileLock
 
 from vitcompress.errors import UserError
 
@@ -68,6 +70,21 @@ def staged_directory(out: Path, suffix: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     publish_dir(staging, out)
+
+
+def build_once(target: Path, ready: Callable[[Path], bool], build: Callable[[], None]) -> None:
+    """Run ``build`` (which publishes ``target``) unless ``ready(target)``.
+
+    Two commands started on the same data (two terminals, or torchrun ranks on nodes with their own disks)
+    would both build it and the second rename would fail; a file lock beside ``target`` makes the later one
+    wait for the first and use what it built.
+    """
+    if ready(target):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if not ready(target):
+            build()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -17,6 +17,7 @@ import tarfile
 from pathlib import Path
 
 from vitcompress.errors import UserError
+from vitcompress.fsutil import build_once
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
 
@@ -30,8 +31,12 @@ def extract_cached(archive: Path, cache_dir: Path, quiet: bool = False) -> Path:
     stat = archive.stat()
     key = hashlib.sha256(f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_dir / "archives" / f"{archive.name.split('.')[0]}-{key}"
-    if target.is_dir():
-        return target
+    build_once(target, Path.is_dir, lambda: _extract(archive, target, quiet))
+    return target
+
+
+def _extract(archive: Path, target: Path, quiet: bool) -> None:
+    """Extract into a temporary folder beside ``target``; rename it to ``target`` when complete."""
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     staging.mkdir(parents=True, exist_ok=True)
     if not quiet:
@@ -50,7 +55,6 @@ def extract_cached(archive: Path, cache_dir: Path, quiet: bool = False) -> Path:
         raise UserError(f"archive {archive} could not be read ({exc})",
                         "it may be truncated or corrupt: copy it again") from None
     os.replace(staging, target)
-    return target
 
 
 class UnsafeMember(Exception):

@@ -22,6 +22,7 @@ from vitcompress.datasets.imageset import ImageSet, check_classes, stratified_sp
 from vitcompress.datasets.items import UNREADABLE, ImageFiles, storage_side
 from vitcompress.datasets.streamed import StreamedImages
 from vitcompress.errors import UserError
+from vitcompress.fsutil import build_once
 
 SPLITS = ("train", "val", "test")
 
@@ -121,8 +122,7 @@ def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
                   for split, (items, labels) in split_items.items()}
         return splits, {**info, "streamed": True}
     target = cache_dir / "decoded" / _cache_key(root, samples, size)
-    if not is_cached(target):
-        build_cache(split_items, classes, size, target, quiet)
+    build_once(target, is_cached, lambda: build_cache(split_items, classes, size, target, quiet))
     skipped = skipped_files(target)
     if skipped and not quiet:
         print(f"warning: skipped {len(skipped)} unreadable image(s) in {root} (first: {skipped[0]}); "

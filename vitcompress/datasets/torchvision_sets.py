@@ -25,6 +25,7 @@ from vitcompress.datasets.items import DatasetImages, storage_side
 from vitcompress.datasets.streamed import StreamedImages
 from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS, TorchvisionSet
 from vitcompress.errors import UserError
+from vitcompress.fsutil import build_once
 
 
 def load_torchvision(name: str, root: Path, download: bool, img_size: int, cache_dir: Path, quiet: bool = False,
@@ -45,8 +46,7 @@ def load_torchvision(name: str, root: Path, download: bool, img_size: int, cache
         return ({split: ImageSet(StreamedImages(items, size, workers=workers), torch.from_numpy(labels), classes)
                  for split, (items, labels) in split_items.items()}, {"storage_size": size, "streamed": True})
     target = cache_dir / "decoded" / _cache_key(name, root, size)
-    if not is_cached(target):
-        build_cache(split_items, classes, size, target, quiet)
+    build_once(target, is_cached, lambda: build_cache(split_items, classes, size, target, quiet))
     return {split: open_split(target / split, classes) for split in datasets}, {"storage_size": size}
 
 
