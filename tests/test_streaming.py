@@ -22,7 +22,7 @@ CPU = torch.device("cpu")
 
 
 def decoded_caches(cache: Path) -> list[Path]:
-    return list((cache / "decoded").glob("*")) if (cache / "decoded").is_dir() else []
+    return [p for p in (cache / "decoded").iterdir() if p.is_dir()] if (cache / "decoded").is_dir() else []
 
 
 def batches(loader: BatchLoader) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -82,7 +82,7 @@ def build_once(target: Path, ready: Callable[[Path], bool], build: Callable[[], 
     if ready(target):
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{target}.lock"):
+    with FileLock(target.with_name(f".{target.name}.lock")):
         if not ready(target):
             build()
 
