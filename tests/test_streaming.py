@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import TINY, run_cli, write_image_folder
 from tests.test_torchvision_data import write_dtd
 from vitcompress.artifact import read_meta
 from vitcompress.data import DataOptions, load_data
+from vitcompress.datasets.items import square_pixels
 from vitcompress.loader import BatchLoader, read_all
+from vitcompress.predict import _stored
 
 CPU = torch.device("cpu")
 
@@ -114,3 +117,24 @@ def test_streaming_trains_exactly_the_model_the_cache_trains(tmp_path: Path) -> 
         metrics[how] = read_meta(out).metrics
     for key in ("top1", "loss", "best_val_top1"):
         assert metrics["streamed"][key] == metrics["cached"][key], key
+
+
+def test_large_jpegs_decode_alike_in_the_cache_streaming_and_predict(tmp_path: Path) -> None:
+    """Photos many times the stored size are decoded at a reduced JPEG scale (PIL's draft, as its thumbnail does):
+    every path that turns a file into pixels must do it the same way, and stay close to a full decode."""
+    root = write_image_folder(tmp_path / "d", per_class=2, classes=2, fmt="jpg")
+    files = sorted(root.rglob("*.jpg"))
+    for path in files:  # 320 x 240: decoded at half scale for a 37 px store (32 px model)
+        with Image.open(path) as img:
+            img.resize((320, 240), Image.Resampling.BICUBIC).save(path, quality=90)
+    common = {"spec": f"folder:{root}", "img_size": 32, "val_split": 0, "quiet": True}
+    cached = load_data(DataOptions(**common, cache_dir=str(tmp_path / "c")))
+    streamed = load_data(DataOptions(**common, cache_dir=str(tmp_path / "c2"), stream=True))
+    test_files = sorted((root / "test").rglob("*.jpg"))
+    from_predict = torch.stack([torch.from_numpy(_stored(path, 32)) for path in test_files])
+    assert torch.equal(read_all(streamed.test)[0], cached.test.images)
+    assert torch.equal(from_predict, cached.test.images)
+    for path, stored in zip(test_files, cached.test.images, strict=True):
+        with Image.open(path) as img:
+            full = torch.from_numpy(square_pixels(img.convert("RGB"), 37))
+        assert (full.float() - stored.float()).abs().mean() < 1.0

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from vitcompress.augment import BatchTransform
 from vitcompress.config import PREDICT_BATCH_SIZE
-from vitcompress.datasets.items import square_pixels, storage_side
+from vitcompress.datasets.items import UNREADABLE, storage_side, stored_pixels
 from vitcompress.errors import UserError
 from vitcompress.runtimes import open_runtime
 from vitcompress.sources import ModelSource, open_source
@@ -51,9 +51,7 @@ class Classifier:
 
     def pixels(self, image: ImageLike) -> torch.Tensor:
         """uint8 ``img_size x img_size x 3`` pixels of one image, as the model was evaluated."""
-        img = _open(image)
-        side = storage_side(img.size, self.source.img_size)
-        stored = torch.from_numpy(square_pixels(img.convert("RGB"), side)).unsqueeze(0)
+        stored = torch.from_numpy(_stored(image, self.source.img_size)).unsqueeze(0)
         return self.transform.eval_pixels(stored)[0]
 
     def probabilities(self, images: list[ImageLike]) -> np.ndarray:
@@ -77,14 +75,14 @@ class Classifier:
         return answers[0] if single else answers
 
 
-def _open(image: ImageLike) -> Image.Image:
+def _stored(image: ImageLike, img_size: int) -> np.ndarray:
+    """The pixels the data cache would store for ``image`` (decoded the same way), at the side its eval crop needs."""
     if isinstance(image, Image.Image):
-        return image
+        return stored_pixels(image, storage_side(image.size, img_size))
     try:
         with Image.open(image) as img:
-            img.load()
-            return img
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            return stored_pixels(img, storage_side(img.size, img_size))
+    except UNREADABLE as exc:
         raise UserError(f"cannot read image {image} ({type(exc).__name__})",
                         "pass image files PIL can open (JPEG, PNG, ...)") from None
 

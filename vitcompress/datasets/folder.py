@@ -19,7 +19,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from vitcompress.datasets.archive import extract_cached, is_archive
 from vitcompress.datasets.decoded import build_cache, is_cached, open_split, skipped_files
 from vitcompress.datasets.imageset import ImageSet, check_classes, stratified_split
-from vitcompress.datasets.items import UNREADABLE, ImageFiles, storage_side
+from vitcompress.datasets.items import DRAFT_GAP, UNREADABLE, ImageFiles, storage_side
 from vitcompress.datasets.streamed import StreamedImages
 from vitcompress.errors import UserError
 from vitcompress.fsutil import build_once
@@ -86,7 +86,7 @@ def storage_size(files: list[tuple[str, int]], img_size: int) -> int:
 
 
 def _cache_key(root: Path, samples: dict[str, list[tuple[str, int]]], size: int) -> str:
-    digest = hashlib.sha256(f"{root.resolve()}|{size}".encode())
+    digest = hashlib.sha256(f"{root.resolve()}|{size}|draft{DRAFT_GAP}".encode())
     for split in sorted(samples):
         for path, label in samples[split]:
             st = os.stat(path)
