@@ -14,7 +14,7 @@ recorded and the next runs:
              default and reduce-overhead (CUDA graphs) modes, against a plain timm-style loop), its
              record rewritten in OUTDIR after each measurement, and stopped after --speed-seconds
   6. smoke   the GPU code paths of finetune: data kept on the GPU, bf16, fp16 + GradScaler,
-             torchrun with NCCL (one process), eval on CUDA
+             torchrun with NCCL (one process), --stream (pinned batches from loader workers), eval on CUDA
 
 Usage:  python benchmarks/gpu_session.py --data data/cifar10-jpeg.tar.xz --out OUTDIR [--cifar-seconds 360]
 
@@ -87,6 +87,9 @@ def step_smoke(args: argparse.Namespace, work: Path) -> dict:
     proc = cli("finetune", *TINY, "--data", "shapes", "--epochs", "1", "--out", str(work / "smoke-ddp"), "--force",
                torchrun=True)
     results["torchrun_nccl"] = _outcome(proc, work / "smoke-ddp")
+    proc = cli("finetune", *TINY, "--data", f"folder:{args.data}", "--stream", "--train-subset", "5000", "--epochs", "1",
+               "--device", args.device, "--out", str(work / "smoke-stream"), "--force")  # pinned batches from workers
+    results["stream"] = _outcome(proc, work / "smoke-stream")
     proc = cli("eval", str(work / "smoke-bf16"), "--data", "shapes", "--device", args.device, "--json", "--quiet")
     results["eval_cuda"] = {"ok": proc.returncode == 0, "stderr": proc.stderr[-800:]}
     if proc.returncode == 0:
