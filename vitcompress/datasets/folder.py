@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
@@ -116,9 +117,10 @@ def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
         samples["train"] = [samples["train"][i] for i in chosen.tolist()]
     size = storage_size(samples["train"], img_size)
     info = {"root": str(root), "storage_size": size, "train_sampled": sampled}
-    split_items = {split: (ImageFiles([p for p, _ in files]), [label for _, label in files]) for split, files in samples.items()}
+    split_items = {split: (ImageFiles([p for p, _ in files]), np.asarray([label for _, label in files], dtype=np.int64))
+                   for split, files in samples.items()}
     if stream:
-        splits = {split: ImageSet(StreamedImages(items, size, workers=workers), torch.tensor(labels, dtype=torch.long), classes)
+        splits = {split: ImageSet(StreamedImages(items, size, workers=workers), torch.from_numpy(labels), classes)
                   for split, (items, labels) in split_items.items()}
         return splits, {**info, "streamed": True}
     target = cache_dir / "decoded" / _cache_key(root, samples, size)

@@ -30,8 +30,6 @@ class StreamedImages:
     ``select`` makes a lazy subset (validation split, ``--train-subset``, a test sample) without decoding.
     """
 
-    dtype = torch.uint8
-
     def __init__(self, items: ImageItems, size: int, positions: np.ndarray | None = None, workers: int = 0) -> None:
         self.items, self.side = items, size
         self.positions = np.arange(len(items)) if positions is None else positions
