@@ -17,7 +17,7 @@ from tests.conftest import TINY, run_cli, write_image_folder
 from tests.test_torchvision_data import write_dtd
 from vitcompress.artifact import read_meta
 from vitcompress.data import DataOptions, load_data
-from vitcompress.datasets.items import square_pixels
+from vitcompress.datasets.items import ImageFiles, square_pixels
 from vitcompress.loader import BatchLoader, read_all
 from vitcompress.predict import _stored
 
@@ -138,3 +138,10 @@ def test_large_jpegs_decode_alike_in_the_cache_streaming_and_predict(tmp_path: P
         with Image.open(path) as img:
             full = torch.from_numpy(square_pixels(img.convert("RGB"), 37))
         assert (full.float() - stored.float()).abs().mean() < 1.0
+
+
+def test_image_files_give_back_every_path() -> None:
+    paths = ["/data/a/0.jpg", "/data/café/ß 1.JPEG", "/x.png", ""]
+    files = ImageFiles(paths)
+    assert len(files) == 4 and [files.path(i) for i in range(4)] == paths
+    assert len(ImageFiles([])) == 0
