@@ -56,3 +56,22 @@ def test_kill_then_resume_matches_unbroken_run(tmp_path: Path) -> None:
         assert (want[name] == got[name]).all(), name
     rows = list(csv.DictReader(open(out / "train_log.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+
+
+def test_a_live_run_is_neither_resumed_nor_replaced_by_a_second_command(tmp_path: Path) -> None:
+    out, staging = tmp_path / "live", tmp_path / "live.tmp-run"
+    proc = subprocess.Popen(_cli(*TINY, "--data", "shapes", "--epochs", "200", "--out", out), env=_env())
+    try:
+        deadline = time.time() + 300
+        while _epochs_logged(staging / "train_log.csv") < 1 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the first run ended before the second could meet it"
+        for flag in ("--resume", "--force"):
+            second = subprocess.run(_cli(*TINY, "--data", "shapes", "--epochs", "2", "--out", out, flag),
+                                    env=_env(), capture_output=True, text=True)
+            assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+            assert f"another vitcompress run is writing {out} now" in second.stderr
+            assert (staging / "last.ckpt").is_file() and proc.poll() is None  # the live run's files are untouched
+    finally:
+        proc.kill()
+        proc.wait()

@@ -2,6 +2,9 @@
 
 A stage works in ``OUT.tmp-run/`` (which also holds ``last.ckpt`` for ``--resume``) and renames it
 to ``OUT`` only when the artifact is complete, so a crash or a kill never leaves a broken ``OUT``.
+While it works it holds a lock file inside that directory, so a second command on the same ``OUT``
+(another terminal, the same command twice) is refused instead of resuming, or with ``--force`` deleting,
+a run that is still going.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from torch import nn
 
 from vitcompress.artifact import ArtifactMeta, write_artifact
@@ -22,6 +26,7 @@ from vitcompress.fsutil import check_output_dir, publish_dir
 from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE
 
 STAGING_SUFFIX = ".tmp-run"
+LOCK_FILE = ".lock"  # inside the staging directory, locked by the live run that owns it
 
 
 @dataclass
@@ -44,6 +49,8 @@ def prepare_staging(out: str | Path, force: bool, resume: bool, is_main: bool = 
     """
     out = Path(out)
     staging = staging_dir(out)
+    if is_main and staging.is_dir():
+        _live_run_lock(staging).release()  # refuses when another process holds it
     if resume:
         if not (staging / CHECKPOINT_FILE).is_file():
             raise UserError(f"nothing to resume: {staging / CHECKPOINT_FILE} does not exist",
@@ -66,14 +73,31 @@ def staging_guard(staging: Path, is_main: bool = True, resumable: bool = True) -
     A failure after a checkpoint keeps the directory, so ``--resume`` can continue from it; a stage
     that cannot resume (``resumable=False``) always removes it.
     """
+    lock = None
     if is_main:
         staging.mkdir(parents=True, exist_ok=True)
+        lock = _live_run_lock(staging)
     try:
         yield staging
     except BaseException:
         if is_main and (not resumable or not (staging / CHECKPOINT_FILE).is_file()):
             shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _live_run_lock(staging: Path) -> FileLock:
+    """The staging directory's lock, acquired; a one-line error when a live run holds it."""
+    lock = FileLock(staging / LOCK_FILE)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        out = staging.with_name(staging.name.removesuffix(STAGING_SUFFIX))
+        raise UserError(f"another vitcompress run is writing {out} now (its {staging} is locked)",
+                        "wait for it to finish, or pass another --out") from None
+    return lock
 
 
 def publish_artifact(staging: Path, out: Path, model: nn.Module, meta: ArtifactMeta, ctx: DistContext,
@@ -85,7 +109,7 @@ def publish_artifact(staging: Path, out: Path, model: nn.Module, meta: ArtifactM
         write_artifact(staging, model, meta)
         if also is not None:
             also(staging)
-        for path in (staging / CHECKPOINT_FILE, staging / BEST_WEIGHTS_FILE, *resume_files):
-            path.unlink(missing_ok=True)
+        for path in (staging / CHECKPOINT_FILE, staging / BEST_WEIGHTS_FILE, staging / LOCK_FILE, *resume_files):
+            path.unlink(missing_ok=True)  # the lock stays held (its file is open) until staging_guard ends
         publish_dir(staging, out)
     ctx.barrier()
