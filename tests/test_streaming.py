@@ -6,7 +6,9 @@ same order as the cache gives, the same metrics, and nothing written to the deco
 
 from __future__ import annotations
 
+import csv
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from tests.test_torchvision_data import write_dtd
 from vitcompress.artifact import read_meta
 from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.items import ImageFiles, square_pixels
+from vitcompress.datasets.streamed import StreamedImages
 from vitcompress.loader import BatchLoader, read_all
 from vitcompress.predict import _stored
 
@@ -145,3 +148,27 @@ def test_image_files_give_back_every_path() -> None:
     files = ImageFiles(paths)
     assert len(files) == 4 and [files.path(i) for i in range(4)] == paths
     assert len(ImageFiles([])) == 0
+
+
+def test_a_streamed_run_that_waits_for_data_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    root = write_image_folder(tmp_path / "d", per_class=6, classes=3, fmt="jpg")
+    read = StreamedImages.read
+
+    def slow_read(self: StreamedImages, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        time.sleep(0.2)  # a decoder far slower than the model (the workers are forked: they read this too)
+        return read(self, indices)
+
+    monkeypatch.setattr(StreamedImages, "read", slow_read)
+    tiny = [a for a in TINY if a != "--quiet"]
+    for how, flags in (("streamed", ["--stream", "--workers", "1"]), ("cached", [])):
+        assert run_cli("finetune", *tiny, "--data", f"folder:{root}", "--cache-dir", tmp_path / how, "--epochs", "2",
+                       "--batch-size", "4", "--val-split", "0", "--out", tmp_path / how, *flags) == 0
+        rows = list(csv.DictReader(open(tmp_path / how / "train_log.csv")))
+        shares = [float(row["data_wait_share"]) for row in rows]
+        assert len(shares) == 2 and all(0 <= share < 1 for share in shares)
+        err = capsys.readouterr().err
+        if how == "streamed":
+            assert min(shares) > 0.5 and err.count("waited for data") == 1 and "--workers" in err  # said once
+        else:
+            assert "waited for data" not in err

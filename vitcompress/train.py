@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -40,6 +41,7 @@ from vitcompress.evaluate import evaluate
 from vitcompress.fsutil import atomic_file
 from vitcompress.loader import BatchLoader
 
+STARVED_SHARE = 0.2  # a streamed epoch that waits for data this share of its time gets a hint
 CHECKPOINT_FILE = "last.ckpt"
 BEST_WEIGHTS_FILE = "best.safetensors"
 LOG_FILE = "train_log.csv"
@@ -170,6 +172,7 @@ class Trainer:
         self.train_seconds, self.train_images = 0.0, 0
         self.epoch_wall_seconds: list[float] = []  # each epoch's wall time: training, validation, checkpoint
         self._last_checkpoint = time.perf_counter()
+        self._hinted = False  # the data-starvation note is printed once
 
     def _decay_updates(self, epochs: int, warmup: int) -> int:
         """The cosine decay's length: it follows the warmup and ends with the last update of ``epochs``.
@@ -289,7 +292,9 @@ class Trainer:
                    total=micro_steps, disable=cfg.quiet or not self.ctx.is_main, dynamic_ncols=True)
         start = time.perf_counter()
         update = epoch * self.steps_per_epoch
+        waited, asked = 0.0, start  # time spent waiting for the next batch: the loader holding training back
         for step, (images, labels) in enumerate(bar):
+            waited += time.perf_counter() - asked
             if step == micro_steps:
                 break
             x = self.transform.train(images)
@@ -324,6 +329,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(totals[0]) / seen:.3f}", acc=f"{float(totals[1]) / seen:.3f}",
                                 img_s=f"{seen * self.ctx.world_size / (time.perf_counter() - start):.0f}",
                                 lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            asked = time.perf_counter()
         if self.ctx.device.type == "cuda":
             torch.cuda.synchronize(self.ctx.device)
         seconds = time.perf_counter() - start
@@ -331,8 +337,20 @@ class Trainer:
             torch.distributed.all_reduce(totals)
         self.train_seconds += seconds
         self.train_images += int(totals[2])
+        self._hint_if_starved(epoch, waited / seconds)
         return {"epoch": epoch + 1, "lr": self.optimizer.param_groups[-1]["lr"], "train_loss": float(totals[0] / totals[2]),
-                "train_acc": float(totals[1] / totals[2]), "images_per_s": float(totals[2]) / seconds, "seconds": seconds}
+                "train_acc": float(totals[1] / totals[2]), "images_per_s": float(totals[2]) / seconds, "seconds": seconds,
+                "data_wait_share": round(waited / seconds, 4)}
+
+    def _hint_if_starved(self, epoch: int, share: float) -> None:
+        """Say once when a streamed split's loader keeps the model waiting (it decodes every epoch)."""
+        if share < STARVED_SHARE or not self.data.train.streamed or self._hinted or not self.ctx.is_main or self.cfg.quiet:
+            return
+        self._hinted = True
+        workers = self.data.train.images.workers
+        print(f"note: epoch {epoch + 1} waited for data {share:.0%} of its time: {workers} decoding worker(s) per process "
+              "cannot keep up; pass more --workers if there are idle cores, or drop --stream to decode once into the cache",
+              file=sys.stderr, flush=True)
 
     def _validate(self) -> dict[str, Any]:
         if self.data.val is None:
