@@ -6,6 +6,8 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -288,3 +290,26 @@ def test_unknown_choice_is_one_line(capsys: pytest.CaptureFixture, shapes_artifa
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: argument --criterion: invalid choice")
+
+
+@pytest.mark.parametrize("command", ["export", "bench"])
+def test_an_export_or_bench_being_written_is_not_replaced(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                          shapes_artifact: Path, command: str) -> None:
+    """Another live process holds OUT.tmp-<command>'s lock: --force must not delete what it is building."""
+    out = tmp_path / "out"
+    staging = tmp_path / f"out.tmp-{command}"
+    staging.mkdir()
+    (staging / "half-written").write_text("the live run's")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               f"lock = FileLock({str(staging / '.lock')!r}); lock.acquire(); print('held', flush=True); "
+                               "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["export", shapes_artifact] if command == "export" else ["bench", shapes_artifact, "--backends", "torch"]
+        assert_clean_failure(capsys, [*args, "--out", out, "--force"], f"another vitcompress run is writing {out} now")
+        assert (staging / "half-written").is_file() and not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_cli(*args, "--out", out, "--force", "--quiet") == 0  # the holder is gone: its leftovers are replaced
+    assert out.is_dir() and not staging.exists() and not (out / ".lock").exists()

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from vitcompress.errors import UserError
 
@@ -57,19 +57,48 @@ def publish_dir(staging: Path, out: Path) -> None:
         os.replace(staging, out)
 
 
+LOCK_FILE = ".lock"  # inside a staging directory, locked by the live process that builds it
+
+
+def lock_staging(staging: Path, out: Path) -> FileLock:
+    """Acquire ``staging``'s lock, or refuse in one line while another live process holds it.
+
+    A second command on the same ``--out`` (another terminal, the same command twice) must neither write into
+    nor delete the directory a running one builds. A killed process's lock is released by the OS.
+    """
+    lock = FileLock(staging / LOCK_FILE)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        raise UserError(f"another vitcompress run is writing {out} now (its {staging} is locked)",
+                        "wait for it to finish, or pass another --out") from None
+    return lock
+
+
+def refuse_if_live(staging: Path, out: Path) -> None:
+    """The check of ``lock_staging`` alone, before a leftover ``staging`` is resumed or removed."""
+    if staging.is_dir():
+        lock_staging(staging, out).release()
+
+
 @contextlib.contextmanager
 def staged_directory(out: Path, suffix: str) -> Iterator[Path]:
     """A fresh ``OUT<suffix>`` directory to build ``out`` in: published onto ``out`` by one rename when
     the block succeeds, removed when it fails (nothing half-written is ever left under ``out``)."""
     staging = out.with_name(out.name + suffix)
+    refuse_if_live(staging, out)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    lock = lock_staging(staging, out)
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        lock.release()
         raise
+    (staging / LOCK_FILE).unlink()  # still held (its file is open) until the rename is done
     publish_dir(staging, out)
+    lock.release()
 
 
 def build_once(target: Path, ready: Callable[[Path], bool], build: Callable[[], None]) -> None:

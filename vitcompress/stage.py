@@ -16,17 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
 from torch import nn
 
 from vitcompress.artifact import ArtifactMeta, write_artifact
 from vitcompress.distributed import DistContext
 from vitcompress.errors import UserError
-from vitcompress.fsutil import check_output_dir, publish_dir
+from vitcompress.fsutil import LOCK_FILE, check_output_dir, lock_staging, publish_dir, refuse_if_live
 from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE
 
 STAGING_SUFFIX = ".tmp-run"
-LOCK_FILE = ".lock"  # inside the staging directory, locked by the live run that owns it
 
 
 @dataclass
@@ -49,8 +47,8 @@ def prepare_staging(out: str | Path, force: bool, resume: bool, is_main: bool = 
     """
     out = Path(out)
     staging = staging_dir(out)
-    if is_main and staging.is_dir():
-        _live_run_lock(staging).release()  # refuses when another process holds it
+    if is_main:
+        refuse_if_live(staging, out)
     if resume:
         if not (staging / CHECKPOINT_FILE).is_file():
             raise UserError(f"nothing to resume: {staging / CHECKPOINT_FILE} does not exist",
@@ -76,7 +74,7 @@ def staging_guard(staging: Path, is_main: bool = True, resumable: bool = True) -
     lock = None
     if is_main:
         staging.mkdir(parents=True, exist_ok=True)
-        lock = _live_run_lock(staging)
+        lock = lock_staging(staging, staging.with_name(staging.name.removesuffix(STAGING_SUFFIX)))
     try:
         yield staging
     except BaseException:
@@ -86,18 +84,6 @@ def staging_guard(staging: Path, is_main: bool = True, resumable: bool = True) -
     finally:
         if lock is not None:
             lock.release()
-
-
-def _live_run_lock(staging: Path) -> FileLock:
-    """The staging directory's lock, acquired; a one-line error when a live run holds it."""
-    lock = FileLock(staging / LOCK_FILE)
-    try:
-        lock.acquire(blocking=False)
-    except Timeout:
-        out = staging.with_name(staging.name.removesuffix(STAGING_SUFFIX))
-        raise UserError(f"another vitcompress run is writing {out} now (its {staging} is locked)",
-                        "wait for it to finish, or pass another --out") from None
-    return lock
 
 
 def publish_artifact(staging: Path, out: Path, model: nn.Module, meta: ArtifactMeta, ctx: DistContext,
