@@ -28,9 +28,10 @@ from vitcompress.cliargs import command_line
 from vitcompress.config import BenchConfig
 from vitcompress.data import DataOptions, generated_pixels, test_sample
 from vitcompress.errors import UserError, require
-from vitcompress.fsutil import check_output_dir, refuse_if_live, staged_directory
+from vitcompress.fsutil import check_output_dir, staged_directory
 from vitcompress.latency import latency_stats, time_calls
 from vitcompress.loader import read_all
+from vitcompress.locks import refuse_if_live
 from vitcompress.runtimes import RUNTIMES, Runtime
 from vitcompress.sources import ModelSource, open_source
 

@@ -1,4 +1,4 @@
-"""Atomic writes: a reader never sees a half-written file or directory; a cache is built by one process."""
+"""Atomic writes: a reader never sees a half-written file or directory."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from vitcompress.errors import UserError
+from vitcompress.locks import LOCK_FILE, lock_staging, refuse_if_live
 
 
 @contextlib.contextmanager
@@ -57,30 +56,6 @@ def publish_dir(staging: Path, out: Path) -> None:
         os.replace(staging, out)
 
 
-LOCK_FILE = ".lock"  # inside a staging directory, locked by the live process that builds it
-
-
-def lock_staging(staging: Path, out: Path) -> FileLock:
-    """Acquire ``staging``'s lock, or refuse in one line while another live process holds it.
-
-    A second command on the same ``--out`` (another terminal, the same command twice) must neither write into
-    nor delete the directory a running one builds. A killed process's lock is released by the OS.
-    """
-    lock = FileLock(staging / LOCK_FILE)
-    try:
-        lock.acquire(blocking=False)
-    except Timeout:
-        raise UserError(f"another vitcompress run is writing {out} now (its {staging} is locked)",
-                        "wait for it to finish, or pass another --out") from None
-    return lock
-
-
-def refuse_if_live(staging: Path, out: Path) -> None:
-    """The check of ``lock_staging`` alone, before a leftover ``staging`` is resumed or removed."""
-    if staging.is_dir():
-        lock_staging(staging, out).release()
-
-
 @contextlib.contextmanager
 def staged_directory(out: Path, suffix: str) -> Iterator[Path]:
     """A fresh ``OUT<suffix>`` directory to build ``out`` in: published onto ``out`` by one rename when
@@ -99,21 +74,6 @@ def staged_directory(out: Path, suffix: str) -> Iterator[Path]:
     (staging / LOCK_FILE).unlink()  # still held (its file is open) until the rename is done
     publish_dir(staging, out)
     lock.release()
-
-
-def build_once(target: Path, ready: Callable[[Path], bool], build: Callable[[], None]) -> None:
-    """Run ``build`` (which publishes ``target``) unless ``ready(target)``.
-
-    Two commands started on the same data (two terminals, or torchrun ranks on nodes with their own disks)
-    would both build it and the second rename would fail; a file lock beside ``target`` makes the later one
-    wait for the first and use what it built.
-    """
-    if ready(target):
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.with_name(f".{target.name}.lock")):
-        if not ready(target):
-            build()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

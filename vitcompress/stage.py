@@ -21,7 +21,8 @@ from torch import nn
 from vitcompress.artifact import ArtifactMeta, write_artifact
 from vitcompress.distributed import DistContext
 from vitcompress.errors import UserError
-from vitcompress.fsutil import LOCK_FILE, check_output_dir, lock_staging, publish_dir, refuse_if_live
+from vitcompress.fsutil import check_output_dir, publish_dir
+from vitcompress.locks import LOCK_FILE, lock_staging, refuse_if_live
 from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE
 
 STAGING_SUFFIX = ".tmp-run"

@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 
 from vitcompress.errors import UserError
-from vitcompress.fsutil import build_once
+from vitcompress.locks import build_once
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
 

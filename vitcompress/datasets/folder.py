@@ -23,7 +23,7 @@ from vitcompress.datasets.imageset import ImageSet, check_classes, stratified_sp
 from vitcompress.datasets.items import DRAFT_GAP, UNREADABLE, ImageFiles, storage_side
 from vitcompress.datasets.streamed import StreamedImages
 from vitcompress.errors import UserError
-from vitcompress.fsutil import build_once
+from vitcompress.locks import build_once
 
 SPLITS = ("train", "val", "test")
 

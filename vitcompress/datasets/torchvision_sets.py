@@ -25,7 +25,7 @@ from vitcompress.datasets.items import DatasetImages, storage_side
 from vitcompress.datasets.streamed import StreamedImages
 from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS, TorchvisionSet
 from vitcompress.errors import UserError
-from vitcompress.fsutil import build_once
+from vitcompress.locks import build_once
 
 
 def load_torchvision(name: str, root: Path, download: bool, img_size: int, cache_dir: Path, quiet: bool = False,

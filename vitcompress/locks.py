@@ -1,0 +1,53 @@
+"""File locks between processes: one builds a shared cache while the others wait; a directory being
+written by a live process is not touched by a second command on the same ``--out``.
+
+Locks are ``filelock``'s (``flock`` on Unix): a killed process's lock is released by the OS, so a lock file
+left behind locks nothing and needs no clearing by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from vitcompress.errors import UserError
+
+LOCK_FILE = ".lock"  # inside a staging directory, locked by the live process that builds it
+
+
+def lock_staging(staging: Path, out: Path) -> FileLock:
+    """Acquire ``staging``'s lock, or refuse in one line while another live process holds it.
+
+    A second command on the same ``--out`` (another terminal, the same command twice) must neither write into
+    nor delete the directory a running one builds. A killed process's lock is released by the OS.
+    """
+    lock = FileLock(staging / LOCK_FILE)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        raise UserError(f"another vitcompress run is writing {out} now (its {staging} is locked)",
+                        "wait for it to finish, or pass another --out") from None
+    return lock
+
+
+def refuse_if_live(staging: Path, out: Path) -> None:
+    """The check of ``lock_staging`` alone, before a leftover ``staging`` is resumed or removed."""
+    if staging.is_dir():
+        lock_staging(staging, out).release()
+
+
+def build_once(target: Path, ready: Callable[[Path], bool], build: Callable[[], None]) -> None:
+    """Run ``build`` (which publishes ``target``) unless ``ready(target)``.
+
+    Two commands started on the same data (two terminals, or torchrun ranks on nodes with their own disks)
+    would both build it and the second rename would fail; a file lock beside ``target`` makes the later one
+    wait for the first and use what it built.
+    """
+    if ready(target):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(f".{target.name}.lock")):
+        if not ready(target):
+            build()
