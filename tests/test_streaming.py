@@ -91,6 +91,8 @@ def test_a_streamed_model_is_pruned_exported_and_scored_without_a_cache(tmp_path
     assert run_cli("finetune", *TINY, *data, "--stream", "--workers", "2", "--epochs", "6", "--batch-size", "16",
                    "--out", base) == 0
     assert read_meta(base).data["streamed"] is True and read_meta(base).metrics["top1"] > 1 / 3  # above chance
+    capsys.readouterr()
+    assert run_cli("info", base) == 0 and "(streamed: --stream)" in capsys.readouterr().out
     assert run_cli("prune", base, "--heads", "0.5", "--finetune-epochs", "1", "--cache-dir", stream_cache,
                    "--batch-size", "16", "--quiet", "--out", pruned) == 0
     assert read_meta(pruned).data["streamed"] is True

@@ -123,7 +123,7 @@ def _describe_artifact(path: str | Path) -> str:
         ("precision", _precision(meta)),
         ("params", _fmt(meta.metrics.get("params", "?"))),
         ("MACs", _fmt(meta.metrics.get("macs", "?"))),
-        ("data", meta.data.get("spec", "?")),
+        ("data", meta.data.get("spec", "?") + (" (streamed: --stream)" if meta.data.get("streamed") else "")),
         ("parent", f"{meta.parent['path']} (sha256 {meta.parent['sha256'][:12]})" if meta.parent else "none"),
         ("created", meta.created),
         ("versions", ", ".join(f"{k} {v}" for k, v in meta.versions.items())),
