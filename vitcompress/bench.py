@@ -28,7 +28,7 @@ from vitcompress.cliargs import command_line
 from vitcompress.config import BenchConfig
 from vitcompress.data import DataOptions, generated_pixels, test_sample
 from vitcompress.errors import UserError, require
-from vitcompress.fsutil import check_output_dir, staged_directory
+from vitcompress.fsutil import check_output_dir, staged_directory, staging_path
 from vitcompress.latency import latency_stats, time_calls
 from vitcompress.loader import read_all
 from vitcompress.locks import refuse_if_live
@@ -65,7 +65,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
     _unique_names(sources)
     baseline = _baseline(sources, cfg.baseline)
     out = check_output_dir(cfg.out, cfg.force)
-    refuse_if_live(out.with_name(out.name + STAGING_SUFFIX), out)  # before measuring, not after
+    refuse_if_live(staging_path(out, STAGING_SUFFIX), out)  # before measuring, not after
     images = _eval_images(cfg, sources[0])
     plan = [(s, name) for s in sources for name in cfg.backend_names() if s.kind in RUNTIMES[name].kinds]
     records: list[dict[str, Any]] = []

@@ -44,8 +44,17 @@ def check_output_dir(out: str | os.PathLike, force: bool) -> Path:
     return out
 
 
+def staging_path(out: Path, suffix: str) -> Path:
+    """Where ``out`` is built before it is published: ``OUT<suffix>`` beside it."""
+    return out.with_name(out.name + suffix)
+
+
 def publish_dir(staging: Path, out: Path) -> None:
-    """Move a finished staging directory onto ``out``, replacing an old one only at the last step."""
+    """Move a finished staging directory onto ``out``, replacing an old one only at the last step.
+
+    The staging's lock file stays behind: the lock is still held (its file is open) until the builder releases it.
+    """
+    (staging / LOCK_FILE).unlink(missing_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         trash = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -60,7 +69,7 @@ def publish_dir(staging: Path, out: Path) -> None:
 def staged_directory(out: Path, suffix: str) -> Iterator[Path]:
     """A fresh ``OUT<suffix>`` directory to build ``out`` in: published onto ``out`` by one rename when
     the block succeeds, removed when it fails (nothing half-written is ever left under ``out``)."""
-    staging = out.with_name(out.name + suffix)
+    staging = staging_path(out, suffix)
     refuse_if_live(staging, out)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -71,7 +80,6 @@ def staged_directory(out: Path, suffix: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         lock.release()
         raise
-    (staging / LOCK_FILE).unlink()  # still held (its file is open) until the rename is done
     publish_dir(staging, out)
     lock.release()
 

@@ -21,8 +21,8 @@ from torch import nn
 from vitcompress.artifact import ArtifactMeta, write_artifact
 from vitcompress.distributed import DistContext
 from vitcompress.errors import UserError
-from vitcompress.fsutil import check_output_dir, publish_dir
-from vitcompress.locks import LOCK_FILE, lock_staging, refuse_if_live
+from vitcompress.fsutil import check_output_dir, publish_dir, staging_path
+from vitcompress.locks import lock_staging, refuse_if_live
 from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE
 
 STAGING_SUFFIX = ".tmp-run"
@@ -38,7 +38,7 @@ class StageResult:
 
 
 def staging_dir(out: Path) -> Path:
-    return out.with_name(out.name + STAGING_SUFFIX)
+    return staging_path(out, STAGING_SUFFIX)
 
 
 def prepare_staging(out: str | Path, force: bool, resume: bool, is_main: bool = True) -> tuple[Path, Path]:
@@ -96,7 +96,7 @@ def publish_artifact(staging: Path, out: Path, model: nn.Module, meta: ArtifactM
         write_artifact(staging, model, meta)
         if also is not None:
             also(staging)
-        for path in (staging / CHECKPOINT_FILE, staging / BEST_WEIGHTS_FILE, staging / LOCK_FILE, *resume_files):
-            path.unlink(missing_ok=True)  # the lock stays held (its file is open) until staging_guard ends
+        for path in (staging / CHECKPOINT_FILE, staging / BEST_WEIGHTS_FILE, *resume_files):
+            path.unlink(missing_ok=True)
         publish_dir(staging, out)
     ctx.barrier()
