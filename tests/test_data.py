@@ -127,6 +127,13 @@ def test_real_cifar10_archive(tmp_path: Path) -> None:
     assert torch.bincount(data.test.labels).tolist() == [1000] * 10
 
 
+def test_too_few_images_to_hold_out_means_no_validation_split() -> None:
+    # 0.1 of 4 images a class rounds to 0: an empty validation split would score 0 % and pick epochs by it
+    data = load_data(DataOptions(spec="shapes:4", val_split=0.1))
+    assert data.val is None and len(data.train) == 40
+    assert data.description["val_from"].startswith("none") and data.description["val"] == 0
+
+
 def test_train_subset_is_a_balanced_sample_outside_validation() -> None:
     full = load_data(DataOptions(spec="shapes:30", val_split=0.2))
     data = load_data(DataOptions(spec="shapes:30", val_split=0.2, train_subset=60))

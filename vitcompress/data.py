@@ -69,8 +69,10 @@ def load_data(opts: DataOptions) -> DataSplits:
     if opts.expected_classes is not None:
         check_classes(opts.expected_classes, train.classes, opts.spec)
     if val is None and opts.val_split > 0:
-        train, val = holdout_split(train, opts.val_split, seed=opts.seed)
-        described["val"] = f"{opts.val_split:g} of train, stratified, seed {opts.seed}"
+        train, held = holdout_split(train, opts.val_split, seed=opts.seed)
+        val = held if len(held) else None  # too few images a class to hold any out: train on all, keep the last epoch
+        described["val_from"] = (f"{opts.val_split:g} of train, stratified, seed {opts.seed}" if val is not None
+                                 else f"none: {opts.val_split:g} of each class rounds to 0 images")
     require(len(train) > 0, f"dataset {opts.spec} has an empty train split", "check the data path")
     if 0 < opts.train_subset < len(train) and not sampled:
         _, train = holdout_split(train, opts.train_subset / len(train), seed=opts.seed)
