@@ -23,6 +23,7 @@ from vitcompress.errors import UserError, require
 from vitcompress.export.onnx import OUTPUT, export_onnx, input_name
 from vitcompress.export.verify import TOLERANCES, Tolerance, VerificationSet, verification_set, verify_onnx
 from vitcompress.fsutil import atomic_file, check_output_dir, staged_directory
+from vitcompress.locks import LOCK_FILE
 
 ONNX_FILE = "model.onnx"
 ENGINE_FILE = "model.plan"
@@ -204,7 +205,8 @@ FORMAT_WRITERS: dict[str, Callable[[ExportJob, Path], dict[str, Any]]] = {
 
 
 def _file_sizes(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+    """What the export holds (the staging directory's lock file is not part of it)."""
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
 
 
 def _write_json(path: Path, obj: Any) -> None:

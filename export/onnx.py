@@ -4,12 +4,17 @@ torch's TorchScript exporter (``dynamo=False``) is used: modelopt's quantizers e
 ``QuantizeLinear``/``DequantizeLinear`` through it (the dynamo exporter fails on a data-dependent
 branch in them), and ``ort_ops.py`` writes ONNX Runtime's fused kernels through its ``symbolic``
 hook. Scaled-dot-product attention needs opset 14, ``LayerNormalization`` 17; 17 is the default.
+
+Protobuf cannot hold a message over 2 GiB, so a model whose weights pass that (ViT-H/14 and larger in
+FP32) is written as ONNX external data: the graph in ``model.onnx``, every weight in ``model.onnx.data``
+beside it. ONNX Runtime, TensorRT's parser and Triton's ONNX Runtime backend all load it from the path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -23,12 +28,15 @@ from vitcompress.artifact import ArtifactMeta
 from vitcompress.errors import UserError
 from vitcompress.export.graph import exportable
 from vitcompress.export.ort_ops import QATTENTION_MASK_INPUT
-from vitcompress.fsutil import atomic_file
+from vitcompress.fsutil import atomic_file, give_default_mode
 
 FLOAT_INPUT = "input"
 PIXEL_INPUT = "pixels"
 OUTPUT = "logits"
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+EXTERNAL_DATA_SUFFIX = ".data"
+# Weights past this many bytes go to the external data file: protobuf's 2 GiB, less room for the graph itself.
+SINGLE_FILE_LIMIT = 2**31 - 2**26
 
 
 def input_name(pixels: bool) -> str:
@@ -50,27 +58,62 @@ def export_onnx(model: nn.Module, meta: ArtifactMeta, path: Path, *, precision: 
     are) or ``int8`` (the quantized layers of a QAT/PTQ artifact; for TensorRT everything else is FP16).
     """
     module = exportable(model, target, pixels, meta.mean, meta.std)
-    name = input_name(pixels)
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # TracerWarnings about shape branches that hold for every batch size
-        torch.onnx.export(module, (example_input(meta, pixels),), buffer, input_names=[name], output_names=[OUTPUT],
-                          dynamic_axes={name: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=opset,
-                          do_constant_folding=True, dynamo=False)
-    proto = onnx.load_from_string(buffer.getvalue())
+    proto = _trace(module, meta, pixels, opset)
     _blank_qattention_masks(proto)
     if precision == "fp16" or (precision == "int8" and target == "tensorrt"):
         proto = to_fp16(proto)
     if simplify:
         proto = _simplify(proto)
     _remove_unused(proto)
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
-        raise RuntimeError(f"the exported graph fails onnx.checker: {exc}") from exc
+    description = describe_graph(proto)
+    description["external_data"] = save_onnx(proto, path)
+    return description
+
+
+def _trace(module: nn.Module, meta: ArtifactMeta, pixels: bool, opset: int) -> onnx.ModelProto:
+    """The traced graph with every weight in memory. torch writes a model past 2 GiB as external data, which
+    needs a file path, so the trace goes to a temporary directory and is read back from there."""
+    name = input_name(pixels)
+    with tempfile.TemporaryDirectory(prefix="vitcompress-onnx-") as trace_dir:
+        traced = Path(trace_dir) / "traced.onnx"
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # TracerWarnings about shape branches that hold for every batch size
+            torch.onnx.export(module, (example_input(meta, pixels),), str(traced), input_names=[name],
+                              output_names=[OUTPUT], dynamic_axes={name: {0: "batch"}, OUTPUT: {0: "batch"}},
+                              opset_version=opset, do_constant_folding=True, dynamo=False)
+        return onnx.load(str(traced))
+
+
+def external_data_path(onnx_path: Path) -> Path:
+    """Where the weights of an ONNX file too large for one protobuf message live: ``model.onnx.data``."""
+    return onnx_path.with_name(onnx_path.name + EXTERNAL_DATA_SUFFIX)
+
+
+def model_files(model_path: Path) -> list[Path]:
+    """A model file and, for an ONNX file with external data, its weights file: what moves and counts with it."""
+    data = external_data_path(model_path)
+    return [model_path, data] if data.is_file() else [model_path]
+
+
+def save_onnx(proto: onnx.ModelProto, path: Path) -> bool:
+    """Check ``proto`` and write it to ``path``: one file, or, past protobuf's limit, the graph in ``path`` and its
+    weights in ``path.data`` (returns whether it did that)."""
+    data = external_data_path(path)
+    data.unlink(missing_ok=True)  # onnx appends to an existing data file
+    external = sum(t.ByteSize() for t in proto.graph.initializer) > SINGLE_FILE_LIMIT
     with atomic_file(path) as tmp:
-        onnx.save(proto, str(tmp))
-    return describe_graph(proto)
+        if external:
+            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data.name)
+            give_default_mode(data)
+        else:
+            onnx.save(proto, str(tmp))
+        try:
+            onnx.checker.check_model(str(tmp))  # from the path: the in-memory check stops at 2 GiB
+        except onnx.checker.ValidationError as exc:
+            data.unlink(missing_ok=True)
+            raise RuntimeError(f"the exported graph fails onnx.checker: {exc}") from exc
+    return external
 
 
 def describe_graph(proto: onnx.ModelProto) -> dict[str, Any]:

@@ -74,10 +74,17 @@ def config_pbtxt(model: TritonModel) -> str:
 
 
 def write_model_repository(root: Path, model: TritonModel, model_bytes_path: Path, classes: list[str]) -> Path:
-    """Lay out ``root/NAME/`` around an exported model file (moved into version ``1``); return the model dir."""
+    """Lay out ``root/NAME/`` around an exported model file (moved into version ``1`` with its external data,
+    if any); return the model dir."""
+    from vitcompress.export.onnx import external_data_path
+
     model_dir = root / model.name
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    model_bytes_path.replace(model_dir / "1" / model.model_file)
+    version = model_dir / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    data = external_data_path(model_bytes_path)
+    model_bytes_path.replace(version / model.model_file)
+    if data.is_file():  # it keeps its name: the ONNX graph refers to it by name
+        data.replace(version / data.name)
     (model_dir / "config.pbtxt").write_text(config_pbtxt(model))
     (model_dir / LABELS_FILE).write_text("".join(f"{c}\n" for c in classes))
     return model_dir

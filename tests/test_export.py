@@ -89,6 +89,7 @@ def test_fp32_onnx_matches_pytorch_at_batch_1_and_7(tmp_path: Path, shapes_artif
 def test_export_writes_its_verification_and_contract(tmp_path: Path, shapes_artifact: Path) -> None:
     result = do_export(shapes_artifact, tmp_path / "onnx")
     assert sorted(p.name for p in result.path.iterdir()) == ["contract.json", "export.json", "model.onnx", "verify.json"]
+    assert result.manifest["files"] == {p.name: p.stat().st_size for p in result.path.iterdir() if p.name != "export.json"}
     report = json.loads((result.path / "verify.json").read_text())["onnxruntime"]
     assert report["images"] == 64 and report["source"].startswith("shapes (test split")
     assert report["top1_agreement"] == 1.0 and report["max_abs_error"] < 1e-3
@@ -166,6 +167,32 @@ def test_pruned_artifact_exports(tmp_path: Path, pruned_artifact: Path) -> None:
     result = do_export(pruned_artifact, tmp_path / "pruned")
     x = images(pixels=False)
     assert_close_logits(torch_logits(pruned_artifact, x), onnx_logits(result.path / "model.onnx", x), FP32_TOLERANCE)
+
+
+def test_weights_past_protobufs_limit_go_to_external_data(tmp_path: Path, shapes_artifact: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # A model past 2 GiB (ViT-H in FP32) cannot be one protobuf message; here the limit is lowered to 0 bytes.
+    from PIL import Image
+
+    from vitcompress.export import onnx as onnx_export
+    from vitcompress.predict import predict
+
+    monkeypatch.setattr(onnx_export, "SINGLE_FILE_LIMIT", 0)
+    result = do_export(shapes_artifact, tmp_path / "onnx")
+    graph, data = result.path / "model.onnx", result.path / "model.onnx.data"
+    assert result.manifest["graph"]["external_data"] and result.manifest["verify"]["onnxruntime"]["passed"]
+    assert graph.stat().st_size * 10 < data.stat().st_size  # the weights are in the data file, not in the graph
+    assert data.stat().st_mode == graph.stat().st_mode  # as readable as the graph (onnx creates it private)
+    x = images(pixels=False)
+    assert_close_logits(torch_logits(shapes_artifact, x), onnx_logits(graph, x), FP32_TOLERANCE)
+    assert open_source(result.path).file_bytes == graph.stat().st_size + data.stat().st_size
+
+    repo = do_export(shapes_artifact, tmp_path / "repo", format="triton", model_name="vit")
+    version = repo.path / "vit" / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "model.onnx.data"]
+    picture = tmp_path / "square.png"
+    Image.fromarray(images(pixels=True, n=1)[0]).save(picture)
+    assert predict(str(repo.path), [str(picture)], 1, None, 1) == predict(str(result.path), [str(picture)], 1, None, 1)
 
 
 def test_triton_repository_matches_the_model(tmp_path: Path, int8_artifact: Path) -> None:

@@ -23,11 +23,16 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        give_default_mode(tmp)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def give_default_mode(path: str | os.PathLike) -> None:
+    """The permissions a plain ``open(path, "w")`` would give (temporary files are created private)."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def _umask() -> int:

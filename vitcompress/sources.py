@@ -44,7 +44,10 @@ class ModelSource:
 
     @property
     def file_bytes(self) -> int:
-        return self.file.stat().st_size
+        """The model file's size, with an ONNX file's external data (weights past protobuf's 2 GiB)."""
+        from vitcompress.export.onnx import model_files
+
+        return sum(f.stat().st_size for f in model_files(self.file))
 
     def batch_limit(self, wanted: int) -> int:
         """``wanted``, or less where the model file cannot take that many images in one call."""
