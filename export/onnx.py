@@ -58,7 +58,7 @@ def export_onnx(model: nn.Module, meta: ArtifactMeta, path: Path, *, precision: 
     are) or ``int8`` (the quantized layers of a QAT/PTQ artifact; for TensorRT everything else is FP16).
     """
     module = exportable(model, target, pixels, meta.mean, meta.std)
-    proto = _trace(module, meta, pixels, opset)
+    proto = _trace(module, meta, pixels, opset, scratch=path.parent)
     _blank_qattention_masks(proto)
     if precision == "fp16" or (precision == "int8" and target == "tensorrt"):
         proto = to_fp16(proto)
@@ -70,11 +70,12 @@ def export_onnx(model: nn.Module, meta: ArtifactMeta, path: Path, *, precision: 
     return description
 
 
-def _trace(module: nn.Module, meta: ArtifactMeta, pixels: bool, opset: int) -> onnx.ModelProto:
+def _trace(module: nn.Module, meta: ArtifactMeta, pixels: bool, opset: int, scratch: Path) -> onnx.ModelProto:
     """The traced graph with every weight in memory. torch writes a model past 2 GiB as external data, which
-    needs a file path, so the trace goes to a temporary directory and is read back from there."""
+    needs a file path, so the trace goes to a temporary directory in ``scratch`` (beside the output, not in a
+    possibly small /tmp) and is read back from there."""
     name = input_name(pixels)
-    with tempfile.TemporaryDirectory(prefix="vitcompress-onnx-") as trace_dir:
+    with tempfile.TemporaryDirectory(prefix=".trace-", dir=scratch) as trace_dir:
         traced = Path(trace_dir) / "traced.onnx"
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # TracerWarnings about shape branches that hold for every batch size
@@ -90,7 +91,7 @@ def external_data_path(onnx_path: Path) -> Path:
 
 
 def model_files(model_path: Path) -> list[Path]:
-    """A model file and, for an ONNX file with external data, its weights file: what moves and counts with it."""
+    """A model file and, for an ONNX file with external data, its weights file: together, the model's size on disk."""
     data = external_data_path(model_path)
     return [model_path, data] if data.is_file() else [model_path]
 
