@@ -195,6 +195,19 @@ def test_weights_past_protobufs_limit_go_to_external_data(tmp_path: Path, shapes
     assert predict(str(repo.path), [str(picture)], 1, None, 1) == predict(str(result.path), [str(picture)], 1, None, 1)
 
 
+@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+def test_int8_graphs_take_external_data_too(tmp_path: Path, int8_artifact: Path, target: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from vitcompress.export import onnx as onnx_export
+
+    single = do_export(int8_artifact, tmp_path / "single", target=target).path / "model.onnx"
+    monkeypatch.setattr(onnx_export, "SINGLE_FILE_LIMIT", 0)
+    result = do_export(int8_artifact, tmp_path / "split", target=target)
+    assert result.manifest["graph"]["external_data"] and (result.path / "model.onnx.data").is_file()
+    x = images(pixels=False)
+    np.testing.assert_array_equal(onnx_logits(single, x), onnx_logits(result.path / "model.onnx", x))
+
+
 def test_triton_repository_matches_the_model(tmp_path: Path, int8_artifact: Path) -> None:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
