@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +91,13 @@ def test_pareto_front() -> None:
     assert pareto_front(points) == [(0.5, 0.60), (1.0, 0.80), (2.0, 0.90)]
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "exists", "unknown-backend", "twice"])
-def test_bad_input_is_one_line(tmp_path: Path, onnx_export: Path, case: str, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("case, needle", [
+    ("missing", "neither an artifact nor an export"), ("corrupt", "export.json is corrupt"),
+    ("unloadable", "ONNX Runtime cannot load"),  # why no backend ran, not only that none did
+    ("weights-left-behind", "keeps its weights in model.onnx.data, which is not beside it"),
+    ("exists", "already exists"), ("unknown-backend", "tflite"), ("twice", "more than once")])
+def test_bad_input_is_one_line(tmp_path: Path, onnx_export: Path, case: str, needle: str,
+                               capsys: pytest.CaptureFixture) -> None:
     src, out, extra, more = onnx_export, tmp_path / "out", [], []
     if case == "missing":
         src = tmp_path / "nothing-here"
@@ -99,6 +105,14 @@ def test_bad_input_is_one_line(tmp_path: Path, onnx_export: Path, case: str, cap
         src = tmp_path / "corrupt"
         src.mkdir()
         (src / "export.json").write_text("{not json")
+    elif case in ("unloadable", "weights-left-behind"):
+        src = Path(shutil.copytree(onnx_export, tmp_path / case))
+        if case == "unloadable":
+            (src / "model.onnx").write_bytes(b"not a protobuf")
+        else:  # an export past 2 GiB copied without its data file
+            manifest = json.loads((src / "export.json").read_text())
+            manifest["graph"]["external_data"] = True
+            (src / "export.json").write_text(json.dumps(manifest))
     elif case == "exists":
         out.mkdir()
     elif case == "twice":
@@ -107,7 +121,7 @@ def test_bad_input_is_one_line(tmp_path: Path, onnx_export: Path, case: str, cap
         extra = ["--backends", "tflite"]
     assert run_cli("bench", src, *more, "--out", out, "--quiet", *extra) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and err.count("\n") == 0
+    assert err.startswith("error: ") and err.count("\n") == 0 and needle in err
     assert (case == "exists") == out.exists()
 
 

@@ -96,8 +96,9 @@ def bench(cfg: BenchConfig) -> BenchResult:
             if measured["predictions"] is not None:
                 predictions[(source.label, backend)] = measured["predictions"]
     if not records:
-        raise UserError("no backend could run any of the models here (see the reasons with --backends auto)",
-                        "install onnxruntime, or pass artifacts for the torch backend")
+        reasons = "; ".join(f"{s['variant']} on {s['backend']}: {s['reason']}" for s in skipped if s["variant"] != "(none)")
+        raise UserError(f"no backend could run any of the models here ({reasons or 'none of them applies'})",
+                        "fix what the reasons say, or pass artifacts for the torch backend")
     _add_agreement(records, predictions, baseline)
     results = {"command": command_line("bench", cfg, positional=("srcs",)),
                "config": asdict(cfg), "baseline": baseline.label, "data": images.source if images.labels is not None else None,

@@ -125,5 +125,16 @@ def _model_file(path: Path, manifest: dict[str, Any]) -> tuple[Path, str]:
                   (root / "model.onnx", "onnx"), (root / "1" / "model.onnx", "onnx")]
     for file, kind in candidates:
         if file.is_file():
+            _require_external_data(file, manifest)
             return file, kind
     raise UserError(f"{path} has no model.onnx or model.plan", "re-export with `vitcompress export`")
+
+
+def _require_external_data(file: Path, manifest: dict[str, Any]) -> None:
+    """An ONNX file past 2 GiB is unusable without its weights file beside it (copied without it, say)."""
+    from vitcompress.export.onnx import external_data_path
+
+    data = external_data_path(file)
+    if manifest.get("graph", {}).get("external_data") and file.suffix == ".onnx" and not data.is_file():
+        raise UserError(f"{file} keeps its weights in {data.name}, which is not beside it",
+                        f"copy {data.name} into {file.parent} (the two files travel together), or re-export")
