@@ -176,6 +176,7 @@ def test_weights_past_protobufs_limit_go_to_external_data(tmp_path: Path, shapes
 
     from vitcompress.export import onnx as onnx_export
     from vitcompress.predict import predict
+    from vitcompress.report import describe
 
     monkeypatch.setattr(onnx_export, "SINGLE_FILE_LIMIT", 0)
     result = do_export(shapes_artifact, tmp_path / "onnx")
@@ -186,6 +187,7 @@ def test_weights_past_protobufs_limit_go_to_external_data(tmp_path: Path, shapes
     x = images(pixels=False)
     assert_close_logits(torch_logits(shapes_artifact, x), onnx_logits(graph, x), FP32_TOLERANCE)
     assert open_source(result.path).file_bytes == graph.stat().st_size + data.stat().st_size
+    assert "onnx: model.onnx + model.onnx.data" in describe(result.path)  # what `vitcompress info` prints
 
     repo = do_export(shapes_artifact, tmp_path / "repo", format="triton", model_name="vit")
     version = repo.path / "vit" / "1"

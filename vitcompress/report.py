@@ -76,7 +76,8 @@ def _describe_export(path: str | Path, source: Any) -> str:
     shape = "x".join(str(d) for d in model_input["shape"])
     rows = [
         ("export", str(path)),
-        ("format", f"{manifest['format']} ({source.kind}: {source.file.name}, {source.file_bytes / 1e6:.2f} MB)"),
+        ("format", f"{manifest['format']} ({source.kind}: {' + '.join(f.name for f in source.files)}, "
+                   f"{source.file_bytes / 1e6:.2f} MB)"),
         ("precision", f"{manifest['precision']} (graph for {manifest['target']})"),
         ("input", f"'{model_input['name']}' {model_input['dtype']} {shape} ({model_input['layout']})"
                   + (f", batches up to {source.max_batch}" if source.max_batch else "")),

@@ -43,11 +43,15 @@ class ModelSource:
         self.label = self.label or self.path.name
 
     @property
-    def file_bytes(self) -> int:
-        """The model file's size, with an ONNX file's external data (weights past protobuf's 2 GiB)."""
+    def files(self) -> list[Path]:
+        """The model file, and an ONNX file's external data (its weights, past protobuf's 2 GiB)."""
         from vitcompress.export.onnx import model_files
 
-        return sum(f.stat().st_size for f in model_files(self.file))
+        return model_files(self.file)
+
+    @property
+    def file_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
 
     def batch_limit(self, wanted: int) -> int:
         """``wanted``, or less where the model file cannot take that many images in one call."""
