@@ -109,6 +109,30 @@ def test_finetune_and_eval_on_a_torchvision_set(tmp_path: Path, capsys: pytest.C
     assert manifest["verify"]["onnxruntime"]["source"].startswith("dtd (test split")
 
 
+IMAGENETTE_WNIDS = {"n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player"}
+
+
+def write_imagenette(root: Path, per_class: int = 10) -> None:
+    """Imagenette's layout: imagenette2-320/<train|val>/<wnid>/*.JPEG (here 3 of its 10 classes, smaller images)."""
+    rng = np.random.default_rng(2)
+    for split in ("train", "val"):
+        for wnid in IMAGENETTE_WNIDS:
+            folder = root / "imagenette2-320" / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(per_class if split == "train" else 2):
+                w, h = int(rng.integers(40, 90)), int(rng.integers(40, 90))
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{wnid}_{i}.JPEG")
+
+
+def test_imagenette_is_named_by_its_class_names_and_tested_on_its_val(tmp_path: Path) -> None:
+    write_imagenette(tmp_path / "tv")
+    data = load_data(DataOptions(spec="imagenette", data_dir=str(tmp_path / "tv"), img_size=32,
+                                 cache_dir=str(tmp_path / "c"), quiet=True))
+    assert data.classes == list(IMAGENETTE_WNIDS.values())  # not torchvision's tuples of synonyms
+    assert [len(data.train), len(data.val), len(data.test)] == [27, 3, 6]  # val: 0.1 of train; test: the set's val
+    assert data.test.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
 def test_missing_set_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="CIFAR-100 not found in .*--download"):
         load_data(DataOptions(spec="cifar100", data_dir=str(tmp_path / "none"), cache_dir=str(tmp_path / "c")))

@@ -35,6 +35,10 @@ TORCHVISION_SETS: dict[str, TorchvisionSet] = {
     "dtd": TorchvisionSet("Describable Textures", "DTD", {"split": "train"}, {"split": "test"}, val={"split": "val"}),
     "gtsrb": TorchvisionSet("GTSRB", "GTSRB", {"split": "train"}, {"split": "test"},
                             classes=tuple(str(c) for c in range(43))),
+    # fast.ai's 10 easy ImageNet classes at 320 px on the shorter side (341 MB): real photos for fine-tuning a
+    # pretrained ViT at 224 px. It has train and val only; val is the test split, and --val-split holds out of train.
+    "imagenette": TorchvisionSet("Imagenette (320 px)", "Imagenette", {"split": "train", "size": "320px"},
+                                 {"split": "val", "size": "320px"}),
 }
 
 

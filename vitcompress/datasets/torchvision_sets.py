@@ -2,7 +2,7 @@
 ``torchvision_catalog.py``), with their real download when the user allows it.
 
 Sets torchvision holds as one array (CIFAR, SVHN, STL-10, MNIST) become an ``ImageSet`` directly, at
-their own size. Sets of image files of any size (Flowers-102, Pets, Food-101, DTD, GTSRB) are decoded
+their own size. Sets of image files of any size (Flowers-102, Pets, Food-101, DTD, GTSRB, Imagenette) are decoded
 once into the same square uint8 cache as folder data (``decoded.py``), or streamed (``streamed.py``).
 
 torchvision checks the md5 of the files it unpickles (CIFAR) before reading them, so only the
@@ -67,8 +67,8 @@ def _open(spec: TorchvisionSet, root: Path, download: bool, kwargs: dict[str, An
 
 def _classes(spec: TorchvisionSet, train: Dataset) -> list[str]:
     classes = getattr(train, "classes", None) or spec.classes
-    if classes:
-        return list(classes)
+    if classes:  # Imagenette names each class by its synonyms, ("tench", "Tinca tinca"): the first is the name
+        return [c[0] if isinstance(c, tuple) else c for c in classes]
     return [str(c) for c in range(int(_labels(train).max()) + 1)]
 
 
