@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +20,23 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vitcompress.datasets.imageset import ImageSet
-from vitcompress.datasets.items import ImageItems, decode
+from vitcompress.datasets.items import ImageItems, SplitItems, decode
 from vitcompress.errors import UserError
+from vitcompress.locks import build_once
 
 RAM_SHARE = 0.3  # a decoded split larger than this share of free RAM stays memory-mapped
 MANIFEST = "manifest.json"
 
 
-SplitItems = tuple[ImageItems, Sequence[int]]  # a split's images and their labels
-
-
 def is_cached(target: Path) -> bool:
     return (target / MANIFEST).is_file()
+
+
+def decoded_splits(splits: dict[str, SplitItems], classes: list[str], size: int, target: Path,
+                   quiet: bool) -> dict[str, ImageSet]:
+    """The splits decoded into the cache at ``target`` (by this process, or by another that got there first)."""
+    build_once(target, is_cached, lambda: build_cache(splits, classes, size, target, quiet))
+    return {split: open_split(target / split, classes) for split in splits}
 
 
 def build_cache(splits: dict[str, SplitItems], classes: list[str], size: int, target: Path, quiet: bool) -> None:
@@ -66,7 +70,7 @@ def skipped_files(target: Path) -> list[str]:
 class _Decoding(Dataset):
     """``(label, pixels or None, name)`` per image, decoded in ``_decode_split``'s worker processes."""
 
-    def __init__(self, items: ImageItems, labels: Sequence[int], size: int) -> None:
+    def __init__(self, items: ImageItems, labels: np.ndarray, size: int) -> None:
         self.items, self.labels, self.size = items, labels, size
 
     def __len__(self) -> int:

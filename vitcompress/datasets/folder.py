@@ -18,12 +18,11 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from vitcompress.datasets.archive import extract_cached, is_archive
-from vitcompress.datasets.decoded import build_cache, is_cached, open_split, skipped_files
+from vitcompress.datasets.decoded import decoded_splits, skipped_files
 from vitcompress.datasets.imageset import ImageSet, check_classes, stratified_split
 from vitcompress.datasets.items import DRAFT_GAP, UNREADABLE, ImageFiles, storage_side
-from vitcompress.datasets.streamed import StreamedImages
+from vitcompress.datasets.streamed import streamed_splits
 from vitcompress.errors import UserError
-from vitcompress.locks import build_once
 
 SPLITS = ("train", "val", "test")
 
@@ -120,14 +119,11 @@ def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
     split_items = {split: (ImageFiles([p for p, _ in files]), np.asarray([label for _, label in files], dtype=np.int64))
                    for split, files in samples.items()}
     if stream:
-        splits = {split: ImageSet(StreamedImages(items, size, workers=workers), torch.from_numpy(labels), classes)
-                  for split, (items, labels) in split_items.items()}
-        return splits, {**info, "streamed": True}
+        return streamed_splits(split_items, classes, size, workers), {**info, "streamed": True}
     target = cache_dir / "decoded" / _cache_key(root, samples, size)
-    build_once(target, is_cached, lambda: build_cache(split_items, classes, size, target, quiet))
+    splits = decoded_splits(split_items, classes, size, target, quiet)
     skipped = skipped_files(target)
     if skipped and not quiet:
         print(f"warning: skipped {len(skipped)} unreadable image(s) in {root} (first: {skipped[0]}); "
               f"the full list is in {target / 'manifest.json'}", file=sys.stderr, flush=True)
-    splits = {split: open_split(target / split, classes) for split in samples}
     return splits, {**info, "skipped_files": skipped}

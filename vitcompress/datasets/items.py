@@ -101,6 +101,9 @@ class DatasetImages:
         return f"{type(self.dataset).__name__}[{i}]"
 
 
+SplitItems = tuple[ImageItems, np.ndarray]  # a split's images and their int64 labels, before decoding
+
+
 def decode(items: ImageItems, i: int, size: int) -> np.ndarray | None:
     """Item ``i`` as uint8 ``size x size x 3`` pixels, or None when it cannot be read."""
     try:

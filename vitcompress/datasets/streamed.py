@@ -15,13 +15,20 @@ import warnings
 import numpy as np
 import torch
 
-from vitcompress.datasets.items import ImageItems, decode
+from vitcompress.datasets.imageset import ImageSet
+from vitcompress.datasets.items import ImageItems, SplitItems, decode
 
 
 def default_workers() -> int:
     """One decoding worker per CPU core this process may use, shared among the processes of this machine."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def streamed_splits(splits: dict[str, SplitItems], classes: list[str], size: int, workers: int) -> dict[str, ImageSet]:
+    """The splits with nothing decoded: each reads its images as batches are drawn."""
+    return {split: ImageSet(StreamedImages(items, size, workers=workers), torch.from_numpy(labels), classes)
+            for split, (items, labels) in splits.items()}
 
 
 class StreamedImages:

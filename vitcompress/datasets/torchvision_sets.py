@@ -19,13 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vitcompress.datasets.decoded import build_cache, is_cached, open_split
+from vitcompress.datasets.decoded import decoded_splits
 from vitcompress.datasets.imageset import ImageSet
 from vitcompress.datasets.items import DatasetImages, storage_side
-from vitcompress.datasets.streamed import StreamedImages
+from vitcompress.datasets.streamed import streamed_splits
 from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS, TorchvisionSet
 from vitcompress.errors import UserError
-from vitcompress.locks import build_once
 
 
 def load_torchvision(name: str, root: Path, download: bool, img_size: int, cache_dir: Path, quiet: bool = False,
@@ -43,11 +42,9 @@ def load_torchvision(name: str, root: Path, download: bool, img_size: int, cache
     size = storage_side(datasets["train"][0][0].size, img_size)
     split_items = {split: (DatasetImages(ds), _labels(ds)) for split, ds in datasets.items()}
     if stream:
-        return ({split: ImageSet(StreamedImages(items, size, workers=workers), torch.from_numpy(labels), classes)
-                 for split, (items, labels) in split_items.items()}, {"storage_size": size, "streamed": True})
+        return streamed_splits(split_items, classes, size, workers), {"storage_size": size, "streamed": True}
     target = cache_dir / "decoded" / _cache_key(name, root, size)
-    build_once(target, is_cached, lambda: build_cache(split_items, classes, size, target, quiet))
-    return {split: open_split(target / split, classes) for split in datasets}, {"storage_size": size}
+    return decoded_splits(split_items, classes, size, target, quiet), {"storage_size": size}
 
 
 def _open(spec: TorchvisionSet, root: Path, download: bool, kwargs: dict[str, Any]) -> Dataset:
