@@ -38,6 +38,7 @@ from vitcompress.sources import ModelSource, open_source
 ACCURACY_BATCH = 32  # within the Triton server's max_batch_size
 STAGING_SUFFIX = ".tmp-bench"
 MAX_TRITON_SECONDS = 60.0  # per concurrency level, whatever --requests says
+NO_VARIANT = "(none)"  # a skipped backend that had no model of its kind to run
 
 
 @dataclass
@@ -70,7 +71,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
     plan = [(s, name) for s in sources for name in cfg.backend_names() if s.kind in RUNTIMES[name].kinds]
     records: list[dict[str, Any]] = []
     planned = {name for _, name in plan}
-    skipped = [{"variant": "(none)", "backend": name, "reason": RUNTIMES[name].nothing_to_run()}
+    skipped = [{"variant": NO_VARIANT, "backend": name, "reason": RUNTIMES[name].nothing_to_run()}
                for name in cfg.backend_names() if name not in planned]  # asked for, so listed, never dropped
     predictions: dict[tuple[str, str], np.ndarray] = {}
     steps = sum(len(cfg.batch_sizes()) for _ in plan)
@@ -96,7 +97,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
             if measured["predictions"] is not None:
                 predictions[(source.label, backend)] = measured["predictions"]
     if not records:
-        reasons = "; ".join(f"{s['variant']} on {s['backend']}: {s['reason']}" for s in skipped if s["variant"] != "(none)")
+        reasons = "; ".join(f"{s['variant']} on {s['backend']}: {s['reason']}" for s in skipped if s["variant"] != NO_VARIANT)
         raise UserError(f"no backend could run any of the models here ({reasons or 'none of them applies'})",
                         "fix what the reasons say, or pass artifacts for the torch backend")
     _add_agreement(records, predictions, baseline)
