@@ -59,6 +59,7 @@ def finetune_args(out: Path, *extra: str, data: str = "shapes") -> list:
     (["--img-size", "100000"], "tokens per image"),
     (["--model-kwargs", "depth=-1"], "could not create model"),
     (["--model-kwargs", "embed_dim=0"], "could not create model"),
+    (["--model", "resnet18"], "not a Vision Transformer"),
 ])
 def test_bad_numbers_and_names(tmp_path: Path, capsys: pytest.CaptureFixture, extra: list, needle: str) -> None:
     out = tmp_path / "out"

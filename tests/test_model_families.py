@@ -21,11 +21,20 @@ from vitcompress.compress.qat import qat
 from vitcompress.compress.surgery import mlp_widths
 from vitcompress.config import PruneConfig, QatConfig, TrainConfig
 from vitcompress.errors import UserError
-from vitcompress.models import count_macs, create_model, heads_per_block
+from vitcompress.models import count_macs, create_model, heads_per_block, parse_model_kwargs
 
 RELPOS = "vit_relpos_small_patch16_224"
 DINOV2_SWIGLU = "vit_giant_patch14_dinov2"  # its MLP is SwiGLUPacked: fc1 holds the gate and the value
 SWIGLU_KWARGS = {**KWARGS, "mlp_ratio": 4.0}
+
+
+def test_model_kwargs_take_tuples_and_lists_for_per_stage_models() -> None:
+    """Swin's ``depths`` and ``num_heads`` are tuples: their commas are not item separators."""
+    kwargs = parse_model_kwargs("depths=(1,1),num_heads=[2, 4],window_size=4,embed_dim=32,global_pool=avg")
+    assert kwargs == {"depths": (1, 1), "num_heads": [2, 4], "window_size": 4, "embed_dim": 32, "global_pool": "avg"}
+    model = create_model("swin_tiny_patch4_window7_224", {"num_classes": 10, "img_size": 32, **kwargs})
+    assert [len(stage.blocks) for stage in model.layers] == [1, 1]
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
 def test_macs_of_a_model_with_an_attention_pooling_head() -> None:

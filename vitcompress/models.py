@@ -19,13 +19,14 @@ from vitcompress.errors import UserError, require
 
 
 def parse_model_kwargs(text: str | dict | None) -> dict[str, Any]:
-    """Parse ``"depth=2,embed_dim=64,qkv_bias=False"`` into typed values (ints, floats, bools, str)."""
+    """Parse ``"depth=2,embed_dim=64,qkv_bias=False,depths=(2,2,6,2)"`` into typed values (ints, floats,
+    bools, tuples and lists, str); commas inside brackets belong to the value."""
     if not text:
         return {}
     if isinstance(text, dict):
         return dict(text)
     kwargs: dict[str, Any] = {}
-    for item in text.split(","):
+    for item in _top_level_items(text):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--model-kwargs item {item!r} is not key=value", "write e.g. depth=2,embed_dim=64")
@@ -34,6 +35,21 @@ def parse_model_kwargs(text: str | dict | None) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             kwargs[key.strip()] = value.strip()
     return kwargs
+
+
+def _top_level_items(text: str) -> list[str]:
+    """Split at the commas that are not inside (), [] or {}."""
+    items, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0:
+            items.append(text[start:index])
+            start = index + 1
+    items.append(text[start:])
+    return items
 
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
@@ -108,6 +124,10 @@ def create_model(name: str, kwargs: dict[str, Any], pretrained: bool = False) ->
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as exc:
+        if "'img_size'" in str(exc):
+            raise UserError(f"model {name} takes no image size: it is not a Vision Transformer ({exc})",
+                            "vitcompress works on timm's transformers: pick e.g. vit_small_patch16_224, "
+                            "deit_small_patch16_224 or eva02_tiny_patch14_224") from None
         raise UserError(f"model {name} does not accept these arguments {kwargs} ({exc})",
                         "check --model-kwargs / --patch-size against the timm model's signature") from None
     except Exception as exc:  # noqa: BLE001 - hub/network failures come in many types
