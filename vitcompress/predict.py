@@ -15,6 +15,7 @@ stops earlier), so a folder of any size takes bounded memory.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,11 @@ from vitcompress.runtimes import open_runtime
 from vitcompress.sources import ModelSource, open_source
 
 ImageLike = str | Path | Image.Image
+UNREADABLE_RECORD = "cannot be read as an image: skipped"
+
+
+class UnreadableImage(UserError):
+    """An image file PIL cannot open or decode."""
 
 
 class Classifier:
@@ -54,25 +60,43 @@ class Classifier:
         stored = torch.from_numpy(_stored(image, self.source.img_size)).unsqueeze(0)
         return self.transform.eval_pixels(stored)[0]
 
-    def probabilities(self, images: list[ImageLike]) -> np.ndarray:
-        """Class probabilities, one row per image."""
-        chunks = [self._batch_probabilities(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+    def probabilities(self, images: list[ImageLike], skip_unreadable: bool = False) -> np.ndarray:
+        """Class probabilities, one row per image. An image that cannot be read raises :class:`UnreadableImage`,
+        or with ``skip_unreadable`` gets a row of NaN (one bad file in a folder of thousands should not stop the rest)."""
+        chunks = [self._batch_probabilities(images[i:i + self.batch_size], skip_unreadable)
+                  for i in range(0, len(images), self.batch_size)]
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
 
-    def _batch_probabilities(self, images: list[ImageLike]) -> np.ndarray:
-        batch = torch.stack([self.pixels(image) for image in images])
-        logits = self.runtime.run(self.source.prepare(batch)).astype(np.float64)
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
+    def _batch_probabilities(self, images: list[ImageLike], skip_unreadable: bool) -> np.ndarray:
+        pixels = [self._pixels_or_none(image, skip_unreadable) for image in images]
+        readable = [i for i, image in enumerate(pixels) if image is not None]
+        probs = np.full((len(images), len(self.classes)), np.nan)
+        if readable:
+            batch = torch.stack([pixels[i] for i in readable])
+            logits = self.runtime.run(self.source.prepare(batch)).astype(np.float64)
+            exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs[readable] = exp / exp.sum(axis=1, keepdims=True)
+        return probs
+
+    def _pixels_or_none(self, image: ImageLike, skip_unreadable: bool) -> torch.Tensor | None:
+        try:
+            return self.pixels(image)
+        except UnreadableImage:
+            if not skip_unreadable:
+                raise
+            return None
 
     def __call__(self, images: ImageLike | list[ImageLike], top_k: int = 5) -> Any:
         """Top-``top_k`` ``(class, probability)`` pairs for one image, or a list of them for a list."""
         single = not isinstance(images, list)
         batch = [images] if single else images
-        probs = self.probabilities(batch)
-        k = max(1, min(top_k, len(self.classes)))
-        answers = [[(self.classes[i], float(p[i])) for i in np.argsort(-p)[:k]] for p in probs]
+        answers = [self.top_classes(row, top_k) for row in self.probabilities(batch)]
         return answers[0] if single else answers
+
+    def top_classes(self, probabilities: np.ndarray, top_k: int) -> list[tuple[str, float]]:
+        """The ``top_k`` most probable ``(class, probability)`` pairs of one row of :meth:`probabilities`."""
+        k = max(1, min(top_k, len(self.classes)))
+        return [(self.classes[i], float(probabilities[i])) for i in np.argsort(-probabilities)[:k]]
 
 
 def _stored(image: ImageLike, img_size: int) -> np.ndarray:
@@ -83,7 +107,7 @@ def _stored(image: ImageLike, img_size: int) -> np.ndarray:
         with Image.open(image) as img:
             return stored_pixels(img, storage_side(img.size, img_size))
     except UNREADABLE as exc:
-        raise UserError(f"cannot read image {image} ({type(exc).__name__})",
+        raise UnreadableImage(f"cannot read image {image} ({type(exc).__name__})",
                         "pass image files PIL can open (JPEG, PNG, ...)") from None
 
 
@@ -104,8 +128,19 @@ def image_files(paths: list[str]) -> list[str]:
 
 def predict(src: str, images: list[str], top_k: int = 5, backend: str | None = None,
             batch_size: int = PREDICT_BATCH_SIZE) -> list[dict[str, Any]]:
-    """``vitcompress predict``: one ``{"image", "top"}`` record per image file (folders expanded)."""
+    """``vitcompress predict``: one ``{"image", "top"}`` record per image file (folders expanded).
+
+    Unreadable images are skipped with a warning on stderr and an ``{"image", "error"}`` record, as training
+    skips them; only when no image can be read is it an error (naming the first, with PIL's reason).
+    """
     files = image_files(images)
-    answers = Classifier(src, backend, batch_size=batch_size)(files, top_k=top_k)
-    return [{"image": image, "top": [{"class": c, "probability": round(p, 6)} for c, p in answer]}
-            for image, answer in zip(files, answers, strict=True)]
+    classifier = Classifier(src, backend, batch_size=batch_size)
+    probs = classifier.probabilities(files, skip_unreadable=True)
+    unreadable = [file for file, row in zip(files, probs, strict=True) if np.isnan(row).any()]
+    if unreadable and len(unreadable) == len(files):
+        classifier.pixels(unreadable[0])  # raises UnreadableImage with PIL's reason
+    if unreadable:
+        print(f"warning: skipped {len(unreadable)} unreadable image(s) (first: {unreadable[0]})", file=sys.stderr)
+    return [{"image": file, "error": UNREADABLE_RECORD} if np.isnan(row).any() else
+            {"image": file, "top": [{"class": c, "probability": round(p, 6)} for c, p in classifier.top_classes(row, top_k)]}
+            for file, row in zip(files, probs, strict=True)]

@@ -232,6 +232,9 @@ def predictions_table(records: list[dict[str, Any]]) -> str:
     """What ``predict`` prints: each image's top classes with their probabilities."""
     blocks = []
     for record in records:
+        if "error" in record:
+            blocks.append(f"{record['image']}\n{record['error']}")
+            continue
         rows = [(item["class"], f"{100 * item['probability']:.2f}%") for item in record["top"]]
         blocks.append(f"{record['image']}\n" + tabulate(rows, headers=("class", "probability"), tablefmt="simple",
                                                           disable_numparse=True))
