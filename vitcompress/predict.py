@@ -60,31 +60,36 @@ class Classifier:
         stored = torch.from_numpy(_stored(image, self.source.img_size)).unsqueeze(0)
         return self.transform.eval_pixels(stored)[0]
 
-    def probabilities(self, images: list[ImageLike], skip_unreadable: bool = False) -> np.ndarray:
-        """Class probabilities, one row per image. An image that cannot be read raises :class:`UnreadableImage`,
-        or with ``skip_unreadable`` gets a row of NaN (one bad file in a folder of thousands should not stop the rest)."""
-        chunks = [self._batch_probabilities(images[i:i + self.batch_size], skip_unreadable)
-                  for i in range(0, len(images), self.batch_size)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
+    def probabilities(self, images: list[ImageLike]) -> np.ndarray:
+        """Class probabilities, one row per image; an image that cannot be read raises :class:`UnreadableImage`."""
+        return self.readable_probabilities(images, skip_unreadable=False)[0]
 
-    def _batch_probabilities(self, images: list[ImageLike], skip_unreadable: bool) -> np.ndarray:
-        pixels = [self._pixels_or_none(image, skip_unreadable) for image in images]
-        readable = [i for i, image in enumerate(pixels) if image is not None]
-        probs = np.full((len(images), len(self.classes)), np.nan)
-        if readable:
-            batch = torch.stack([pixels[i] for i in readable])
-            logits = self.runtime.run(self.source.prepare(batch)).astype(np.float64)
+    def readable_probabilities(self, images: list[ImageLike], skip_unreadable: bool = True,
+                               ) -> tuple[np.ndarray, dict[int, UnreadableImage]]:
+        """Class probabilities, one row per image, and which images could not be read (their index and why; their
+        rows are NaN), so that one bad file in a folder of thousands does not stop the rest."""
+        chunks: list[np.ndarray] = []
+        unreadable: dict[int, UnreadableImage] = {}
+        for start in range(0, len(images), self.batch_size):
+            pixels: dict[int, torch.Tensor] = {}
+            for index, image in enumerate(images[start:start + self.batch_size]):
+                try:
+                    pixels[index] = self.pixels(image)
+                except UnreadableImage as exc:
+                    if not skip_unreadable:
+                        raise
+                    unreadable[start + index] = exc
+            chunks.append(self._batch_probabilities(pixels, len(images[start:start + self.batch_size])))
+        probs = np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
+        return probs, unreadable
+
+    def _batch_probabilities(self, pixels: dict[int, torch.Tensor], size: int) -> np.ndarray:
+        probs = np.full((size, len(self.classes)), np.nan)
+        if pixels:
+            logits = self.runtime.run(self.source.prepare(torch.stack(list(pixels.values())))).astype(np.float64)
             exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probs[readable] = exp / exp.sum(axis=1, keepdims=True)
+            probs[list(pixels)] = exp / exp.sum(axis=1, keepdims=True)
         return probs
-
-    def _pixels_or_none(self, image: ImageLike, skip_unreadable: bool) -> torch.Tensor | None:
-        try:
-            return self.pixels(image)
-        except UnreadableImage:
-            if not skip_unreadable:
-                raise
-            return None
 
     def __call__(self, images: ImageLike | list[ImageLike], top_k: int = 5) -> Any:
         """Top-``top_k`` ``(class, probability)`` pairs for one image, or a list of them for a list."""
@@ -135,12 +140,12 @@ def predict(src: str, images: list[str], top_k: int = 5, backend: str | None = N
     """
     files = image_files(images)
     classifier = Classifier(src, backend, batch_size=batch_size)
-    probs = classifier.probabilities(files, skip_unreadable=True)
-    unreadable = [file for file, row in zip(files, probs, strict=True) if np.isnan(row).any()]
-    if unreadable and len(unreadable) == len(files):
-        classifier.pixels(unreadable[0])  # raises UnreadableImage with PIL's reason
+    probs, unreadable = classifier.readable_probabilities(files)
     if unreadable:
-        print(f"warning: skipped {len(unreadable)} unreadable image(s) (first: {unreadable[0]})", file=sys.stderr)
-    return [{"image": file, "error": UNREADABLE_RECORD} if np.isnan(row).any() else
+        first = files[min(unreadable)]
+        if len(unreadable) == len(files):
+            raise unreadable[min(unreadable)]
+        print(f"warning: skipped {len(unreadable)} unreadable image(s) (first: {first})", file=sys.stderr)
+    return [{"image": file, "error": UNREADABLE_RECORD} if index in unreadable else
             {"image": file, "top": [{"class": c, "probability": round(p, 6)} for c, p in classifier.top_classes(row, top_k)]}
-            for file, row in zip(files, probs, strict=True)]
+            for index, (file, row) in enumerate(zip(files, probs, strict=True))]
