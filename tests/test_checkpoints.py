@@ -1,13 +1,16 @@
-"""--init-checkpoint: safe formats, wrapped/prefixed state dicts, head resizing, pos-embed resampling."""
+"""Starting weights: --pretrained through timm's hub loader (from an offline cache), and --init-checkpoint: safe
+formats, wrapped/prefixed state dicts, head resizing, pos-embed resampling."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from tests.conftest import run_cli
 from vitcompress.checkpoints import read_state_dict
 from vitcompress.models import create_model, load_init_checkpoint
 
@@ -16,6 +19,36 @@ KW = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads":
 
 def _model(num_classes: int = 10, **overrides):
     return create_model("vit_tiny_patch16_224", {**KW, "num_classes": num_classes, **overrides})
+
+
+def write_hub_snapshot(cache: Path, repo_id: str, state: dict[str, torch.Tensor]) -> None:
+    """A Hugging Face hub cache holding ``repo_id``'s ``model.safetensors``, laid out as ``hf_hub_download`` leaves it."""
+    revision = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(repo / "snapshots" / revision / "model.safetensors"))
+
+
+def test_pretrained_weights_come_through_timms_hub_loader_from_an_offline_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--pretrained`` runs timm's real loading code (the hub download, then its checkpoint filter: the
+    1000-class head dropped, position and patch embeddings resampled from 224 px / 16 px patches to
+    32 px / 8 px). With ``HF_HUB_OFFLINE=1`` (set for all tests) the weights come from the local cache,
+    as on a cluster without internet; ``--head-only`` keeps the loaded blocks as they were for the check."""
+    name = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    hub_model = create_model("vit_tiny_patch16_224", {"depth": 2, "embed_dim": 64, "num_heads": 2})  # 224 px, 1000 classes
+    write_hub_snapshot(tmp_path / "hub", f"timm/{name}", hub_model.state_dict())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    out = tmp_path / "out"
+    assert run_cli("finetune", "--model", name, "--pretrained", "--img-size", "32", "--patch-size", "8",
+                   "--model-kwargs", "depth=2,embed_dim=64,num_heads=2", "--data", "shapes", "--epochs", "1",
+                   "--head-only", "--batch-size", "64", "--quiet", "--out", out) == 0
+    loaded, hub = load_file(str(out / "model.safetensors")), hub_model.state_dict()
+    assert all(torch.equal(loaded[k], hub[k]) for k in hub if k.startswith(("blocks.", "cls_token", "norm.")))
+    assert loaded["pos_embed"].shape == (1, 1 + 4 * 4, 64) and loaded["patch_embed.proj.weight"].shape[-1] == 8
+    assert loaded["head.weight"].shape == (10, 64)
 
 
 @pytest.mark.parametrize("wrap", ["plain", "state_dict", "module_prefix"])
