@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import yaml
 
 from tests.conftest import TINY, run_cli
 from vitcompress.artifact import read_meta
+from vitcompress.distributed import DistContext, process_group
 
 
 def test_torchrun_two_processes(tmp_path: Path) -> None:
@@ -31,6 +38,39 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert meta.metrics["top1"] > 0.3, meta.metrics["top1"]
     assert result.stdout.count("artifact:") == 1  # one summary, from rank 0
     assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "model.safetensors", "train_log.csv", "vitcompress.json"]
+
+
+SHORT_TIMEOUT = timedelta(seconds=3)  # stands in for NCCL's default 10 minutes
+
+
+def _rank_waits_for_slow_data(rank: int, port: int, folder: Path) -> None:
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", timeout=SHORT_TIMEOUT)  # as torchrun's environment, with a short timeout
+    with process_group("cpu") as ctx:  # joins nothing new: the group above is kept, as a pipeline's is
+
+        def prepare() -> str:
+            cache = folder / "cache.txt"
+            if rank == 0:
+                time.sleep(2.5 * SHORT_TIMEOUT.total_seconds())  # decoding a large dataset into the cache
+                cache.write_text("decoded")
+            return cache.read_text()
+
+        assert isinstance(ctx, DistContext) and ctx.world_size == 2
+        data = ctx.main_first(prepare)
+        total = torch.ones(1)
+        dist.all_reduce(total)  # the default group still works after the long wait
+        (folder / f"rank{rank}.txt").write_text(f"{data} {int(total.item())}")
+    dist.destroy_process_group()
+
+
+def test_ranks_wait_for_data_longer_than_the_collective_timeout(tmp_path: Path) -> None:
+    """Rank 0 building the data cache for longer than the process group's timeout (NCCL's is 10 minutes) must not
+    abort the other ranks waiting for it: ``main_first`` waits on its own gloo group with a long timeout."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    mp.spawn(_rank_waits_for_slow_data, args=(port, tmp_path), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["decoded 2", "decoded 2"]
 
 
 def _torchrun(*args: object, processes: int = 2) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -15,6 +16,11 @@ from torch import nn
 from vitcompress.errors import UserError
 
 T = TypeVar("T")
+
+# How long ranks wait for data that one rank (or one per node) prepares alone: decoding a large dataset into the
+# cache can take far longer than NCCL's default collective timeout of 10 minutes, after which its watchdog aborts.
+DATA_WAIT = timedelta(hours=12)
+_data_wait_group: dist.ProcessGroup | None = None  # made once per process group, see _patient_group
 
 
 @dataclass
@@ -61,14 +67,31 @@ class DistContext:
                 dist.broadcast(tensor.data, src=0)
 
     def main_first(self, work: Callable[[], T]) -> T:
-        """Rank 0 runs ``work`` first (building any cache it fills), then the other ranks run it."""
+        """Rank 0 runs ``work`` first (building any cache it fills, downloading a dataset), then the other ranks
+        run it (on other machines they build their own disk's cache, one per machine through its file lock); no
+        rank goes on until all have. The waits go through a gloo group with the :data:`DATA_WAIT` timeout."""
+        if not self.distributed:
+            return work()
+        group = _patient_group()
         result = work() if self.is_main else None
-        self.barrier()
-        return result if self.is_main else work()
+        dist.barrier(group=group)
+        if not self.is_main:
+            result = work()
+        dist.barrier(group=group)  # before any NCCL collective, whose 10 minutes would start while others build
+        return result  # type: ignore[return-value]
 
     def barrier(self) -> None:
         if self.distributed:  # NCCL wants the device named, or it guesses (and warns)
             dist.barrier(device_ids=[self.device.index]) if self.device.type == "cuda" else dist.barrier()
+
+
+def _patient_group() -> dist.ProcessGroup:
+    """A gloo group of all ranks with the long :data:`DATA_WAIT` timeout (every rank calls this at the same point,
+    as ``new_group`` requires; it is made on first use and dropped with the process group)."""
+    global _data_wait_group
+    if _data_wait_group is None:
+        _data_wait_group = dist.new_group(backend="gloo", timeout=DATA_WAIT)
+    return _data_wait_group
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -103,10 +126,12 @@ def init_distributed(device_name: str) -> DistContext:
 def process_group(device_name: str) -> Iterator[DistContext]:
     """This process's :class:`DistContext` for the duration; under ``torchrun`` the process group is joined,
     and left at the end unless it was already there (a pipeline's group outlives its stages)."""
+    global _data_wait_group
     joined = not dist.is_initialized()
     ctx = init_distributed(device_name)
     try:
         yield ctx
     finally:
         if joined and ctx.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # every group, the data-wait one too
+            _data_wait_group = None
