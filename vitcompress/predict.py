@@ -71,15 +71,16 @@ class Classifier:
         chunks: list[np.ndarray] = []
         unreadable: dict[int, UnreadableImage] = {}
         for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
             pixels: dict[int, torch.Tensor] = {}
-            for index, image in enumerate(images[start:start + self.batch_size]):
+            for index, image in enumerate(chunk):
                 try:
                     pixels[index] = self.pixels(image)
                 except UnreadableImage as exc:
                     if not skip_unreadable:
                         raise
                     unreadable[start + index] = exc
-            chunks.append(self._batch_probabilities(pixels, len(images[start:start + self.batch_size])))
+            chunks.append(self._batch_probabilities(pixels, len(chunk)))
         probs = np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
         return probs, unreadable
 
@@ -113,7 +114,7 @@ def _stored(image: ImageLike, img_size: int) -> np.ndarray:
             return stored_pixels(img, storage_side(img.size, img_size))
     except UNREADABLE as exc:
         raise UnreadableImage(f"cannot read image {image} ({type(exc).__name__})",
-                        "pass image files PIL can open (JPEG, PNG, ...)") from None
+                              "pass image files PIL can open (JPEG, PNG, ...)") from None
 
 
 def image_files(paths: list[str]) -> list[str]:
@@ -142,10 +143,10 @@ def predict(src: str, images: list[str], top_k: int = 5, backend: str | None = N
     classifier = Classifier(src, backend, batch_size=batch_size)
     probs, unreadable = classifier.readable_probabilities(files)
     if unreadable:
-        first = files[min(unreadable)]
+        first = min(unreadable)
         if len(unreadable) == len(files):
-            raise unreadable[min(unreadable)]
-        print(f"warning: skipped {len(unreadable)} unreadable image(s) (first: {first})", file=sys.stderr)
+            raise unreadable[first]
+        print(f"warning: skipped {len(unreadable)} unreadable image(s) (first: {files[first]})", file=sys.stderr)
     return [{"image": file, "error": UNREADABLE_RECORD} if index in unreadable else
             {"image": file, "top": [{"class": c, "probability": round(p, 6)} for c, p in classifier.top_classes(row, top_k)]}
             for index, (file, row) in enumerate(zip(files, probs, strict=True))]
