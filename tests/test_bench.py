@@ -144,8 +144,8 @@ class OnnxAsEngine(OrtRuntime):
 
     name, kinds, calls = "tensorrt", ("engine",), []
 
-    def __init__(self, source: ModelSource, threads: int | None = None) -> None:
-        super().__init__(dataclasses.replace(source, kind="onnx", file=source.path / "model.onnx"), threads)
+    def __init__(self, source: ModelSource, threads: int | None = None, max_batch: int | None = None) -> None:
+        super().__init__(dataclasses.replace(source, kind="onnx", file=source.path / "model.onnx"), threads, max_batch)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         assert len(batch) <= ENGINE_MAX_BATCH, f"batch {len(batch)} is above the engine's profile"

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import run_cli
 from vitcompress.config import ExportConfig
 from vitcompress.errors import UserError
+from vitcompress.evaluate import evaluate_artifact
 from vitcompress.export.exporter import export
+from vitcompress.predict import Classifier
 from vitcompress.runtimes import RUNTIMES
 from vitcompress.serving import (
     DEFAULT_MAX_BATCH_SIZE,
@@ -152,3 +155,19 @@ def test_an_engine_is_served_with_batches_its_profile_takes(served) -> None:
     assert served_max_batch_size(0, engine) == 8 and served_max_batch_size(4, engine) == 4
     with pytest.raises(UserError, match="above the engine's profile maximum 8"):
         served_max_batch_size(16, engine)
+
+
+def test_the_triton_backend_is_sized_for_the_batches_it_is_sent(served) -> None:
+    """eval (256 images per call by default), predict and bench start their own server through the `triton`
+    backend: it must take their batches, not refuse those above serve's default of 32, and stop when done."""
+    source, _ = served
+    through_triton = evaluate_artifact(str(source.path), "shapes", backend="triton", quiet=True)
+    assert through_triton["samples"] == 1000
+    assert through_triton["top1"] == pytest.approx(evaluate_artifact(str(source.path), "shapes", quiet=True)["top1"])
+    images = [Image.fromarray(image) for image in pixels(DEFAULT_MAX_BATCH_SIZE + 8, seed=3)]
+    with Classifier(source.path, backend="triton", batch_size=len(images)) as classify:
+        assert classify.batch_size == classify.runtime.max_batch == len(images)
+        server = classify.runtime.server
+        np.testing.assert_allclose(classify.probabilities(images), Classifier(source.path).probabilities(images),
+                                   atol=TOLERANCE)
+    assert server._triton is None  # closed with the classifier, not left to the interpreter's exit

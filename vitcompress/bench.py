@@ -35,7 +35,7 @@ from vitcompress.locks import refuse_if_live
 from vitcompress.runtimes import RUNTIMES, Runtime
 from vitcompress.sources import ModelSource, open_source
 
-ACCURACY_BATCH = 32  # within the Triton server's max_batch_size
+ACCURACY_BATCH = 32  # images per call when scoring accuracy
 STAGING_SUFFIX = ".tmp-bench"
 MAX_TRITON_SECONDS = 60.0  # per concurrency level, whatever --requests says
 NO_VARIANT = "(none)"  # a skipped backend that had no model of its kind to run
@@ -147,7 +147,7 @@ def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchCo
              progress: tqdm) -> dict[str, Any]:
     pixels = BatchTransform(source.img_size, source.mean, source.std).eval_pixels(images.pixels)
     _reset_peak_rss()
-    runtime = RUNTIMES[backend](source, threads=cfg.threads or None)
+    runtime = RUNTIMES[backend](source, threads=cfg.threads or None, max_batch=max([*batches, ACCURACY_BATCH]))
     try:
         common = {"variant": source.label, "path": str(source.path), "backend": backend, "device": runtime.device,
                   "precision": runtime.precision(source), "kind": source.kind, "file_bytes": source.file_bytes,
@@ -177,7 +177,7 @@ def _accuracy(runtime: Runtime, source: ModelSource, pixels: torch.Tensor,
               labels: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray | None]:
     if labels is None:
         return {}, None
-    chunks = pixels.split(source.batch_limit(ACCURACY_BATCH))
+    chunks = pixels.split(runtime.batch_limit(source, ACCURACY_BATCH))
     logits = np.concatenate([runtime.run(source.prepare(chunk)) for chunk in chunks])
     predicted = logits.argmax(1)
     f1 = multiclass_f1_score(torch.from_numpy(predicted), torch.from_numpy(labels), len(source.classes), average="macro")

@@ -87,9 +87,9 @@ def evaluate_artifact(src: str, data: str, data_dir: str | None = None, download
         splits = load_data(options)
         report = evaluate(model, splits.test, BatchTransform(meta.img_size, meta.mean, meta.std), ctx, batch_size=batch_size)
         return {"artifact": str(src), "data": data, "model": meta.model_name, "stage": meta.stage, **report}
-    runtime = open_runtime(source, backend)
+    runtime = open_runtime(source, backend, max_batch=batch_size)
     try:
-        report = evaluate_runtime(runtime, source, load_data(options).test, source.batch_limit(batch_size))
+        report = evaluate_runtime(runtime, source, load_data(options).test, runtime.batch_limit(source, batch_size))
     finally:
         runtime.close()
     return {"export": str(src), "data": data, "runtime": runtime.name, "precision": source.precision, **report}

@@ -8,6 +8,7 @@ model's input (``BatchTransform.eval_pixels``), so ``predict`` and ``eval`` agre
     classify = Classifier("runs/int8")
     classify("cat.jpg")            # [("cat", 0.91), ("dog", 0.05), ...]
     classify([img1, "b.png"])      # one list per image
+    classify.close()               # or ``with Classifier(...) as classify:`` (a Triton backend stops its server)
 
 Images run through the model in batches of ``batch_size`` (fewer where a TensorRT engine's profile
 stops earlier), so a folder of any size takes bounded memory.
@@ -47,13 +48,23 @@ class Classifier:
         if batch_size < 1:
             raise UserError(f"--batch-size {batch_size} must be at least 1", "pass e.g. --batch-size 32")
         self.source: ModelSource = open_source(src)
-        self.runtime = open_runtime(self.source, backend, threads)
+        self.runtime = open_runtime(self.source, backend, threads, max_batch=batch_size)
         self.transform = BatchTransform(self.source.img_size, self.source.mean, self.source.std)
-        self.batch_size = self.source.batch_limit(batch_size)
+        self.batch_size = self.runtime.batch_limit(self.source, batch_size)
 
     @property
     def classes(self) -> list[str]:
         return self.source.classes
+
+    def close(self) -> None:
+        """Release the runtime (a Triton server it started, a GPU context)."""
+        self.runtime.close()
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def pixels(self, image: ImageLike) -> torch.Tensor:
         """uint8 ``img_size x img_size x 3`` pixels of one image, as the model was evaluated."""
@@ -140,8 +151,8 @@ def predict(src: str, images: list[str], top_k: int = 5, backend: str | None = N
     skips them; only when no image can be read is it an error (naming the first, with PIL's reason).
     """
     files = image_files(images)
-    classifier = Classifier(src, backend, batch_size=batch_size)
-    probs, unreadable = classifier.readable_probabilities(files)
+    with Classifier(src, backend, batch_size=batch_size) as classifier:
+        probs, unreadable = classifier.readable_probabilities(files)
     if unreadable:
         first = min(unreadable)
         if len(unreadable) == len(files):

@@ -23,6 +23,7 @@ class Runtime(ABC):
     name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]]  # the ModelSource kinds it runs
     device: str = "cpu"
+    max_batch: int | None = None  # the largest batch it takes where it has a limit of its own (a Triton server's)
 
     @classmethod
     def unavailable(cls, source: ModelSource) -> str | None:
@@ -40,7 +41,14 @@ class Runtime(ABC):
         return None
 
     @abstractmethod
-    def __init__(self, source: ModelSource, threads: int | None = None) -> None: ...
+    def __init__(self, source: ModelSource, threads: int | None = None, max_batch: int | None = None) -> None:
+        """Load ``source``. ``max_batch`` is the largest batch the caller will send: a runtime that is sized for
+        its batches (the Triton server's dynamic batcher) is sized for it; the others take any batch."""
+
+    def batch_limit(self, source: ModelSource, wanted: int) -> int:
+        """``wanted``, capped by what the model file takes (an engine's profile) and by this runtime's own limit."""
+        limit = source.batch_limit(wanted)
+        return min(limit, self.max_batch) if self.max_batch else limit
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray: ...
@@ -62,7 +70,7 @@ class TorchRuntime(Runtime):
     kinds = ("artifact",)
     autocast: torch.dtype | None = None  # run under autocast to this dtype (TorchBf16Runtime)
 
-    def __init__(self, source: ModelSource, threads: int | None = None) -> None:
+    def __init__(self, source: ModelSource, threads: int | None = None, max_batch: int | None = None) -> None:
         from vitcompress.artifact import load_model
 
         if threads:
@@ -124,7 +132,7 @@ class OrtRuntime(Runtime):
             return f"this onnxruntime has no {cls.provider} (install onnxruntime-gpu on a machine with a GPU)"
         return None
 
-    def __init__(self, source: ModelSource, threads: int | None = None) -> None:
+    def __init__(self, source: ModelSource, threads: int | None = None, max_batch: int | None = None) -> None:
         from vitcompress.export.onnx_runtime import ort_runner, ort_session
 
         providers = (self.provider,) if self.provider == "CPUExecutionProvider" else (self.provider, "CPUExecutionProvider")
@@ -156,7 +164,7 @@ class TensorRTRuntime(Runtime):
             return "TensorRT is not installed (pip install 'vitcompress[tensorrt]' on a machine with an NVIDIA GPU)"
         return None if torch.cuda.is_available() else "no CUDA GPU"
 
-    def __init__(self, source: ModelSource, threads: int | None = None) -> None:
+    def __init__(self, source: ModelSource, threads: int | None = None, max_batch: int | None = None) -> None:
         from vitcompress.export.tensorrt import TensorRTRunner
 
         self.runner = TensorRTRunner(source.file)
@@ -177,10 +185,12 @@ class TritonRuntime(Runtime):
 
         return server_unavailable()
 
-    def __init__(self, source: ModelSource, threads: int | None = None) -> None:
-        from vitcompress.serving import TritonServer
+    def __init__(self, source: ModelSource, threads: int | None = None, max_batch: int | None = None) -> None:
+        from vitcompress.serving import DEFAULT_MAX_BATCH_SIZE, TritonServer
 
-        self.server = TritonServer(source, threads=threads, http_port=0, grpc_port=0, metrics_port=0)
+        self.server = TritonServer(source, threads=threads, http_port=0, grpc_port=0, metrics_port=0,
+                                   max_batch_size=max(max_batch or 0, DEFAULT_MAX_BATCH_SIZE))
+        self.max_batch = self.server.max_batch_size  # Triton refuses larger requests
         self.server.start()
         self.client = self.server.client()
 
@@ -198,10 +208,12 @@ RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (
 DEFAULT_RUNTIME = {"artifact": "torch", "onnx": "ort-cpu", "engine": "tensorrt"}
 
 
-def open_runtime(source: ModelSource, backend: str | None = None, threads: int | None = None) -> Runtime:
-    """``backend`` (default: the usual one for the source's kind) loaded with ``source``; one line if it cannot run it."""
+def open_runtime(source: ModelSource, backend: str | None = None, threads: int | None = None,
+                 max_batch: int | None = None) -> Runtime:
+    """``backend`` (default: the usual one for the source's kind) loaded with ``source``, for batches up to
+    ``max_batch``; one line if it cannot run it."""
     name = backend or DEFAULT_RUNTIME[source.kind]
     require(name in RUNTIMES, f"backend {name!r} is unknown", f"use one of {', '.join(RUNTIMES)}")
     reason = RUNTIMES[name].unavailable(source)
     require(reason is None, f"{name} cannot run {source.path}: {reason}", "pick another backend")
-    return RUNTIMES[name](source, threads=threads)
+    return RUNTIMES[name](source, threads=threads, max_batch=max_batch)

@@ -187,7 +187,7 @@ class TritonClient:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         result = self.client.infer(self.model_name, [self.request(batch)],
                                    outputs=[self._http.InferRequestedOutput("logits", binary_data=True)])
-        return result.as_numpy("logits")
+        return np.array(result.as_numpy("logits"))  # a writable copy: the client's array views its receive buffer
 
     def close(self) -> None:
         self.client.close()
