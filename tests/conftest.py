@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import zipfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # read at import by huggingface_hub: tests never reach the hub
@@ -76,7 +77,13 @@ def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "imgs")
 
 
-def make_tar(folder: Path, archive: Path) -> Path:
+def make_archive(folder: Path, archive: Path) -> Path:
+    """``folder`` (as its top-level entry) in a .zip, or a .tar[.gz|.xz] as the name says."""
+    if archive.suffix == ".zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for path in sorted(folder.rglob("*")):
+                zf.write(path, Path(folder.name) / path.relative_to(folder))
+        return archive
     mode = "w:xz" if archive.name.endswith(".xz") else "w:gz" if archive.name.endswith(".gz") else "w"
     with tarfile.open(archive, mode) as tar:
         tar.add(folder, arcname=folder.name)

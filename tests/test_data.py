@@ -6,12 +6,13 @@ import io
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import SHARED_CIFAR, make_tar, write_image_folder
+from tests.conftest import SHARED_CIFAR, make_archive, write_image_folder
 from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import holdout_split
 from vitcompress.datasets.shapes import CLASSES, generate
@@ -61,10 +62,10 @@ def test_large_images_are_cached_at_crop_size(tmp_path: Path) -> None:
     assert data.train.size == 37  # ceil(32 / 0.875): the eval centre crop takes 32 of it
 
 
-@pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tar.xz"])
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tar.xz", ".zip"])
 def test_archives_match_the_folder(tmp_path: Path, suffix: str) -> None:
     root = write_image_folder(tmp_path / "mydata", per_class=3, classes=3)
-    archive = make_tar(root, tmp_path / f"mydata{suffix}")
+    archive = make_archive(root, tmp_path / f"mydata{suffix}")
     cache = str(tmp_path / "c")
     from_folder = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0, cache_dir=cache))
     from_archive = load_data(DataOptions(spec=f"folder:{archive}", img_size=32, val_split=0, cache_dir=cache))
@@ -85,7 +86,7 @@ def extraction(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 
 def test_both_extraction_paths_match_the_folder(tmp_path: Path, extraction: str) -> None:
     root = write_image_folder(tmp_path / "mydata", per_class=3, classes=3)
-    archive = make_tar(root, tmp_path / "mydata.tar.gz")
+    archive = make_archive(root, tmp_path / "mydata.tar.gz")
     cache = str(tmp_path / "c")
     from_folder = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0, cache_dir=cache))
     from_archive = load_data(DataOptions(spec=f"folder:{archive}", img_size=32, val_split=0, cache_dir=cache))
@@ -110,8 +111,37 @@ def test_unsafe_archive_member_is_rejected(tmp_path: Path, extraction: str, memb
     assert not any(p.is_dir() for p in (tmp_path / "c" / "archives").iterdir())  # nothing half-extracted is left to reuse
 
 
+def test_a_zip_member_outside_the_tree_is_rejected_before_anything_is_written(tmp_path: Path) -> None:
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("mydata/train/a/0.png", b"fine")
+        zf.writestr("../../escaped.txt", b"owned")  # zipfile would quietly write it inside, as escaped.txt
+    with pytest.raises(UserError, match="unsafe member"):
+        load_data(DataOptions(spec=f"folder:{archive}", cache_dir=str(tmp_path / "c")))
+    assert not any(p.is_dir() for p in (tmp_path / "c" / "archives").iterdir())
+
+
+def test_what_editors_and_operating_systems_leave_is_not_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Jupyter's .ipynb_checkpoints is no class, macOS's ._*.png resource forks and a zip's __MACOSX/ are no images:
+    ImageFolder would take them, and train on an extra class or warn of unreadable files."""
+    root = write_image_folder(tmp_path / "mydata", per_class=3, classes=2)
+    clean = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0, cache_dir=str(tmp_path / "c1")))
+    for split in ("train", "test"):
+        (root / split / ".ipynb_checkpoints").mkdir()
+        (root / split / ".ipynb_checkpoints" / "0000-checkpoint.png").write_bytes(b"a copy")
+        for image in list((root / split).rglob("0*.png")):
+            (image.parent / f"._{image.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    archive = make_archive(root, tmp_path / "mydata.zip")
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr("__MACOSX/mydata/train/._circle", b"\x00\x05\x16\x07")
+    for spec in (f"folder:{root}", f"folder:{archive}"):
+        data = load_data(DataOptions(spec=spec, img_size=32, val_split=0, cache_dir=str(tmp_path / "c2")))
+        assert data.classes == clean.classes and torch.equal(data.train.images, clean.train.images)
+        assert "unreadable" not in capsys.readouterr().err
+
+
 def test_truncated_archive(tmp_path: Path) -> None:
-    archive = make_tar(write_image_folder(tmp_path / "d", per_class=2, classes=2), tmp_path / "d.tar.gz")
+    archive = make_archive(write_image_folder(tmp_path / "d", per_class=2, classes=2), tmp_path / "d.tar.gz")
     archive.write_bytes(archive.read_bytes()[:200])
     with pytest.raises(UserError, match="could not be read"):
         load_data(DataOptions(spec=f"folder:{archive}", cache_dir=str(tmp_path / "c")))
@@ -180,7 +210,7 @@ def test_two_commands_on_the_same_new_data_decode_it_once(tmp_path: Path) -> Non
     """Two runs started together (two terminals; torchrun ranks with their own disks): the second waits for the
     first's cache instead of decoding too and failing to rename its copy onto it."""
     root = write_image_folder(tmp_path / "d", per_class=100, classes=10, fmt="jpg")
-    archive = make_tar(root, tmp_path / "d.tar")
+    archive = make_archive(root, tmp_path / "d.tar")
     load = ("from vitcompress.data import DataOptions, load_data; "
             f"print(len(load_data(DataOptions(spec='folder:{archive}', img_size=32, cache_dir='{tmp_path / 'c'}')).train))")
     runs = [subprocess.Popen([sys.executable, "-c", load], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -14,7 +14,7 @@ from vitcompress.errors import UserError
 HELP = {
     "model": "timm model name, e.g. vit_tiny_patch16_224, deit_small_patch16_224, beitv2_base_patch16_224",
     "data": f"dataset: a torchvision one ({', '.join(TORCHVISION_SETS)}) | folder:PATH (ImageFolder tree or "
-            ".tar/.tar.gz/.tar.xz of one) | shapes[:N] (generated, no network; N training images per class, default 500)",
+            ".zip/.tar/.tar.gz/.tar.xz of one) | shapes[:N] (generated, no network; N training images per class, default 500)",
     "out": "output artifact directory",
     "img_size": "input resolution (default: the model's own, e.g. 224)",
     "patch_size": "patch size passed to timm (default: the model's own)",

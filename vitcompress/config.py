@@ -12,7 +12,7 @@ from pathlib import Path
 from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS
 from vitcompress.errors import UserError, require
 
-DATA_SPEC_HELP = (f"{' | '.join(TORCHVISION_SETS)} (torchvision) | folder:PATH (ImageFolder tree or .tar/.tar.gz/.tar.xz "
+DATA_SPEC_HELP = (f"{' | '.join(TORCHVISION_SETS)} (torchvision) | folder:PATH (ImageFolder tree or .zip/.tar/.tar.gz/.tar.xz "
                   "of one) | shapes[:N]")
 CROP_CHOICES = ("pad", "rrc", "none")
 AUTO_AUGMENT_CHOICES = ("none", "randaugment", "autoaugment", "trivialaugment")
@@ -43,7 +43,7 @@ def check_data_spec(spec: str, flag: str = "--data") -> None:
                 "use shapes or shapes:N (N training images per class)")
     elif name == "folder" and arg:
         require(Path(arg).expanduser().exists(), f"{flag} {spec}: {arg} does not exist",
-                "pass folder:PATH with PATH an image folder or a .tar[.gz|.xz] of one")
+                "pass folder:PATH with PATH an image folder or a .zip/.tar[.gz|.xz] of one")
     elif spec not in TORCHVISION_SETS:
         raise UserError(f"unknown data spec {spec!r}", f"use one of: {DATA_SPEC_HELP}")
 

@@ -28,6 +28,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from vitcompress.augment import BatchTransform
 from vitcompress.config import PREDICT_BATCH_SIZE
 from vitcompress.datasets.items import UNREADABLE, storage_side, stored_pixels
+from vitcompress.datasets.listing import image_files_under
 from vitcompress.errors import UserError
 from vitcompress.runtimes import open_runtime
 from vitcompress.sources import ModelSource, open_source
@@ -129,13 +130,14 @@ def _stored(image: ImageLike, img_size: int) -> np.ndarray:
 
 
 def image_files(paths: list[str]) -> list[str]:
-    """The files named, with each folder replaced by the images under it (sorted; the extensions ImageFolder reads)."""
+    """The files named, with each folder replaced by the images under it (sorted; the extensions ImageFolder
+    reads, nothing hidden: see ``datasets/listing.py``)."""
     files: list[str] = []
     for path in paths:
         if not Path(path).is_dir():
             files.append(path)
             continue
-        found = sorted(str(f) for f in Path(path).rglob("*") if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+        found = [str(f) for f in image_files_under(Path(path))]
         if not found:
             raise UserError(f"folder {path} has no image files ({', '.join(IMG_EXTENSIONS)})",
                             "pass image files or a folder that holds some")

@@ -1,8 +1,10 @@
-"""Safe extraction of ``.tar`` / ``.tar.gz`` / ``.tar.xz`` datasets into a cache directory.
+"""Safe extraction of ``.zip`` / ``.tar`` / ``.tar.gz`` / ``.tar.xz`` datasets into a cache directory.
 
-Members are checked by the standard library's ``data`` filter (no absolute paths, no ``..``, no
+Tar members are checked by the standard library's ``data`` filter (no absolute paths, no ``..``, no
 links out of the tree, no devices). Pythons older than the filters (3.10.12 / 3.11.4; Debian 12
 ships 3.11.2) get a stricter check of our own: regular files and folders inside the tree only.
+Zip members (files and folders; zipfile writes links as plain files) must each land inside the
+tree: ``zipfile`` would silently rewrite an absolute or ``..`` name, so such an archive is refused.
 The archive is extracted into a temporary folder that is renamed into place only when complete,
 so an interrupted extraction is never reused.
 """
@@ -14,12 +16,13 @@ import os
 import shutil
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 from vitcompress.errors import UserError
 from vitcompress.locks import build_once
 
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
 
 
 def is_archive(path: Path) -> bool:
@@ -42,12 +45,15 @@ def _extract(archive: Path, target: Path, quiet: bool) -> None:
     if not quiet:
         print(f"extracting {archive} into {target} (once)", file=sys.stderr, flush=True)
     try:
-        with tarfile.open(archive) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(staging, filter="data")
-            else:
-                _extract_files_only(tar, staging)
-    except (tarfile.TarError, EOFError, OSError, UnsafeMember) as exc:
+        if archive.name.lower().endswith(".zip"):
+            _extract_zip(archive, staging)
+        else:
+            with tarfile.open(archive) as tar:
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(staging, filter="data")
+                else:
+                    _extract_files_only(tar, staging)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, UnsafeMember) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, (getattr(tarfile, "FilterError", UnsafeMember), UnsafeMember)):
             raise UserError(f"archive {archive} has an unsafe member ({exc})",
@@ -59,6 +65,17 @@ def _extract(archive: Path, target: Path, quiet: bool) -> None:
 
 class UnsafeMember(Exception):
     """An archive member that is not a regular file or folder inside the tree."""
+
+
+def _extract_zip(archive: Path, dest: Path) -> None:
+    """Every member inside ``dest``, checked before anything is written; ``__MACOSX/`` resource forks left out."""
+    root = dest.resolve()
+    with zipfile.ZipFile(archive) as zf:
+        members = [info for info in zf.infolist() if not info.filename.startswith("__MACOSX/")]
+        for info in members:
+            if os.path.isabs(info.filename) or not (root / info.filename).resolve().is_relative_to(root):
+                raise UnsafeMember(f"{info.filename!r} is not inside the archive's tree")
+        zf.extractall(dest, members)
 
 
 def _extract_files_only(tar: tarfile.TarFile, dest: Path) -> None:

@@ -10,17 +10,19 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import make_dataset
 
 from vitcompress.datasets.archive import extract_cached, is_archive
 from vitcompress.datasets.decoded import decoded_splits, skipped_files
 from vitcompress.datasets.imageset import ImageSet, check_classes, stratified_split
 from vitcompress.datasets.items import DRAFT_GAP, UNREADABLE, ImageFiles, storage_side
+from vitcompress.datasets.listing import class_folders, is_hidden, is_image_file
 from vitcompress.datasets.streamed import streamed_splits
 from vitcompress.errors import UserError
 
@@ -31,14 +33,15 @@ def locate_root(path: Path, cache_dir: Path, quiet: bool) -> Path:
     """The folder that holds ``train/``: ``path`` itself, its single subfolder, or an extracted archive."""
     if not path.exists():
         raise UserError(f"data path {path} does not exist",
-                        "pass folder:PATH with PATH an image folder or a .tar[.gz|.xz] of one")
+                        "pass folder:PATH with PATH an image folder or a .zip/.tar[.gz|.xz] of one")
     if is_archive(path):
         path = extract_cached(path, cache_dir, quiet)
     if not path.is_dir():
-        raise UserError(f"data path {path} is neither a folder nor a .tar/.tar.gz/.tar.xz archive", "pass an ImageFolder tree")
+        raise UserError(f"data path {path} is neither a folder nor a .zip/.tar/.tar.gz/.tar.xz archive",
+                        "pass an ImageFolder tree")
     if (path / "train").is_dir():
         return path
-    children = [c for c in path.iterdir() if c.is_dir()]
+    children = [c for c in path.iterdir() if c.is_dir() and not is_hidden(c.name)]  # a zip's __MACOSX/ beside it
     if len(children) == 1 and (children[0] / "train").is_dir():
         return children[0]
     raise UserError(f"{path} has no train/ folder",
@@ -61,17 +64,18 @@ def _scan(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
                             f"(only in train: {only_train or 'none'}; only in {split}: {only_split or 'none'})",
                             "use the same class folder names in every split")
         try:
-            samples[split] = make_dataset(str(root / split), class_to_idx, extensions=IMG_EXTENSIONS)
+            samples[split] = make_dataset(str(root / split), class_to_idx,
+                                          is_valid_file=partial(is_image_file, root=root / split))
         except FileNotFoundError as exc:
             raise UserError(f"{root / split}: {exc}", "every class folder needs at least one image") from None
     return classes, samples
 
 
 def _find_classes(split_dir: Path) -> tuple[list[str], dict[str, int]]:
-    try:
-        return find_classes(str(split_dir))
-    except FileNotFoundError:
-        raise UserError(f"{split_dir} has no class folders", "put images in <split>/<class>/*.jpg") from None
+    classes = class_folders(split_dir)
+    if not classes:
+        raise UserError(f"{split_dir} has no class folders", "put images in <split>/<class>/*.jpg")
+    return classes, {name: index for index, name in enumerate(classes)}
 
 
 def storage_size(files: list[tuple[str, int]], img_size: int) -> int:
