@@ -62,6 +62,23 @@ def test_large_images_are_cached_at_crop_size(tmp_path: Path) -> None:
     assert data.train.size == 37  # ceil(32 / 0.875): the eval centre crop takes 32 of it
 
 
+def test_the_storage_size_is_not_set_by_one_thumbnail(tmp_path: Path) -> None:
+    """The split's first file (sorted) is a 40 px thumbnail among 400 x 300 photos: they are stored at the crop size
+    the photos allow (256 for 224 px), not shrunk to 40; and one large outlier does not inflate a split of small images."""
+    from PIL import Image
+    root = write_image_folder(tmp_path / "photos", per_class=4, classes=2)
+    for path in root.rglob("*.png"):
+        Image.open(path).resize((400, 300)).save(path)
+    first = sorted((root / "train").rglob("*.png"))[0]
+    Image.open(first).resize((40, 40)).save(first)
+    photos = load_data(DataOptions(spec=f"folder:{root}", img_size=224, val_split=0, cache_dir=str(tmp_path / "c")))
+    assert photos.train.size == 256
+    small = write_image_folder(tmp_path / "small", per_class=20, classes=2)
+    Image.open(first).resize((400, 300)).save(sorted((small / "train").rglob("*.png"))[0])
+    icons = load_data(DataOptions(spec=f"folder:{small}", img_size=224, val_split=0, cache_dir=str(tmp_path / "c")))
+    assert icons.train.size == 32
+
+
 @pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tar.xz", ".zip"])
 def test_archives_match_the_folder(tmp_path: Path, suffix: str) -> None:
     root = write_image_folder(tmp_path / "mydata", per_class=3, classes=3)

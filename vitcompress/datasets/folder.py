@@ -21,7 +21,7 @@ from torchvision.datasets.folder import make_dataset
 from vitcompress.datasets.archive import extract_cached, is_archive
 from vitcompress.datasets.decoded import decoded_splits, skipped_files
 from vitcompress.datasets.imageset import ImageSet, check_classes, stratified_split
-from vitcompress.datasets.items import DRAFT_GAP, UNREADABLE, ImageFiles, storage_side
+from vitcompress.datasets.items import DRAFT_GAP, UNREADABLE, ImageFiles, split_storage_side, spread_sample
 from vitcompress.datasets.listing import class_folders, is_hidden, is_image_file
 from vitcompress.datasets.streamed import streamed_splits
 from vitcompress.errors import UserError
@@ -79,14 +79,22 @@ def _find_classes(split_dir: Path) -> tuple[list[str], dict[str, int]]:
 
 
 def storage_size(files: list[tuple[str, int]], img_size: int) -> int:
-    """Side length images are stored at, from the first readable image: enough for a centre crop to ``img_size``."""
-    for path, _ in files:
-        try:
-            with Image.open(path) as img:
-                return storage_side(img.size, img_size)
-        except UNREADABLE:
-            continue
-    raise UserError(f"no readable images in the train split ({len(files)} files)", "check that the files are real images")
+    """Side length images are stored at (:func:`split_storage_side` of a sample spread over the split; only image
+    headers are read), or of the first readable image when none of the sample can be read."""
+    sizes = [size for size in map(_image_size, (files[i][0] for i in spread_sample(len(files)))) if size]
+    if not sizes:
+        sizes = [next((size for size in map(_image_size, (path for path, _ in files)) if size), None)]
+    if sizes[0] is None:
+        raise UserError(f"no readable images in the train split ({len(files)} files)", "check that the files are real images")
+    return split_storage_side(sizes, img_size)
+
+
+def _image_size(path: str) -> tuple[int, int] | None:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except UNREADABLE:
+        return None
 
 
 def _cache_key(root: Path, samples: dict[str, list[tuple[str, int]]], size: int) -> str:

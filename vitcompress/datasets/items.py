@@ -27,6 +27,26 @@ def storage_side(image_size: tuple[int, int], img_size: int) -> int:
     return max(1, min(math.ceil(img_size / CROP_PCT), min(image_size)))
 
 
+SIZE_SAMPLE = 64  # images whose sizes choose a split's storage side
+SIZE_QUANTILE = 0.9
+
+
+def spread_sample(count: int, sample: int = SIZE_SAMPLE) -> list[int]:
+    """Up to ``sample`` indices spread evenly over ``range(count)`` (a folder's files are sorted by class)."""
+    if count <= sample:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (sample - 1)) for i in range(sample)})
+
+
+def split_storage_side(image_sizes: Sequence[tuple[int, int]], img_size: int) -> int:
+    """One storage side for a split of images of many sizes: :func:`storage_side` of the 90th percentile of their
+    shorter sides. Not the first image's, which may be a thumbnail that would shrink every photo to it; not the
+    largest, so one big outlier among small images (CIFAR-like) does not multiply the cache."""
+    shorter = sorted(min(size) for size in image_sizes)
+    typical = shorter[min(len(shorter) - 1, int(SIZE_QUANTILE * len(shorter)))]
+    return storage_side((typical, typical), img_size)
+
+
 def square_pixels(img: Image.Image, size: int) -> np.ndarray:
     """Shorter side resized to ``size`` (bicubic), centre-cropped square: uint8 ``size x size x 3``."""
     w, h = img.size

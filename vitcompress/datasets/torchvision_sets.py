@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from vitcompress.datasets.decoded import decoded_splits
 from vitcompress.datasets.imageset import ImageSet
-from vitcompress.datasets.items import DatasetImages, storage_side
+from vitcompress.datasets.items import DatasetImages, split_storage_side, spread_sample
 from vitcompress.datasets.streamed import streamed_splits
 from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS, TorchvisionSet
 from vitcompress.errors import UserError
@@ -39,7 +39,8 @@ def load_torchvision(name: str, root: Path, download: bool, img_size: int, cache
     classes = _classes(spec, datasets["train"])
     if all(_as_array(ds) is not None for ds in datasets.values()):
         return {split: _array_imageset(ds, classes) for split, ds in datasets.items()}, {}
-    size = storage_side(datasets["train"][0][0].size, img_size)
+    train = datasets["train"]
+    size = split_storage_side([train[i][0].size for i in spread_sample(len(train))], img_size)
     split_items = {split: (DatasetImages(ds), _labels(ds)) for split, ds in datasets.items()}
     if stream:
         return streamed_splits(split_items, classes, size, workers), {"storage_size": size, "streamed": True}
