@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -12,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import SHARED_CIFAR, make_archive, write_image_folder
-from vitcompress.data import DataOptions, load_data
+from tests.conftest import SHARED_CIFAR, TINY, make_archive, run_cli, write_image_folder
+from vitcompress.data import DataOptions, load_data, load_test_split
 from vitcompress.datasets.imageset import holdout_split
 from vitcompress.datasets.shapes import CLASSES, generate
 from vitcompress.errors import UserError
@@ -157,6 +159,31 @@ def test_what_editors_and_operating_systems_leave_is_not_data(tmp_path: Path, ca
         assert "unreadable" not in capsys.readouterr().err
 
 
+def test_a_held_out_folder_without_train_is_scored_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """eval and bench score a labelled set of the user's own: test/ (or val/) with no train/ beside it, or a flat tree
+    of class folders, gives the same images as the test split of a full tree."""
+    full = write_image_folder(tmp_path / "full", per_class=2, classes=10)
+    shutil.copytree(full / "test", tmp_path / "held" / "test")
+    shutil.copytree(full / "test", tmp_path / "flat")
+    options = {"img_size": 32, "val_split": 0, "cache_dir": str(tmp_path / "c"), "quiet": True}
+    expected = load_test_split(DataOptions(spec=f"folder:{full}", **options))
+    for root in (tmp_path / "held", tmp_path / "flat"):
+        held_out = load_test_split(DataOptions(spec=f"folder:{root}", **options))
+        assert torch.equal(held_out.images, expected.images) and torch.equal(held_out.labels, expected.labels)
+        assert held_out.classes == expected.classes
+    model = tmp_path / "model"
+    assert run_cli("finetune", *TINY, "--data", f"folder:{full}", "--epochs", "1", "--batch-size", "8", "--out", model) == 0
+    capsys.readouterr()
+    scores = []
+    for root in (full, tmp_path / "flat"):
+        assert run_cli("eval", model, "--data", f"folder:{root}", "--json") == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    assert scores[1]["samples"] == 20 and scores[1]["top1"] == scores[0]["top1"]
+    shutil.rmtree(full / "test")
+    with pytest.raises(UserError, match="neither val/ nor test/"):  # never scored on its training images
+        load_test_split(DataOptions(spec=f"folder:{full}", **options))
+
+
 def test_truncated_archive(tmp_path: Path) -> None:
     archive = make_archive(write_image_folder(tmp_path / "d", per_class=2, classes=2), tmp_path / "d.tar.gz")
     archive.write_bytes(archive.read_bytes()[:200])
@@ -228,7 +255,7 @@ def test_two_commands_on_the_same_new_data_decode_it_once(tmp_path: Path) -> Non
     first's cache instead of decoding too and failing to rename its copy onto it."""
     root = write_image_folder(tmp_path / "d", per_class=100, classes=10, fmt="jpg")
     archive = make_archive(root, tmp_path / "d.tar")
-    load = ("from vitcompress.data import DataOptions, load_data; "
+    load = ("from vitcompress.data import DataOptions, load_data, load_test_split; "
             f"print(len(load_data(DataOptions(spec='folder:{archive}', img_size=32, cache_dir='{tmp_path / 'c'}')).train))")
     runs = [subprocess.Popen([sys.executable, "-c", load], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]

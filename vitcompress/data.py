@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from vitcompress.config import check_data_spec, check_workers
-from vitcompress.datasets.folder import load_folder
+from vitcompress.datasets.folder import load_folder, load_held_out_folder
 from vitcompress.datasets.imageset import DataSplits, ImageSet, check_classes, holdout_split
 from vitcompress.datasets.shapes import TRAIN_PER_CLASS, load_shapes
 from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS
@@ -88,12 +88,26 @@ def streamed_before(spec: str, trained_on: dict) -> bool:
     return spec == trained_on.get("spec") and bool(trained_on.get("streamed"))
 
 
-def test_sample(opts: DataOptions, size: int = 0, seed: int = 0) -> ImageSet:
-    """``size`` images of ``opts.spec``'s test split in a seeded sample (all of it for 0 or more than it has).
+def load_test_split(opts: DataOptions) -> ImageSet:
+    """The images a model is scored on (eval, bench): ``load_data``'s test split; for a folder without ``train/`` (a
+    held-out set of its own), its ``test/`` or ``val/``, or a flat tree of class folders, read alone."""
+    name, _, arg = opts.spec.partition(":")
+    if name == "folder" and arg:
+        check_data_spec(opts.spec)
+        check_workers(opts.workers)
+        cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+        held_out = load_held_out_folder(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet,
+                                        opts.expected_classes, opts.stream, opts.workers)
+        if held_out is not None:
+            return held_out[0]
+    return load_data(opts).test
 
-    A sample, not the first ``size``: folder splits are stored sorted by class.
+
+def test_sample(opts: DataOptions, size: int = 0, seed: int = 0) -> ImageSet:
+    """``size`` images of ``opts.spec``'s test split (:func:`load_test_split`) in a seeded sample (all of it for 0
+    or more than it has). A sample, not the first ``size``: folder splits are stored sorted by class.
     """
-    test = load_data(opts).test
+    test = load_test_split(opts)
     if size and size < len(test):
         order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:size]
         test = test.subset(order.sort().values)

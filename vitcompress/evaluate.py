@@ -11,7 +11,7 @@ from torch import nn
 
 from vitcompress.artifact import load_model
 from vitcompress.augment import BatchTransform
-from vitcompress.data import DataOptions, load_data
+from vitcompress.data import DataOptions, load_test_split
 from vitcompress.datasets.imageset import ImageSet
 from vitcompress.distributed import DistContext, resolve_device
 from vitcompress.errors import require
@@ -84,12 +84,12 @@ def evaluate_artifact(src: str, data: str, data_dir: str | None = None, download
     if source.kind == "artifact" and backend in (None, "torch"):
         ctx = DistContext(device=resolve_device(device))
         model, meta = load_model(src, ctx.device)
-        splits = load_data(options)
-        report = evaluate(model, splits.test, BatchTransform(meta.img_size, meta.mean, meta.std), ctx, batch_size=batch_size)
+        test = load_test_split(options)
+        report = evaluate(model, test, BatchTransform(meta.img_size, meta.mean, meta.std), ctx, batch_size=batch_size)
         return {"artifact": str(src), "data": data, "model": meta.model_name, "stage": meta.stage, **report}
     runtime = open_runtime(source, backend, max_batch=batch_size)
     try:
-        report = evaluate_runtime(runtime, source, load_data(options).test, runtime.batch_limit(source, batch_size))
+        report = evaluate_runtime(runtime, source, load_test_split(options), runtime.batch_limit(source, batch_size))
     finally:
         runtime.close()
     return {"export": str(src), "data": data, "runtime": runtime.name, "precision": source.precision, **report}

@@ -29,8 +29,12 @@ from vitcompress.errors import UserError
 SPLITS = ("train", "val", "test")
 
 
-def locate_root(path: Path, cache_dir: Path, quiet: bool) -> Path:
-    """The folder that holds ``train/``: ``path`` itself, its single subfolder, or an extracted archive."""
+def locate_root(path: Path, cache_dir: Path, quiet: bool, scoring: bool = False) -> Path:
+    """The folder that holds ``train/``: ``path`` itself, its single subfolder, or an extracted archive.
+
+    ``scoring`` (a model scored on a held-out set of its own): ``test/`` or ``val/`` without ``train/`` will
+    do, and so will a flat tree of class folders, which is then the root itself.
+    """
     if not path.exists():
         raise UserError(f"data path {path} does not exist",
                         "pass folder:PATH with PATH an image folder or a .zip/.tar[.gz|.xz] of one")
@@ -39,11 +43,14 @@ def locate_root(path: Path, cache_dir: Path, quiet: bool) -> Path:
     if not path.is_dir():
         raise UserError(f"data path {path} is neither a folder nor a .zip/.tar/.tar.gz/.tar.xz archive",
                         "pass an ImageFolder tree")
-    if (path / "train").is_dir():
+    wanted = SPLITS if scoring else ("train",)
+    if any((path / split).is_dir() for split in wanted):
         return path
     children = [c for c in path.iterdir() if c.is_dir() and not is_hidden(c.name)]  # a zip's __MACOSX/ beside it
-    if len(children) == 1 and (children[0] / "train").is_dir():
+    if len(children) == 1 and any((children[0] / split).is_dir() for split in wanted):
         return children[0]
+    if scoring and children:
+        return path
     raise UserError(f"{path} has no train/ folder",
                     "lay the data out as train/<class>/*.jpg with val/<class>/ or test/<class>/ beside it")
 
@@ -63,12 +70,15 @@ def _scan(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
             raise UserError(f"classes differ between {root / 'train'} and {root / split} "
                             f"(only in train: {only_train or 'none'}; only in {split}: {only_split or 'none'})",
                             "use the same class folder names in every split")
-        try:
-            samples[split] = make_dataset(str(root / split), class_to_idx,
-                                          is_valid_file=partial(is_image_file, root=root / split))
-        except FileNotFoundError as exc:
-            raise UserError(f"{root / split}: {exc}", "every class folder needs at least one image") from None
+        samples[split] = _labelled_files(root / split, class_to_idx)
     return classes, samples
+
+
+def _labelled_files(split_dir: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    try:
+        return make_dataset(str(split_dir), class_to_idx, is_valid_file=partial(is_image_file, root=split_dir))
+    except FileNotFoundError as exc:
+        raise UserError(f"{split_dir}: {exc}", "every class folder needs at least one image") from None
 
 
 def _find_classes(split_dir: Path) -> tuple[list[str], dict[str, int]]:
@@ -85,7 +95,7 @@ def storage_size(files: list[tuple[str, int]], img_size: int) -> int:
     if not sizes:
         sizes = [next((size for size in map(_image_size, (path for path, _ in files)) if size), None)]
     if sizes[0] is None:
-        raise UserError(f"no readable images in the train split ({len(files)} files)", "check that the files are real images")
+        raise UserError(f"no readable images among the split's {len(files)} files", "check that the files are real images")
     return split_storage_side(sizes, img_size)
 
 
@@ -127,7 +137,32 @@ def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
         _, chosen = stratified_split(labels, len(classes), train_sample / len(labels), seed)
         samples["train"] = [samples["train"][i] for i in chosen.tolist()]
     size = storage_size(samples["train"], img_size)
-    info = {"root": str(root), "storage_size": size, "train_sampled": sampled}
+    splits, info = _open_splits(root, classes, samples, size, cache_dir, quiet, stream, workers)
+    return splits, {**info, "train_sampled": sampled}
+
+
+def load_held_out_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
+                         expected_classes: list[str] | None = None, stream: bool = False,
+                         workers: int = 0) -> tuple[ImageSet, dict] | None:
+    """The images a model is scored on when the folder has no ``train/``: its ``test/`` (else ``val/``), or a flat
+    tree of class folders; ``None`` for a tree with ``train/``, whose test split ``load_folder`` gives."""
+    root = locate_root(path, cache_dir, quiet, scoring=True)
+    if (root / "train").is_dir():
+        return None
+    split_dir = next((root / split for split in ("test", "val") if (root / split).is_dir()), root)
+    classes, class_to_idx = _find_classes(split_dir)
+    if expected_classes is not None:
+        check_classes(expected_classes, classes, str(path))
+    files = _labelled_files(split_dir, class_to_idx)
+    splits, info = _open_splits(root, classes, {"test": files}, storage_size(files, img_size), cache_dir, quiet,
+                                stream, workers)
+    return splits["test"], {**info, "test_from": str(split_dir)}
+
+
+def _open_splits(root: Path, classes: list[str], samples: dict[str, list[tuple[str, int]]], size: int, cache_dir: Path,
+                 quiet: bool, stream: bool, workers: int) -> tuple[dict[str, ImageSet], dict]:
+    """The splits' files decoded once into the cache (unreadable ones skipped, with a warning), or streamed."""
+    info = {"root": str(root), "storage_size": size}
     split_items = {split: (ImageFiles([p for p, _ in files]), np.asarray([label for _, label in files], dtype=np.int64))
                    for split, files in samples.items()}
     if stream:
