@@ -92,10 +92,11 @@ def storage_size(files: list[tuple[str, int]], img_size: int) -> int:
     """Side length images are stored at (:func:`split_storage_side` of a sample spread over the split; only image
     headers are read), or of the first readable image when none of the sample can be read."""
     sizes = [size for size in map(_image_size, (files[i][0] for i in spread_sample(len(files)))) if size]
-    if not sizes:
-        sizes = [next((size for size in map(_image_size, (path for path, _ in files)) if size), None)]
-    if sizes[0] is None:
-        raise UserError(f"no readable images among the split's {len(files)} files", "check that the files are real images")
+    if not sizes:  # none of the sample reads: the split's first readable image, if it has one
+        first = next(filter(None, map(_image_size, (path for path, _ in files))), None)
+        if first is None:
+            raise UserError(f"no readable images among the split's {len(files)} files", "check that the files are real images")
+        sizes = [first]
     return split_storage_side(sizes, img_size)
 
 
