@@ -94,7 +94,7 @@ def test_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 def test_folder_without_eval_split(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = write_image_folder(tmp_path / "d", splits=("train",))
-    assert_clean_failure(capsys, finetune_args(tmp_path / "out", data=f"folder:{root}"), "neither val/ nor test/")
+    assert_clean_failure(capsys, finetune_args(tmp_path / "out", data=f"folder:{root}"), "has train/ but neither val/")
 
 
 def test_train_and_test_classes_differ(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

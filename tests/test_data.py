@@ -48,11 +48,16 @@ def test_folder_with_corrupt_and_non_image_files(tmp_path: Path, capsys: pytest.
     assert data.train.images.shape[1:] == (32, 32, 3)
 
 
-def test_folder_val_split_is_used_for_validation(tmp_path: Path) -> None:
-    root = write_image_folder(tmp_path / "d", per_class=4, classes=2, splits=("train", "val"))
+@pytest.mark.parametrize("val", ["val", "valid", "validation"])  # Kaggle's datasets come with valid/
+def test_folder_val_split_is_used_for_validation(tmp_path: Path, val: str) -> None:
+    root = write_image_folder(tmp_path / "d", per_class=4, classes=2, splits=("train", val))
     data = load_data(DataOptions(spec=f"folder:{root}", img_size=32, cache_dir=str(tmp_path / "c")))
     assert len(data.val) == 8 and len(data.train) == 8  # no hold-out carved from train when val/ exists
     assert data.test is data.val or len(data.test) == 8
+    if val != "val":
+        write_image_folder(root, per_class=4, classes=2, splits=("val",))
+        with pytest.raises(UserError, match=f"has val/ and {val}/"):
+            load_data(DataOptions(spec=f"folder:{root}", img_size=32, cache_dir=str(tmp_path / "c")))
 
 
 def test_large_images_are_cached_at_crop_size(tmp_path: Path) -> None:
@@ -180,7 +185,7 @@ def test_a_held_out_folder_without_train_is_scored_alone(tmp_path: Path, capsys:
         scores.append(json.loads(capsys.readouterr().out))
     assert scores[1]["samples"] == 20 and scores[1]["top1"] == scores[0]["top1"]
     shutil.rmtree(full / "test")
-    with pytest.raises(UserError, match="neither val/ nor test/"):  # never scored on its training images
+    with pytest.raises(UserError, match="has train/ but neither val/"):  # never scored on its training images
         load_test_split(DataOptions(spec=f"folder:{full}", **options))
 
 

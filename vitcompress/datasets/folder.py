@@ -27,6 +27,20 @@ from vitcompress.datasets.streamed import streamed_splits
 from vitcompress.errors import UserError
 
 SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}  # Kaggle writes valid/
+
+
+def split_dirs(root: Path) -> dict[str, Path]:
+    """The split folders under ``root`` by their role (``train``/``val``/``test``), under any name they go by."""
+    found: dict[str, Path] = {}
+    for split in SPLITS:
+        dirs = [root / name for name in SPLIT_NAMES[split] if (root / name).is_dir()]
+        if len(dirs) > 1:
+            raise UserError(f"{root} has {' and '.join(d.name + '/' for d in dirs)}: both would be the {split} split",
+                            "keep one of them (or move the other out of the tree)")
+        if dirs:
+            found[split] = dirs[0]
+    return found
 
 
 def locate_root(path: Path, cache_dir: Path, quiet: bool, scoring: bool = False) -> Path:
@@ -43,11 +57,11 @@ def locate_root(path: Path, cache_dir: Path, quiet: bool, scoring: bool = False)
     if not path.is_dir():
         raise UserError(f"data path {path} is neither a folder nor a .zip/.tar/.tar.gz/.tar.xz archive",
                         "pass an ImageFolder tree")
-    wanted = SPLITS if scoring else ("train",)
-    if any((path / split).is_dir() for split in wanted):
+    wanted = [name for split in (SPLITS if scoring else ("train",)) for name in SPLIT_NAMES[split]]
+    if any((path / name).is_dir() for name in wanted):
         return path
     children = [c for c in path.iterdir() if c.is_dir() and not is_hidden(c.name)]  # a zip's __MACOSX/ beside it
-    if len(children) == 1 and any((children[0] / split).is_dir() for split in wanted):
+    if len(children) == 1 and any((children[0] / name).is_dir() for name in wanted):
         return children[0]
     if scoring and children:
         return path
@@ -57,20 +71,21 @@ def locate_root(path: Path, cache_dir: Path, quiet: bool, scoring: bool = False)
 
 def _scan(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
     """Class names and ``(file, label)`` lists per split; classes must agree across splits."""
-    present = [s for s in SPLITS if (root / s).is_dir()]
+    present = split_dirs(root)
     if "val" not in present and "test" not in present:
-        raise UserError(f"{root} has train/ but neither val/ nor test/", "add a val/ or test/ folder with the same class folders")
-    classes, class_to_idx = _find_classes(root / "train")
+        raise UserError(f"{root} has train/ but neither val/ (or valid/, validation/) nor test/",
+                        "add a val/ or test/ folder with the same class folders")
+    classes, class_to_idx = _find_classes(present["train"])
     samples: dict[str, list[tuple[str, int]]] = {}
-    for split in present:
-        split_classes, _ = _find_classes(root / split)
+    for split, split_dir in present.items():
+        split_classes, _ = _find_classes(split_dir)
         if split_classes != classes:
             only_train = sorted(set(classes) - set(split_classes))
             only_split = sorted(set(split_classes) - set(classes))
-            raise UserError(f"classes differ between {root / 'train'} and {root / split} "
-                            f"(only in train: {only_train or 'none'}; only in {split}: {only_split or 'none'})",
+            raise UserError(f"classes differ between {present['train']} and {split_dir} "
+                            f"(only in train: {only_train or 'none'}; only in {split_dir.name}: {only_split or 'none'})",
                             "use the same class folder names in every split")
-        samples[split] = _labelled_files(root / split, class_to_idx)
+        samples[split] = _labelled_files(split_dir, class_to_idx)
     return classes, samples
 
 
@@ -148,9 +163,10 @@ def load_held_out_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool
     """The images a model is scored on when the folder has no ``train/``: its ``test/`` (else ``val/``), or a flat
     tree of class folders; ``None`` for a tree with ``train/``, whose test split ``load_folder`` gives."""
     root = locate_root(path, cache_dir, quiet, scoring=True)
-    if (root / "train").is_dir():
+    present = split_dirs(root)
+    if "train" in present:
         return None
-    split_dir = next((root / split for split in ("test", "val") if (root / split).is_dir()), root)
+    split_dir = present.get("test", present.get("val", root))
     classes, class_to_idx = _find_classes(split_dir)
     if expected_classes is not None:
         check_classes(expected_classes, classes, str(path))
