@@ -17,6 +17,7 @@ stops earlier), so a folder of any size takes bounded memory.
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,13 @@ from vitcompress.augment import BatchTransform
 from vitcompress.config import PREDICT_BATCH_SIZE
 from vitcompress.datasets.items import UNREADABLE, storage_side, stored_pixels
 from vitcompress.datasets.listing import image_files_under
+from vitcompress.datasets.streamed import default_workers
 from vitcompress.errors import UserError
 from vitcompress.runtimes import open_runtime
 from vitcompress.sources import ModelSource, open_source
 
 ImageLike = str | Path | Image.Image
+MAX_READERS = 16  # threads decoding images
 UNREADABLE_RECORD = "cannot be read as an image: skipped"
 
 
@@ -52,14 +55,17 @@ class Classifier:
         self.runtime = open_runtime(self.source, backend, threads, max_batch=batch_size)
         self.transform = BatchTransform(self.source.img_size, self.source.mean, self.source.std)
         self.batch_size = self.runtime.batch_limit(self.source, batch_size)
+        # PIL decodes with the GIL released: a folder of photos is read by all cores, not one
+        self._readers = ThreadPoolExecutor(max_workers=min(default_workers(), MAX_READERS))
 
     @property
     def classes(self) -> list[str]:
         return self.source.classes
 
     def close(self) -> None:
-        """Release the runtime (a Triton server it started, a GPU context)."""
+        """Release the runtime (a Triton server it started, a GPU context) and the image readers."""
         self.runtime.close()
+        self._readers.shutdown()
 
     def __enter__(self) -> Classifier:
         return self
@@ -85,16 +91,22 @@ class Classifier:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             pixels: dict[int, torch.Tensor] = {}
-            for index, image in enumerate(chunk):
-                try:
-                    pixels[index] = self.pixels(image)
-                except UnreadableImage as exc:
+            for index, read in enumerate(self._readers.map(self._read, chunk)):
+                if isinstance(read, UnreadableImage):
                     if not skip_unreadable:
-                        raise
-                    unreadable[start + index] = exc
+                        raise read
+                    unreadable[start + index] = read
+                else:
+                    pixels[index] = read
             chunks.append(self._batch_probabilities(pixels, len(chunk)))
         probs = np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
         return probs, unreadable
+
+    def _read(self, image: ImageLike) -> torch.Tensor | UnreadableImage:
+        try:
+            return self.pixels(image)
+        except UnreadableImage as exc:
+            return exc
 
     def _batch_probabilities(self, pixels: dict[int, torch.Tensor], size: int) -> np.ndarray:
         probs = np.full((size, len(self.classes)), np.nan)
