@@ -164,14 +164,16 @@ def test_what_editors_and_operating_systems_leave_is_not_data(tmp_path: Path, ca
         assert "unreadable" not in capsys.readouterr().err
 
 
-def test_a_held_out_folder_without_train_is_scored_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """eval and bench score a labelled set of the user's own: test/ (or val/) with no train/ beside it, or a flat tree
-    of class folders, gives the same images as the test split of a full tree."""
+def test_scoring_reads_the_test_split_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """eval and bench decode only the split they score (the pixels training was scored on), and take a labelled
+    set of the user's own: test/ (or val/) with no train/ beside it, or a flat tree of class folders."""
     full = write_image_folder(tmp_path / "full", per_class=2, classes=10)
     shutil.copytree(full / "test", tmp_path / "held" / "test")
     shutil.copytree(full / "test", tmp_path / "flat")
     options = {"img_size": 32, "val_split": 0, "cache_dir": str(tmp_path / "c"), "quiet": True}
     expected = load_test_split(DataOptions(spec=f"folder:{full}", **options))
+    assert not list((tmp_path / "c").rglob("train*"))  # scoring never decodes the train split
+    assert torch.equal(expected.images, load_data(DataOptions(spec=f"folder:{full}", **options)).test.images)
     for root in (tmp_path / "held", tmp_path / "flat"):
         held_out = load_test_split(DataOptions(spec=f"folder:{root}", **options))
         assert torch.equal(held_out.images, expected.images) and torch.equal(held_out.labels, expected.labels)

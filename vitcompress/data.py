@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from vitcompress.config import check_data_spec, check_workers
-from vitcompress.datasets.folder import load_folder, load_held_out_folder
+from vitcompress.datasets.folder import load_folder, load_folder_test
 from vitcompress.datasets.imageset import DataSplits, ImageSet, check_classes, holdout_split
 from vitcompress.datasets.shapes import TRAIN_PER_CLASS, load_shapes
 from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS
@@ -89,18 +89,18 @@ def streamed_before(spec: str, trained_on: dict) -> bool:
 
 
 def load_test_split(opts: DataOptions) -> ImageSet:
-    """The images a model is scored on (eval, bench): ``load_data``'s test split; for a folder without ``train/`` (a
-    held-out set of its own), its ``test/`` or ``val/``, or a flat tree of class folders, read alone."""
+    """The images a model is scored on (eval, bench): ``load_data``'s test split. A folder's is read alone
+    (``load_folder_test``): its train split is never decoded for it, and a folder without ``train/`` (a held-out
+    set of the user's own: ``test/``, ``val/`` or a flat tree of class folders) will do."""
     name, _, arg = opts.spec.partition(":")
-    if name == "folder" and arg:
-        check_data_spec(opts.spec)
-        check_workers(opts.workers)
-        cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
-        held_out = load_held_out_folder(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet,
-                                        opts.expected_classes, opts.stream, opts.workers)
-        if held_out is not None:
-            return held_out[0]
-    return load_data(opts).test
+    if name != "folder" or not arg:
+        return load_data(opts).test
+    check_data_spec(opts.spec)
+    check_workers(opts.workers)
+    cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+    test, _ = load_folder_test(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet, opts.expected_classes,
+                               opts.stream, opts.workers)
+    return test
 
 
 def test_sample(opts: DataOptions, size: int = 0, seed: int = 0) -> ImageSet:

@@ -157,23 +157,28 @@ def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
     return splits, {**info, "train_sampled": sampled}
 
 
-def load_held_out_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
-                         expected_classes: list[str] | None = None, stream: bool = False,
-                         workers: int = 0) -> tuple[ImageSet, dict] | None:
-    """The images a model is scored on when the folder has no ``train/``: its ``test/`` (else ``val/``), or a flat
-    tree of class folders; ``None`` for a tree with ``train/``, whose test split ``load_folder`` gives."""
+def load_folder_test(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
+                     expected_classes: list[str] | None = None, stream: bool = False,
+                     workers: int = 0) -> tuple[ImageSet, dict]:
+    """The images a model is scored on, decoded alone (scoring an ImageNet-sized tree must not decode its train
+    split): ``test/`` (else ``val/``) of a tree with ``train/``, stored at the side its train split sets, as
+    ``load_folder`` stores it, so the pixels are the ones training was scored on; of a folder without ``train/``
+    (a held-out set of the user's own), its ``test/`` (else ``val/``) or the flat tree of class folders itself."""
     root = locate_root(path, cache_dir, quiet, scoring=True)
     present = split_dirs(root)
     if "train" in present:
-        return None
-    split_dir = present.get("test", present.get("val", root))
-    classes, class_to_idx = _find_classes(split_dir)
+        classes, samples = _scan(root)
+        files, size = samples.get("test", samples.get("val", [])), storage_size(samples["train"], img_size)
+        scored = present.get("test", present.get("val"))
+    else:
+        scored = present.get("test", present.get("val", root))
+        classes, class_to_idx = _find_classes(scored)
+        files = _labelled_files(scored, class_to_idx)
+        size = storage_size(files, img_size)
     if expected_classes is not None:
         check_classes(expected_classes, classes, str(path))
-    files = _labelled_files(split_dir, class_to_idx)
-    splits, info = _open_splits(root, classes, {"test": files}, storage_size(files, img_size), cache_dir, quiet,
-                                stream, workers)
-    return splits["test"], {**info, "test_from": str(split_dir)}
+    splits, info = _open_splits(root, classes, {"test": files}, size, cache_dir, quiet, stream, workers)
+    return splits["test"], {**info, "test_from": str(scored)}
 
 
 def _open_splits(root: Path, classes: list[str], samples: dict[str, list[tuple[str, int]]], size: int, cache_dir: Path,
