@@ -54,6 +54,10 @@ def test_folder_val_split_is_used_for_validation(tmp_path: Path, val: str) -> No
     data = load_data(DataOptions(spec=f"folder:{root}", img_size=32, cache_dir=str(tmp_path / "c")))
     assert len(data.val) == 8 and len(data.train) == 8  # no hold-out carved from train when val/ exists
     assert data.test is data.val or len(data.test) == 8
+    (root / "test").mkdir()  # a competition's unlabelled test split: images, no class folders
+    (root / "train" / "circle" / "0000.png").rename(root / "test" / "unlabelled.png")
+    data = load_data(DataOptions(spec=f"folder:{root}", img_size=32, cache_dir=str(tmp_path / "c")))
+    assert len(data.test) == len(data.val) == 8 and len(data.train) == 7
     if val != "val":
         write_image_folder(root, per_class=4, classes=2, splits=("val",))
         with pytest.raises(UserError, match=f"has val/ and {val}/"):

@@ -72,6 +72,8 @@ def locate_root(path: Path, cache_dir: Path, quiet: bool, scoring: bool = False)
 def _scan(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
     """Class names and ``(file, label)`` lists per split; classes must agree across splits."""
     present = split_dirs(root)
+    if "val" in present and "test" in present and not class_folders(present["test"]):
+        del present["test"]  # a competition's unlabelled test/ (images, no class folders): val/ is scored instead
     if "val" not in present and "test" not in present:
         raise UserError(f"{root} has train/ but neither val/ (or valid/, validation/) nor test/",
                         "add a val/ or test/ folder with the same class folders")
