@@ -98,9 +98,8 @@ def load_test_split(opts: DataOptions) -> ImageSet:
     check_data_spec(opts.spec)
     check_workers(opts.workers)
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
-    test, _ = load_folder_test(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet, opts.expected_classes,
-                               opts.stream, opts.workers)
-    return test
+    return load_folder_test(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet, opts.expected_classes,
+                            opts.stream, opts.workers)
 
 
 def test_sample(opts: DataOptions, size: int = 0, seed: int = 0) -> ImageSet:

@@ -57,11 +57,14 @@ def locate_root(path: Path, cache_dir: Path, quiet: bool, scoring: bool = False)
     if not path.is_dir():
         raise UserError(f"data path {path} is neither a folder nor a .zip/.tar/.tar.gz/.tar.xz archive",
                         "pass an ImageFolder tree")
-    wanted = [name for split in (SPLITS if scoring else ("train",)) for name in SPLIT_NAMES[split]]
-    if any((path / name).is_dir() for name in wanted):
+    def holds_splits(folder: Path) -> bool:
+        found = split_dirs(folder)
+        return "train" in found or (scoring and bool(found))
+
+    if holds_splits(path):
         return path
     children = [c for c in path.iterdir() if c.is_dir() and not is_hidden(c.name)]  # a zip's __MACOSX/ beside it
-    if len(children) == 1 and any((children[0] / name).is_dir() for name in wanted):
+    if len(children) == 1 and holds_splits(children[0]):
         return children[0]
     if scoring and children:
         return path
@@ -160,8 +163,7 @@ def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
 
 
 def load_folder_test(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
-                     expected_classes: list[str] | None = None, stream: bool = False,
-                     workers: int = 0) -> tuple[ImageSet, dict]:
+                     expected_classes: list[str] | None = None, stream: bool = False, workers: int = 0) -> ImageSet:
     """The images a model is scored on, decoded alone (scoring an ImageNet-sized tree must not decode its train
     split): ``test/`` (else ``val/``) of a tree with ``train/``, stored at the side its train split sets, as
     ``load_folder`` stores it, so the pixels are the ones training was scored on; of a folder without ``train/``
@@ -170,8 +172,8 @@ def load_folder_test(path: Path, img_size: int, cache_dir: Path, quiet: bool = F
     present = split_dirs(root)
     if "train" in present:
         classes, samples = _scan(root)
-        files, size = samples.get("test", samples.get("val", [])), storage_size(samples["train"], img_size)
-        scored = present.get("test", present.get("val"))
+        files = samples["test"] if "test" in samples else samples["val"]  # _scan keeps one of them at least
+        size = storage_size(samples["train"], img_size)
     else:
         scored = present.get("test", present.get("val", root))
         classes, class_to_idx = _find_classes(scored)
@@ -179,8 +181,8 @@ def load_folder_test(path: Path, img_size: int, cache_dir: Path, quiet: bool = F
         size = storage_size(files, img_size)
     if expected_classes is not None:
         check_classes(expected_classes, classes, str(path))
-    splits, info = _open_splits(root, classes, {"test": files}, size, cache_dir, quiet, stream, workers)
-    return splits["test"], {**info, "test_from": str(scored)}
+    splits, _ = _open_splits(root, classes, {"test": files}, size, cache_dir, quiet, stream, workers)
+    return splits["test"]
 
 
 def _open_splits(root: Path, classes: list[str], samples: dict[str, list[tuple[str, int]]], size: int, cache_dir: Path,
