@@ -248,8 +248,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     deadline = START + args.budget_seconds
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    earlier = out / "gpu_results.json"  # a lease runs this twice: the second command adds to the first's results
-    results: dict = json.loads(earlier.read_text()) if earlier.is_file() else {}
+    # A lease runs this twice: the second command adds to the first's results, kept beside the work (the device
+    # tool empties OUTDIR before each command).
+    kept = work / "gpu_results.json"
+    results: dict = json.loads(kept.read_text()) if kept.is_file() else {}
     results.update(hardware={"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda,
                              "cpu_count": os.cpu_count()}, date=time.strftime("%Y-%m-%d"))
     results["commands"] = [*results.get("commands", []), "python " + " ".join(sys.argv)]
@@ -268,7 +270,8 @@ def main() -> None:
         except Exception:  # noqa: BLE001 - record and go on: one broken path must not hide the others
             results[name] = {"error": traceback.format_exc()[-3000:]}
         log(out, f"{name}: done: {json.dumps(results[name])[:1500]}")
-        (out / "gpu_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        for path in (out / "gpu_results.json", kept):
+            path.write_text(json.dumps(results, indent=2) + "\n")
 
     run("cifar", step_cifar, args, work)
     base = work / "cifar10-vit"
