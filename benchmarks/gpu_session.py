@@ -10,7 +10,7 @@ recorded and the next runs:
              with distillation recovery, each with and without recovery
   3. latency the base and pruned models in torch fp32, bf16 and torch.compile (default mode, and
              reduce-overhead: CUDA graphs) at batch 1 and 256
-  4. bench   `vitcompress bench` of the base and pruned models on torch, torch-bf16, torch-compile
+  4. bench   `vitcompress bench` of the base and pruned models on torch, torch-bf16, torch-compile, torch-cudagraphs
              (and ort-cuda / ort-trt / tensorrt where they exist, else listed as skipped), CIFAR-10 accuracy
   5. speed   benchmarks/train_speed.py on CUDA (our Trainer, eager and compiled with torch.compile's
              default and reduce-overhead (CUDA graphs) modes, against a plain timm-style loop), its
@@ -220,7 +220,7 @@ def step_latency(args: argparse.Namespace, paths: dict[str, Path], deadline: flo
 
 def step_bench(args: argparse.Namespace, variants: list[Path], out: Path) -> dict:
     """The bench variants on the GPU runtimes; the report lands in OUTDIR/bench/."""
-    proc = cli("bench", *map(str, variants), "--backends", "torch,torch-bf16,torch-compile,ort-cuda,ort-trt,tensorrt",
+    proc = cli("bench", *map(str, variants), "--backends", "torch,torch-bf16,torch-compile,torch-cudagraphs,ort-cuda,ort-trt,tensorrt",
                "--batch", "1,32,256", "--data", f"folder:{args.data}", "--eval-size", "2000", "--max-seconds", "2",
                "--out", str(out / "bench"), "--force", "--quiet")
     results = out / "bench" / "results.json"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import run_cli
 from vitcompress.bench import bench
@@ -73,11 +74,21 @@ def test_a_backend_with_nothing_to_run_is_listed_with_why(tmp_path: Path, shapes
     assert "ort-cpu" in (result.path / "report.md").read_text().split("## Skipped")[1]
 
 
-def test_torch_compile_predicts_what_eager_torch_does(tmp_path: Path, shapes_artifact: Path) -> None:
-    result = bench(small_bench([shapes_artifact], tmp_path / "bench", backends="torch,torch-compile", batch="1,3"))
-    compiled = [r for r in result.results["records"] if r["backend"] == "torch-compile"]
+@pytest.mark.parametrize("backend", ["torch-compile", pytest.param("torch-cudagraphs", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA graphs need an NVIDIA GPU"))])
+def test_torch_compile_predicts_what_eager_torch_does(tmp_path: Path, shapes_artifact: Path, backend: str) -> None:
+    result = bench(small_bench([shapes_artifact], tmp_path / "bench", backends=f"torch,{backend}", batch="1,3"))
+    compiled = [r for r in result.results["records"] if r["backend"] == backend]
     assert sorted(r["batch"] for r in compiled) == [1, 3]
     assert all(r["agreement"] >= 0.99 and r["top1"] is not None for r in compiled)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the backend runs (test above)")
+def test_cuda_graphs_without_a_gpu_are_skipped_with_why(tmp_path: Path, shapes_artifact: Path) -> None:
+    result = bench(small_bench([shapes_artifact], tmp_path / "bench", backends="torch,torch-cudagraphs", batch="1"))
+    reasons = [s["reason"] for s in result.results["skipped"] if s["backend"] == "torch-cudagraphs"]
+    assert reasons == ["CUDA graphs need an NVIDIA GPU"]
+    assert {r["backend"] for r in result.results["records"]} == {"torch"}
 
 
 def test_speed_only_without_data(tmp_path: Path, onnx_export: Path) -> None:

@@ -355,7 +355,8 @@ def parse_batch_profile(text: str) -> tuple[int, int, int]:
     return values[0], values[1], values[2]
 
 
-BENCH_BACKENDS = ("torch", "torch-bf16", "torch-compile", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "triton")
+BENCH_BACKENDS = ("torch", "torch-bf16", "torch-compile", "torch-cudagraphs", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt",
+                  "triton")
 
 
 @dataclass
