@@ -220,7 +220,8 @@ def step_latency(args: argparse.Namespace, paths: dict[str, Path], deadline: flo
 
 def step_bench(args: argparse.Namespace, variants: list[Path], out: Path) -> dict:
     """The bench variants on the GPU runtimes; the report lands in OUTDIR/bench/."""
-    proc = cli("bench", *map(str, variants), "--backends", "torch,torch-bf16,torch-compile,torch-cudagraphs,ort-cuda,ort-trt,tensorrt",
+    backends = "torch,torch-bf16,torch-compile,torch-cudagraphs,ort-cuda,ort-trt,tensorrt"
+    proc = cli("bench", *map(str, variants), "--backends", backends,
                "--batch", "1,32,256", "--data", f"folder:{args.data}", "--eval-size", "2000", "--max-seconds", "2",
                "--out", str(out / "bench"), "--force", "--quiet")
     results = out / "bench" / "results.json"
