@@ -14,7 +14,7 @@ import torch
 
 from tests.conftest import run_cli
 from vitcompress.bench import bench
-from vitcompress.config import BenchConfig, ExportConfig
+from vitcompress.config import BENCH_BACKENDS, BenchConfig, ExportConfig
 from vitcompress.evaluate import evaluate_artifact
 from vitcompress.export.exporter import export
 from vitcompress.plots import pareto_front
@@ -63,6 +63,11 @@ def test_bench_writes_every_file_with_every_field(tmp_path: Path, shapes_artifac
     assert "vs baseline" in report and "latency_vs_batch.png" in report
     if skipped:
         assert "## Skipped" in report
+
+
+def test_every_bench_backend_name_is_a_runtime() -> None:
+    """config's names (the CLI's choices, kept free of torch) and the runtimes registry list the same backends."""
+    assert list(BENCH_BACKENDS) == list(RUNTIMES)
 
 
 def test_a_backend_with_nothing_to_run_is_listed_with_why(tmp_path: Path, shapes_artifact: Path) -> None:

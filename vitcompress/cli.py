@@ -8,6 +8,7 @@ import sys
 import traceback
 
 from vitcompress import __version__
+from vitcompress.config import BENCH_BACKENDS
 from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS
 from vitcompress.errors import UserError
 
@@ -116,8 +117,7 @@ HELP = {
     "instance_kind": "Triton instance kind: auto | cpu | gpu",
     "triton_platform": "what the Triton repository serves: onnxruntime (model.onnx) | tensorrt (model.plan)",
     "srcs": "models to measure: artifacts, ONNX exports, TensorRT exports, Triton repositories from `vitcompress export`",
-    "backends": "auto (every one that applies) or a comma list of torch, torch-bf16, torch-compile, torch-cudagraphs, ort-cpu, "
-                "ort-cuda, ort-trt, tensorrt, triton",
+    "backends": f"auto (every one that applies) or a comma list of {', '.join(BENCH_BACKENDS)}",
     "eval_size": "test images for accuracy (0: the whole test split of --data)",
     "baseline": "the FP32 reference among the SRCs (default: the first FP32 one)",
     "threads": "intra-op threads for CPU runtimes (0: the runtime's default)",
