@@ -42,10 +42,17 @@ bench-export: setup
 
 # What a lent GPU machine (no network; torch, timm, onnx, onnxruntime already there) needs to run
 # benchmarks/gpu_session.py: this tree as a wheel, plus torch-pruning, in .whl/ (ignored; carried by the run).
+# What a lent GPU machine lacks (benchmarks/gpu_session.py): this tree, torch-pruning, and for `qat` nvidia-modelopt
+# with the dependencies its import needs that the machine's image (Python 3.12) does not hold.
+venv_version = $$($(BIN)/pip show $(1) | sed -n 's/^Version: //p')
+DEVICE_PY := --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
 device-wheels: setup
-	rm -f .whl/vitcompress-*.whl
+	rm -rf .whl && mkdir -p .whl
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir .whl .
-	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --dest .whl torch-pruning==1.6.1
+	$(BIN)/pip download --quiet --no-deps $(DEVICE_PY) --dest .whl torch-pruning==1.6.1 \
+		$(foreach p,nvidia-modelopt omegaconf pulp,$(p)==$(call venv_version,$(p)))
+	$(BIN)/pip download --quiet $(DEVICE_PY) --dest .whl pydantic==$(call venv_version,pydantic)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

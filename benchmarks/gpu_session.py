@@ -1,4 +1,4 @@
-"""Everything that needs a GPU, in one run that fits a short lease (default: about 9 minutes).
+"""Everything that needs a GPU, in commands that fit a short lease.
 
 Steps, in order (the open targets first), each logged with its wall time; a step that fails is
 recorded and the next runs:
@@ -6,34 +6,40 @@ recorded and the next runs:
              epochs are re-planned from measured epoch times, the schedule ends with the budget);
              compiled with CUDA graphs (--compile-mode reduce-overhead), and if the compiled step
              breaks, eager for the time that is left
-  2. prune   the CIFAR model pruned on the GPU (heads 0.25 / 0.5 / 0.5 + MLP 0.25; l1, taylor, random)
+  2. suite   benchmarks/suite.py with the CIFAR model as its base: heads pruned at 0.25 and 0.5 with
+             recovery, PTQ and QAT INT8 of the unpruned and the 0.5-pruned model (on the GPU), ONNX
+             exports, bench on ONNX Runtime on this machine's CPU cores; stopped at the deadline
+  3. prune   the CIFAR model pruned on the GPU (heads 0.25 / 0.5 / 0.5 + MLP 0.25; l1, taylor, random)
              with distillation recovery, each with and without recovery
-  3. latency the base and pruned models in torch fp32, bf16 and torch.compile (default mode, and
+  4. latency the base and pruned models in torch fp32, bf16 and torch.compile (default mode, and
              reduce-overhead: CUDA graphs) at batch 1 and 256
-  4. bench   `vitcompress bench` of the base and pruned models on torch, torch-bf16, torch-compile, torch-cudagraphs
+  5. bench   `vitcompress bench` of the base and pruned models on torch, torch-bf16, torch-compile, torch-cudagraphs
              (and ort-cuda / ort-trt / tensorrt where they exist, else listed as skipped), CIFAR-10 accuracy
-  5. speed   benchmarks/train_speed.py on CUDA (our Trainer, eager and compiled with torch.compile's
+  6. speed   benchmarks/train_speed.py on CUDA (our Trainer, eager and compiled with torch.compile's
              default and reduce-overhead (CUDA graphs) modes, against a plain timm-style loop), its
              record rewritten in OUTDIR after each measurement, and stopped after --speed-seconds
-  6. smoke   the GPU code paths of finetune: data kept on the GPU, bf16, fp16 + GradScaler,
+  7. smoke   the GPU code paths of finetune: data kept on the GPU, bf16, fp16 + GradScaler,
              torchrun with NCCL (one process), --stream (pinned batches from loader workers), eval on CUDA
 
 Usage:  python benchmarks/gpu_session.py --data data/cifar10-jpeg.tar.xz --out OUTDIR [--cifar-seconds 400]
 
 On a lent machine (no network; torch, timm, onnx and onnxruntime are there): here, `make device-wheels`
-(this tree as a wheel, and torch-pruning, into the ignored .whl/) and copy the CIFAR-10 archive into the
-ignored data/; then each `run` carries [".whl", "data"] and is
+(this tree as a wheel, and torch-pruning, nvidia-modelopt and the modelopt dependencies the machine lacks, for
+its Python 3.12, into the ignored .whl/: about 21 MB) and copy the CIFAR-10 archive into the ignored data/;
+then each `run` carries [".whl", "data"] and is
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 || exit; R=$PWD; cd /tmp &&
-    python3 $R/benchmarks/gpu_session.py --data $R/data/cifar10-jpeg.tar.xz --out $OUT/gpu --steps cifar,bench
+    python3 $R/benchmarks/gpu_session.py --data $R/data/cifar10-jpeg.tar.xz --out $OUT/gpu --steps cifar
 It runs from outside the checkout: there, `python -m vitcompress` would import the source tree's
 vitcompress/, which lacks the compress/ and export/ subpackages that an install maps into it.
 A 15-minute lease (10 minutes a command, the machine's start included) fits two commands. Measured on the
 2026-11-27 lease: the start and transfers took ~31 s; cifar took its budget + ~40 s (decoding, compiling, the
 final evaluation), speed ~105 s, bench ~75 s, smoke ~195 s; a machine left idle 30 s goes back, so the second
 command must follow the first at once. Speed and smoke passed that day; the open target comes first:
---steps cifar,bench --cifar-seconds 400 (about 9 minutes), then on the warm machine
---steps prune,latency --budget-seconds 200 (what is left; a step not begun by then is skipped).
+--steps cifar --cifar-seconds 400 (about 7.5 minutes), then on the warm machine (the work folder /tmp/runs
+is still there) --steps suite,bench --budget-seconds 330 (estimated, not yet measured: ~300 s for the suite).
+A lease returns at most 8 files: a later command copies no CIFAR records, and bench leaves all but its report
+in the work folder.
 Writes: OUTDIR/gpu_results.json (all numbers, hardware, commands) and OUTDIR/session.log.
 """
 
@@ -42,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -67,6 +74,12 @@ CIFAR_RECIPE = ["--batch-size", "256", "--lr", "1e-3", "--min-lr", "1e-5", "--we
 # The 2026-11-27 H100 run: torch.compile's default mode ran the step at ~10,500 img/s (73 epochs in 345 s, 79.9 %),
 # launch-bound like eager; with CUDA graphs (reduce-overhead) the Trainer ran 2.5x its default-mode speed.
 COMPILED = ["--compile", "--compile-mode", "reduce-overhead"]
+# The benchmark suite (benchmarks/suite.py) from the CIFAR model on: it is trained to convergence, which the CPU
+# suites' vit_small bases were not. Pruning recovers at about the training LR, as a model trained from scratch needs
+# (docs/pruning.md); prune, PTQ and QAT run on the GPU, bench on ONNX Runtime on this machine's CPU cores.
+SUITE = ["--recovery-epochs", "5", "--qat-epochs", "1", "--amp", "bf16", "--recovery-args=--batch-size 256",
+         "--prune-args=--lr 1e-3 --warmup-epochs 0.5 --auto-augment autoaugment", "--backends", "ort-cpu",
+         "--bench-args=--max-seconds 1", "--tag", "gpu"]
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "8",
         "--model-kwargs", "depth=2,embed_dim=64,num_heads=2", "--drop-path", "0", "--batch-size", "64", "--quiet"]
 
@@ -193,6 +206,49 @@ def step_prune(args: argparse.Namespace, work: Path, base: Path, deadline: float
     return results
 
 
+def step_suite(args: argparse.Namespace, work: Path, base: Path, out: Path, deadline: float) -> dict:
+    """benchmarks/suite.py with the CIFAR model as its base, stopped at the deadline; its record and report land in
+    OUTDIR (suite_gpu.json, suite_gpu/). Stopped early, what each finished step made is still recorded."""
+    suite = work / "suite"
+    suite.mkdir(parents=True, exist_ok=True)
+    if not (suite / "base").exists():  # the suite skips a step whose output exists: the CIFAR model is its base
+        (suite / "base").symlink_to(base.resolve(), target_is_directory=True)
+    cmd = [sys.executable, str(HERE / "suite.py"), "--work", str(suite), "--data", f"folder:{args.data}", *SUITE,
+           *shlex.split(args.suite_extra), "--results-dir", str(out)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, deadline - time.time()))
+        error = proc.stderr[-1500:] if proc.returncode else None
+    except subprocess.TimeoutExpired:
+        error = "stopped at the deadline"
+    record = out / "suite_gpu.json"
+    if record.is_file():
+        data = json.loads(record.read_text())
+        return {"command": data["command"], "targets": data["targets"], "steps": data["steps"], "error": error}
+    return {"command": shlex.join(cmd), "error": error, "variants": {
+        path.name: json.loads((path / "vitcompress.json").read_text())["metrics"].get("top1")
+        for path in sorted(suite.iterdir()) if (path / "vitcompress.json").is_file()}}  # the top-1 of each finished step
+
+
+def start_quant_extension_build(device: str) -> subprocess.Popen | None:
+    """Build modelopt's CUDA fake-quant extension in the background (on CPU cores the training leaves idle).
+
+    The first fake-quantized CUDA tensor makes modelopt compile it with nvcc (about a minute, then cached under
+    ~/.cache/torch_extensions); built during the CIFAR run, it costs the suite's PTQ and QAT nothing."""
+    if torch.device(device).type != "cuda":
+        return None
+    code = "from modelopt.torch.quantization.extensions import get_cuda_ext; get_cuda_ext(raise_if_failed=True)"
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish_quant_extension_build(build: subprocess.Popen, started: float) -> dict:
+    try:
+        output, _ = build.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        build.kill()
+        output, _ = build.communicate()
+    return {"ok": build.returncode == 0, "seconds": round(time.time() - started, 1), "output": output[-800:]}
+
+
 def step_latency(args: argparse.Namespace, paths: dict[str, Path], deadline: float) -> dict:
     from vitcompress.artifact import load_model
     from vitcompress.latency import torch_latency_ms
@@ -218,15 +274,17 @@ def step_latency(args: argparse.Namespace, paths: dict[str, Path], deadline: flo
     return results
 
 
-def step_bench(args: argparse.Namespace, variants: list[Path], out: Path) -> dict:
-    """The bench variants on the GPU runtimes; the report lands in OUTDIR/bench/."""
+def step_bench(args: argparse.Namespace, variants: list[Path], work: Path, out: Path) -> dict:
+    """The bench variants on the GPU runtimes; the report is copied to OUTDIR/bench_report.md (a lease returns
+    at most 8 files, so the rest of bench's output stays in the work folder; its numbers are in the results)."""
     backends = "torch,torch-bf16,torch-compile,torch-cudagraphs,ort-cuda,ort-trt,tensorrt"
     proc = cli("bench", *map(str, variants), "--backends", backends,
                "--batch", "1,32,256", "--data", f"folder:{args.data}", "--eval-size", "2000", "--max-seconds", "2",
-               "--out", str(out / "bench"), "--force", "--quiet")
-    results = out / "bench" / "results.json"
+               "--out", str(work / "bench"), "--force", "--quiet")
+    results = work / "bench" / "results.json"
     if not results.is_file():
         return {"error": proc.stderr[-3000:]}
+    (out / "bench_report.md").write_bytes((work / "bench" / "report.md").read_bytes())
     data = json.loads(results.read_text())
     return {"records": [{k: r.get(k) for k in ("variant", "backend", "batch", "p50_ms", "throughput_ips", "top1",
                                                 "speedup")} for r in data["records"]], "skipped": data["skipped"]}
@@ -240,8 +298,9 @@ def main() -> None:
     parser.add_argument("--cifar-seconds", type=float, default=400, help="CIFAR-10 training budget (the target: 420)")
     parser.add_argument("--recovery-epochs", type=int, default=10)
     parser.add_argument("--budget-seconds", type=float, default=560, help="stop starting new work after this")
-    parser.add_argument("--steps", default="smoke,speed,cifar,prune,latency,bench")
+    parser.add_argument("--steps", default="smoke,speed,cifar,suite,prune,latency,bench")
     parser.add_argument("--speed-seconds", type=float, default=330, help="the most the speed step may take")
+    parser.add_argument("--suite-extra", default="", help="more suite.py options (a toy run: '--recovery-args=...')")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,19 +330,30 @@ def main() -> None:
         except Exception:  # noqa: BLE001 - record and go on: one broken path must not hide the others
             results[name] = {"error": traceback.format_exc()[-3000:]}
         log(out, f"{name}: done: {json.dumps(results[name])[:1500]}")
+        save()
+
+    def save() -> None:
         for path in (out / "gpu_results.json", kept):
             path.write_text(json.dumps(results, indent=2) + "\n")
 
+    build_started = time.time()
+    build = start_quant_extension_build(args.device) if "cifar" in steps else None
     run("cifar", step_cifar, args, work)
+    if build:
+        results["quant_extension_build"] = finish_quant_extension_build(build, build_started)
+        log(out, f"modelopt's CUDA extension: {json.dumps(results['quant_extension_build'])[:400]}")
+        save()
     base = work / "cifar10-vit"
     if (base / "vitcompress.json").is_file():
-        for name in ("vitcompress.json", "train_log.csv"):
-            (out / f"cifar_{name}").write_bytes((base / name).read_bytes())
+        if "cifar" in steps:  # the command that trained it returns its record; a later one has no room to spare
+            for name in ("vitcompress.json", "train_log.csv"):
+                (out / f"cifar_{name}").write_bytes((base / name).read_bytes())
+        run("suite", step_suite, args, work, base, out, deadline)
         run("prune", step_prune, args, work, base, deadline - 60)
         pruned = [Path(r["artifact"]) for r in results.get("prune", []) if isinstance(r, dict) and r.get("artifact")]
         variants = {"base": base, **({"pruned_h0.5": pruned[0]} if pruned else {})}
         run("latency", step_latency, args, variants, deadline)
-        run("bench", step_bench, args, list(variants.values()), out)
+        run("bench", step_bench, args, list(variants.values()), work, out)
     run("speed", step_speed, args, out)
     run("smoke", step_smoke, args, work)  # last: these paths already passed on the H100 once
     log(out, "finished")

@@ -11,9 +11,12 @@ The targets of the issue are checked at the end: INT8 at least 1.8x the FP32 thr
 Runtime at batch 1, pruned 0.5 + INT8 at least 2.5x; accuracy within 0.3 (INT8) and 1.0 (pruned +
 INT8) points of FP32.
 
+A trained model can stand in for the finetune step: put it (or a link to it) at WORK/base.
+
 Usage:  python benchmarks/suite.py [--work runs/suite] [--epochs 30] [--recovery-epochs 5] [--qat-epochs 2]
-                                   [--model-args '...'] [--amp bf16] [--recovery-args '--train-subset 5000'] [--tag cpu]
-Writes: benchmarks/results/suite_<device>.json and the bench report (report.md, plots) next to it.
+                                   [--model-args '...'] [--amp bf16] [--recovery-args '--train-subset 5000']
+                                   [--prune-args '--lr 1e-3'] [--tag cpu] [--results-dir benchmarks/results]
+Writes: RESULTS_DIR/suite_<tag>.json and the bench report (report.md, plots) in RESULTS_DIR/suite_<tag>/.
 """
 
 from __future__ import annotations
@@ -57,10 +60,14 @@ def main() -> None:
     parser.add_argument("--recovery-epochs", type=int, default=5)
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--recovery-args", default="", help="extra options for prune and qat, e.g. '--train-subset 5000'")
+    parser.add_argument("--prune-args", default="", help="extra options for prune alone, e.g. '--lr 1e-3' for a model "
+                                                         "trained from scratch (docs/pruning.md)")
     parser.add_argument("--backends", default="ort-cpu,triton")
     parser.add_argument("--batch", default="1,8,32")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--bench-args", default="", help="extra options for bench, e.g. '--max-seconds 1 --eval-size 2000'")
     parser.add_argument("--tag", default="cpu")
+    parser.add_argument("--results-dir", default=str(HERE / "results"), help="where the record and the report land")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
     work, log = Path(args.work), []
@@ -70,7 +77,8 @@ def main() -> None:
                          "--data", args.data, "--epochs", str(args.epochs), "--out", str(work / "base"), *quiet], args.force, log)
     for ratio in ("0.25", "0.5"):
         step(work / f"pruned-{ratio}", ["prune", str(work / "base"), "--heads", ratio, "--criterion", "taylor",
-                                        "--finetune-epochs", str(args.recovery_epochs), "--amp", args.amp, *recovery, "--out",
+                                        "--finetune-epochs", str(args.recovery_epochs), "--amp", args.amp, *recovery,
+                                        *shlex.split(args.prune_args), "--out",
                                         str(work / f"pruned-{ratio}"), *quiet], args.force, log)
     for src in ("base", "pruned-0.5"):
         step(work / f"{src}-ptq", ["qat", str(work / src), "--epochs", "0", *recovery, "--out", str(work / f"{src}-ptq"), *quiet],
@@ -84,18 +92,20 @@ def main() -> None:
         exports.append(str(out))
     bench_out = work / "bench"
     step(bench_out, ["bench", *exports, "--baseline", exports[0], "--data", args.data, "--backends", args.backends,
-                     "--batch", args.batch, "--threads", str(args.threads), "--out", str(bench_out), *quiet],
+                     "--batch", args.batch, "--threads", str(args.threads), *shlex.split(args.bench_args),
+                     "--out", str(bench_out), *quiet],
          True, log)
     results = json.loads((bench_out / "results.json").read_text())
     record = {"benchmark": "suite", "date": time.strftime("%Y-%m-%d"),
               "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "steps": log,
               "hardware": results["hardware"], "targets": check_targets(results), "bench": results}
-    target = HERE / "results" / f"suite_{args.tag}"
+    results_dir = Path(args.results_dir)
+    target = results_dir / f"suite_{args.tag}"
     target.mkdir(parents=True, exist_ok=True)
     for name in ("report.md", "latency_vs_batch.png", "accuracy_vs_latency.png"):
         if (bench_out / name).exists():
             shutil.copy(bench_out / name, target / name)
-    (HERE / "results" / f"suite_{args.tag}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (results_dir / f"suite_{args.tag}.json").write_text(json.dumps(record, indent=2) + "\n")
     for name, outcome in record["targets"].items():
         print(f"{name}: {outcome}")
 
