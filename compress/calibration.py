@@ -65,8 +65,11 @@ class MseCalibration(HistogramCalibration):
 
     def load_histogram_amax(self, quantizer: Any, percentile: float) -> None:
         calibrator = quantizer._calibrator
-        quantizer.amax = mse_amax(torch.as_tensor(calibrator._calib_hist).float(),
-                                  torch.as_tensor(calibrator._calib_bin_edges).float(), quantizer.num_bits)
+        counts = torch.as_tensor(calibrator._calib_hist)
+        # On a GPU modelopt keeps the counts where the activations were but makes the bin edges on the CPU:
+        # the search runs on the CPU (a few thousand bins), and amax goes where the activations are.
+        amax = mse_amax(counts.float().cpu(), torch.as_tensor(calibrator._calib_bin_edges).float().cpu(), quantizer.num_bits)
+        quantizer.amax = amax.to(counts.device)
 
 
 def mse_amax(counts: torch.Tensor, edges: torch.Tensor, num_bits: int, start_bin: int = 128) -> torch.Tensor:
