@@ -107,6 +107,7 @@ def write_verified_onnx(job: ExportJob, directory: Path) -> dict[str, Any]:
     _write_json(directory / VERIFY_FILE, {"onnxruntime": report})
     return {"format": cfg.format, "precision": job.precision, "target": job.target, "source": parent_ref(cfg.src),
             "source_stage": job.meta.stage, "source_metrics": {k: job.meta.metrics.get(k) for k in ("params", "macs", "top1")},
+            "source_data": job.meta.data,
             "contract": contract, "graph": graph, "verify": {"onnxruntime": report},
             "versions": library_versions(EXPORT_LIBRARIES), "recipe": {**asdict(cfg), "command": "export"}, "created": now_iso()}
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import SHARED_CIFAR, TINY, make_archive, run_cli, write_image_folder
-from vitcompress.data import DataOptions, load_data, load_test_split
+from vitcompress.data import DataOptions, load_data, load_test_split, trained_storage_size
 from vitcompress.datasets.imageset import holdout_split
 from vitcompress.datasets.shapes import CLASSES, generate
 from vitcompress.errors import UserError
@@ -195,6 +195,27 @@ def test_scoring_reads_the_test_split_alone(tmp_path: Path, capsys: pytest.Captu
         load_test_split(DataOptions(spec=f"folder:{full}", **options))
 
 
+def test_scoring_the_models_own_data_takes_its_recorded_storage_size(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """eval of a model on the data it was trained on stores the test split at the side its artifact recorded, so an
+    ImageNet-sized train split is not listed for it; other data (another spec) still takes the side from its train/."""
+    full = write_image_folder(tmp_path / "full", per_class=4, classes=3)
+    model = tmp_path / "model"
+    assert run_cli("finetune", *TINY, "--data", f"folder:{full}", "--epochs", "1", "--batch-size", "4", "--val-split", "0",
+                   "--out", model) == 0
+    assert json.loads((model / "vitcompress.json").read_text())["data"]["storage_size"] == 32
+    assert trained_storage_size(f"folder:{full}", {"spec": f"folder:{full}", "storage_size": 32}) == 32
+    assert trained_storage_size(f"folder:{tmp_path}", {"spec": f"folder:{full}", "storage_size": 32}) == 0
+    capsys.readouterr()
+    assert run_cli("eval", model, "--data", f"folder:{full}", "--json") == 0
+    before = json.loads(capsys.readouterr().out)
+    for image in (full / "train").rglob("*.png"):  # class folders without images: listing train/ would fail
+        image.unlink()
+    assert run_cli("eval", model, "--data", f"folder:{full}", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == before["top1"]
+    assert run_cli("eval", model, "--data", f"folder:{full}/", "--json") == 2  # not the recorded spec: train/ is listed
+    assert "every class folder needs at least one image" in capsys.readouterr().err
+
+
 def test_truncated_archive(tmp_path: Path) -> None:
     archive = make_archive(write_image_folder(tmp_path / "d", per_class=2, classes=2), tmp_path / "d.tar.gz")
     archive.write_bytes(archive.read_bytes()[:200])
@@ -266,7 +287,7 @@ def test_two_commands_on_the_same_new_data_decode_it_once(tmp_path: Path) -> Non
     first's cache instead of decoding too and failing to rename its copy onto it."""
     root = write_image_folder(tmp_path / "d", per_class=100, classes=10, fmt="jpg")
     archive = make_archive(root, tmp_path / "d.tar")
-    load = ("from vitcompress.data import DataOptions, load_data, load_test_split; "
+    load = ("from vitcompress.data import DataOptions, load_data, load_test_split, trained_storage_size; "
             f"print(len(load_data(DataOptions(spec='folder:{archive}', img_size=32, cache_dir='{tmp_path / 'c'}')).train))")
     runs = [subprocess.Popen([sys.executable, "-c", load], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]

@@ -93,6 +93,8 @@ def test_export_writes_its_verification_and_contract(tmp_path: Path, shapes_arti
     report = json.loads((result.path / "verify.json").read_text())["onnxruntime"]
     assert report["images"] == 64 and report["source"].startswith("shapes (test split")
     assert report["top1_agreement"] == 1.0 and report["max_abs_error"] < 1e-3
+    trained_on = json.loads((shapes_artifact / "vitcompress.json").read_text())["data"]
+    assert open_source(result.path).trained_on == trained_on == result.manifest["source_data"]  # what eval and bench need
     assert report["accuracy_onnx"] == pytest.approx(report["accuracy_torch"]) and report["accuracy_onnx"] > 0.2
     contract = json.loads((result.path / "contract.json").read_text())
     assert contract["input"] == {**contract["input"], "name": "input", "dtype": "float32", "shape": ["batch", 3, 32, 32]}

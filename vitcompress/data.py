@@ -37,6 +37,9 @@ class DataOptions:
     expected_classes: list[str] | None = None  # e.g. a trained model's; checked before any decoding
     stream: bool = False  # image files are decoded as batches are drawn, not cached once (see datasets/streamed.py)
     workers: int = 0  # decoding processes when streaming (0: one per CPU core, shared by the processes on this machine)
+    # The side the model's own data was stored at (its artifact's data.storage_size): a folder's test split is then
+    # stored at it without listing the train split, which sets it otherwise (0: from the train split).
+    trained_storage_size: int = 0
 
 
 def load_data(opts: DataOptions) -> DataSplits:
@@ -88,6 +91,11 @@ def streamed_before(spec: str, trained_on: dict) -> bool:
     return spec == trained_on.get("spec") and bool(trained_on.get("streamed"))
 
 
+def trained_storage_size(spec: str, trained_on: dict) -> int:
+    """The side the model's own data, ``spec``, was stored at when it was trained, if its artifact recorded it."""
+    return int(trained_on.get("storage_size") or 0) if spec == trained_on.get("spec") else 0
+
+
 def load_test_split(opts: DataOptions) -> ImageSet:
     """The images a model is scored on (eval, bench): ``load_data``'s test split. A folder's is read alone
     (``load_folder_test``): its train split is never decoded for it, and a folder without ``train/`` (a held-out
@@ -99,7 +107,7 @@ def load_test_split(opts: DataOptions) -> ImageSet:
     check_workers(opts.workers)
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
     return load_folder_test(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet, opts.expected_classes,
-                            opts.stream, opts.workers)
+                            opts.stream, opts.workers, opts.trained_storage_size)
 
 
 def test_sample(opts: DataOptions, size: int = 0, seed: int = 0) -> ImageSet:

@@ -38,6 +38,7 @@ class ModelSource:
     label: str = ""  # how reports name it (bench makes labels unique)
     triton: dict[str, Any] = field(default_factory=dict)  # a Triton repository export's model: name, max_batch_size, ...
     max_batch: int | None = None  # the largest batch the model file takes (a TensorRT engine's profile), else None
+    trained_on: dict[str, Any] = field(default_factory=dict)  # the artifact's data description (spec, storage_size, ...)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.path.name
@@ -82,7 +83,7 @@ def _artifact(path: Path) -> ModelSource:
         raise UserError(f"{path} has no {WEIGHTS_FILE}", "re-create the artifact")
     return ModelSource(path, "artifact", path / WEIGHTS_FILE, "int8" if meta.quantization else "fp32", meta.classes,
                        meta.img_size, meta.mean, meta.std, False, "input", meta.metrics.get("params"),
-                       meta.metrics.get("macs"))
+                       meta.metrics.get("macs"), trained_on=meta.data)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -112,7 +113,8 @@ def _export(path: Path) -> ModelSource:
                        contract["std"], model_input["dtype"] == "uint8", model_input["name"],
                        source_metrics.get("params"), source_metrics.get("macs"),
                        triton=manifest["triton"] if manifest["format"] == "triton" else {},
-                       max_batch=_engine_max_batch(manifest) if kind == "engine" else None)
+                       max_batch=_engine_max_batch(manifest) if kind == "engine" else None,
+                       trained_on=manifest.get("source_data", {}))
 
 
 def _engine_max_batch(manifest: dict[str, Any]) -> int | None:

@@ -72,8 +72,9 @@ def locate_root(path: Path, cache_dir: Path, quiet: bool, scoring: bool = False)
                     "lay the data out as train/<class>/*.jpg with val/<class>/ or test/<class>/ beside it")
 
 
-def _scan(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
-    """Class names and ``(file, label)`` lists per split; classes must agree across splits."""
+def _scan(root: Path, list_train: bool = True) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+    """Class names and ``(file, label)`` lists per split (without ``list_train``, not of the train split: its
+    class folders are read, not its files); classes must agree across splits."""
     present = split_dirs(root)
     if "val" in present and "test" in present and not class_folders(present["test"]):
         del present["test"]  # a competition's unlabelled test/ (images, no class folders): val/ is scored instead
@@ -90,7 +91,8 @@ def _scan(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
             raise UserError(f"classes differ between {present['train']} and {split_dir} "
                             f"(only in train: {only_train or 'none'}; only in {split_dir.name}: {only_split or 'none'})",
                             "use the same class folder names in every split")
-        samples[split] = _labelled_files(split_dir, class_to_idx)
+        if split != "train" or list_train:
+            samples[split] = _labelled_files(split_dir, class_to_idx)
     return classes, samples
 
 
@@ -163,17 +165,19 @@ def load_folder(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
 
 
 def load_folder_test(path: Path, img_size: int, cache_dir: Path, quiet: bool = False,
-                     expected_classes: list[str] | None = None, stream: bool = False, workers: int = 0) -> ImageSet:
+                     expected_classes: list[str] | None = None, stream: bool = False, workers: int = 0,
+                     trained_storage_size: int = 0) -> ImageSet:
     """The images a model is scored on, decoded alone (scoring an ImageNet-sized tree must not decode its train
     split): ``test/`` (else ``val/``) of a tree with ``train/``, stored at the side its train split sets, as
-    ``load_folder`` stores it, so the pixels are the ones training was scored on; of a folder without ``train/``
-    (a held-out set of the user's own), its ``test/`` (else ``val/``) or the flat tree of class folders itself."""
+    ``load_folder`` stores it, so the pixels are the ones training was scored on (``trained_storage_size``, the
+    side the model's artifact recorded, spares listing the train split); of a folder without ``train/`` (a
+    held-out set of the user's own), its ``test/`` (else ``val/``) or the flat tree of class folders itself."""
     root = locate_root(path, cache_dir, quiet, scoring=True)
     present = split_dirs(root)
     if "train" in present:
-        classes, samples = _scan(root)
+        classes, samples = _scan(root, list_train=not trained_storage_size)
         files = samples["test"] if "test" in samples else samples["val"]  # _scan keeps one of them at least
-        size = storage_size(samples["train"], img_size)
+        size = trained_storage_size or storage_size(samples["train"], img_size)
     else:
         scored = present.get("test", present.get("val", root))
         classes, class_to_idx = _find_classes(scored)
