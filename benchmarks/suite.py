@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from vitcompress.artifact import META_FILE, read_meta
 from vitcompress.cli import main as vitcompress
 
 HERE = Path(__file__).resolve().parent
@@ -40,13 +41,22 @@ FP32_VARIANTS = ("base", "pruned-0.25", "pruned-0.5")
 def step(out: Path, args: list[str], force: bool, log: list[dict]) -> None:
     """Run one vitcompress command unless ``out`` exists; record it."""
     if out.exists() and not force:
-        log.append({"command": "vitcompress " + shlex.join(args), "skipped": "output exists"})
+        log.append({"command": "vitcompress " + shlex.join(args), "skipped": "output exists", "existing": _describe(out)})
         return
     print("$ vitcompress " + shlex.join(args), flush=True)
     started = time.time()
     if vitcompress(args + (["--force"] if force else [])) != 0:
         raise SystemExit(f"vitcompress {args[0]} failed")
     log.append({"command": "vitcompress " + shlex.join(args), "seconds": round(time.time() - started, 1)})
+
+
+def _describe(out: Path) -> dict:
+    """What an existing artifact is (a base put at WORK/base need not be what the skipped command would make)."""
+    if not (out / META_FILE).is_file():
+        return {}
+    meta = read_meta(out)
+    return {"stage": meta.stage, "model": meta.model_name, "model_kwargs": meta.model_kwargs,
+            "top1": meta.metrics.get("top1"), "path": str(out.resolve())}
 
 
 def main() -> None:
