@@ -232,8 +232,9 @@ def step_suite(args: argparse.Namespace, work: Path, base: Path, out: Path, dead
 def start_quant_extension_build(device: str) -> subprocess.Popen | None:
     """Build modelopt's CUDA fake-quant extension in the background (on CPU cores the training leaves idle).
 
-    The first fake-quantized CUDA tensor makes modelopt compile it with nvcc (about a minute, then cached under
-    ~/.cache/torch_extensions); built during the CIFAR run, it costs the suite's PTQ and QAT nothing."""
+    The first fake-quantized CUDA tensor makes modelopt compile it with nvcc ("may take a few mins", says modelopt;
+    not measured here), then it is cached under ~/.cache/torch_extensions: built during the CIFAR run, it costs the
+    suite's PTQ and QAT nothing."""
     if torch.device(device).type != "cuda":
         return None
     code = "from modelopt.torch.quantization.extensions import get_cuda_ext; get_cuda_ext(raise_if_failed=True)"
