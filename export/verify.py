@@ -17,7 +17,7 @@ from torch import nn
 
 from vitcompress.artifact import ArtifactMeta
 from vitcompress.augment import BatchTransform
-from vitcompress.data import DataOptions, generated_pixels, streamed_before, test_sample, trained_storage_size
+from vitcompress.data import DataOptions, generated_pixels, streamed_before, test_sample
 from vitcompress.datasets.torchvision_catalog import data_dir_for
 from vitcompress.errors import UserError
 from vitcompress.export.onnx_runtime import ort_runner, ort_session, run_in_batches
@@ -56,8 +56,7 @@ def verification_set(meta: ArtifactMeta, spec: str | None, size: int, data_dir: 
         try:
             options = DataOptions(spec=spec, data_dir=data_dir_for(spec, data_dir, meta.data), img_size=meta.img_size,
                                   val_split=0.0, cache_dir=cache_dir, quiet=quiet, expected_classes=meta.classes,
-                                  stream=streamed_before(spec, meta.data),
-                                  trained_storage_size=trained_storage_size(spec, meta.data))
+                                  stream=streamed_before(spec, meta.data), trained_on=meta.data)
             test = test_sample(options, size)
         except UserError:
             if explicit:

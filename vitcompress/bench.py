@@ -26,7 +26,7 @@ from tqdm import tqdm
 from vitcompress.augment import BatchTransform
 from vitcompress.cliargs import command_line
 from vitcompress.config import BenchConfig
-from vitcompress.data import DataOptions, generated_pixels, test_sample, trained_storage_size
+from vitcompress.data import DataOptions, generated_pixels, test_sample
 from vitcompress.errors import UserError, require
 from vitcompress.fsutil import check_output_dir, staged_directory, staging_path
 from vitcompress.latency import latency_stats, time_calls
@@ -136,7 +136,7 @@ def _eval_images(cfg: BenchConfig, source: ModelSource) -> EvalImages:
     if cfg.data:
         test = test_sample(DataOptions(spec=cfg.data, data_dir=cfg.data_dir, img_size=source.img_size, val_split=0.0,
                                        cache_dir=cfg.cache_dir, quiet=cfg.quiet, expected_classes=source.classes,
-                                       stream=cfg.stream, trained_storage_size=trained_storage_size(cfg.data, source.trained_on)),
+                                       stream=cfg.stream, trained_on=source.trained_on),
                            cfg.eval_size)
         pixels, labels = read_all(test)
         return EvalImages(pixels, labels.numpy(), f"{cfg.data} (test split, {len(labels)} images)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,9 +37,9 @@ class DataOptions:
     expected_classes: list[str] | None = None  # e.g. a trained model's; checked before any decoding
     stream: bool = False  # image files are decoded as batches are drawn, not cached once (see datasets/streamed.py)
     workers: int = 0  # decoding processes when streaming (0: one per CPU core, shared by the processes on this machine)
-    # The side the model's own data was stored at (its artifact's data.storage_size): a folder's test split is then
-    # stored at it without listing the train split, which sets it otherwise (0: from the train split).
-    trained_storage_size: int = 0
+    # The data description of the model being scored (its artifact's ``data``): on that same spec, a folder's test
+    # split is stored at the side recorded there, without listing the train split that sets it otherwise.
+    trained_on: dict = field(default_factory=dict)
 
 
 def load_data(opts: DataOptions) -> DataSplits:
@@ -107,7 +107,7 @@ def load_test_split(opts: DataOptions) -> ImageSet:
     check_workers(opts.workers)
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
     return load_folder_test(Path(arg).expanduser(), opts.img_size, cache_dir, opts.quiet, opts.expected_classes,
-                            opts.stream, opts.workers, opts.trained_storage_size)
+                            opts.stream, opts.workers, trained_storage_size(opts.spec, opts.trained_on))
 
 
 def test_sample(opts: DataOptions, size: int = 0, seed: int = 0) -> ImageSet:

@@ -11,7 +11,7 @@ from torch import nn
 
 from vitcompress.artifact import load_model
 from vitcompress.augment import BatchTransform
-from vitcompress.data import DataOptions, load_test_split, trained_storage_size
+from vitcompress.data import DataOptions, load_test_split
 from vitcompress.datasets.imageset import ImageSet
 from vitcompress.distributed import DistContext, resolve_device
 from vitcompress.errors import require
@@ -81,7 +81,7 @@ def evaluate_artifact(src: str, data: str, data_dir: str | None = None, download
     source = open_source(src)
     options = DataOptions(spec=data, data_dir=data_dir, download=download, img_size=source.img_size, val_split=0.0,
                           cache_dir=cache_dir, quiet=quiet, expected_classes=source.classes, stream=stream,
-                          trained_storage_size=trained_storage_size(data, source.trained_on))
+                          trained_on=source.trained_on)
     if source.kind == "artifact" and backend in (None, "torch"):
         ctx = DistContext(device=resolve_device(device))
         model, meta = load_model(src, ctx.device)
