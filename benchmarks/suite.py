@@ -16,7 +16,8 @@ A trained model can stand in for the finetune step: put it (or a link to it) at 
 Usage:  python benchmarks/suite.py [--work runs/suite] [--epochs 30] [--recovery-epochs 5] [--qat-epochs 2]
                                    [--model-args '...'] [--amp bf16] [--recovery-args '--train-subset 5000']
                                    [--prune-args '--lr 1e-3'] [--tag cpu] [--results-dir benchmarks/results]
-Writes: RESULTS_DIR/suite_<tag>.json and the bench report (report.md, plots) in RESULTS_DIR/suite_<tag>/.
+Writes: RESULTS_DIR/suite_<tag>.json and the bench report (report.md, plots) in RESULTS_DIR/suite_<tag>/;
+WORK/steps.json, the record of the steps done so far, after each step.
 """
 
 from __future__ import annotations
@@ -36,18 +37,21 @@ HERE = Path(__file__).resolve().parent
 CIFAR = HERE.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
 INT8_VARIANTS = ("base-ptq", "base-qat", "pruned-0.5-ptq", "pruned-0.5-qat")
 FP32_VARIANTS = ("base", "pruned-0.25", "pruned-0.5")
+STEPS_FILE = "steps.json"
 
 
 def step(out: Path, args: list[str], force: bool, log: list[dict]) -> None:
-    """Run one vitcompress command unless ``out`` exists; record it."""
+    """Run one vitcompress command unless ``out`` exists; record it, in ``log`` and in WORK/steps.json (a suite
+    stopped from outside, at a lease's deadline say, keeps the record of the steps it finished)."""
     if out.exists() and not force:
         log.append({"command": "vitcompress " + shlex.join(args), "skipped": "output exists", "existing": _describe(out)})
-        return
-    print("$ vitcompress " + shlex.join(args), flush=True)
-    started = time.time()
-    if vitcompress(args + (["--force"] if force else [])) != 0:
-        raise SystemExit(f"vitcompress {args[0]} failed")
-    log.append({"command": "vitcompress " + shlex.join(args), "seconds": round(time.time() - started, 1)})
+    else:
+        print("$ vitcompress " + shlex.join(args), flush=True)
+        started = time.time()
+        if vitcompress(args + (["--force"] if force else [])) != 0:
+            raise SystemExit(f"vitcompress {args[0]} failed")
+        log.append({"command": "vitcompress " + shlex.join(args), "seconds": round(time.time() - started, 1)})
+    (out.parent / STEPS_FILE).write_text(json.dumps(log, indent=2) + "\n")
 
 
 def _describe(out: Path) -> dict:
