@@ -71,26 +71,27 @@ START = time.time()
 RETURN_PART_BYTES = 15 * 2**20  # a lease returns files of at most 16 MiB
 
 # The CIFAR-10 recipe: a ViT at 32 px with 4 px patches (65 tokens), depth 7, width 384, MLP ratio 1, at batch 128
-# and LR 1e-3 (the shape and batch of the from-scratch CIFAR ViT that reaches 90.9 % in 200 epochs: omihub777/ViT-CIFAR),
-# AutoAugment drawn per 64 images on the GPU, no MixUp/CutMix (the 2026-11-26 run showed them too strong for a short
-# schedule), a training step compiled and replayed as CUDA graphs (below), and a checkpoint a minute rather than one
-# per ~2 s epoch (each is ~75 MB of weights and optimizer state).
-# The H100 runs so far, all at batch 256: 73 epochs in 345 s -> 79.9 % (torch.compile's default mode, ~10,500 img/s,
-# launch-bound like eager); 197 epochs in 397 s -> 85.0 % (CUDA graphs, 24,800 img/s; train accuracy 93.5 %, still
-# rising). At batch 256 an epoch is half the optimizer steps of that 90.9 % recipe's: batch 128 trades some images/s
-# (an estimate: ~18,000) for ~1.5x the steps in the same time.
+# and LR 1e-3, with AutoAugment's CIFAR-10 policy and label smoothing: the shape, batch and augmentation of the
+# from-scratch CIFAR ViT that reaches 90.9 % in 200 epochs (omihub777/ViT-CIFAR). AutoAugment is drawn per 64 images
+# on the GPU; no MixUp/CutMix (the 2026-11-26 run showed them too strong for a short schedule); the training step is
+# compiled and replayed as CUDA graphs (below); a checkpoint a minute rather than one per ~2 s epoch (each is ~75 MB
+# of weights and optimizer state).
+# The H100 runs so far, all at batch 256 with AutoAugment's ImageNet policy: 73 epochs in 345 s -> 79.9 %
+# (torch.compile's default mode, ~10,500 img/s, launch-bound like eager); 197 epochs in 397 s -> 85.0 % (CUDA graphs,
+# 24,800 img/s; train accuracy 93.5 %, still rising). At batch 256 an epoch is half the optimizer steps of the 90.9 %
+# recipe's: batch 128 trades some images/s (an estimate: ~18,000) for ~1.5x the steps in the same time.
 CIFAR_MODEL = ["--model", "vit_small_patch16_224", "--img-size", "32", "--patch-size", "4",
                "--model-kwargs", "depth=7,embed_dim=384,num_heads=12,mlp_ratio=1"]
 CIFAR_RECIPE = ["--batch-size", "128", "--lr", "1e-3", "--min-lr", "1e-5", "--weight-decay", "0.05",
                 "--warmup-epochs", "5", "--drop-path", "0.05", "--label-smoothing", "0.1", "--crop", "pad",
-                "--auto-augment", "autoaugment", "--auto-augment-group", "64", "--val-split", "0",
+                "--auto-augment", "autoaugment-cifar10", "--auto-augment-group", "64", "--val-split", "0",
                 "--amp", "bf16", "--checkpoint-interval", "60"]
 COMPILED = ["--compile", "--compile-mode", "reduce-overhead"]
 # The benchmark suite (benchmarks/suite.py) from the CIFAR model on: it is trained to convergence, which the CPU
 # suites' vit_small bases were not. Pruning recovers at about the training LR, as a model trained from scratch needs
 # (docs/pruning.md); prune, PTQ and QAT run on the GPU, bench on ONNX Runtime on this machine's CPU cores.
 SUITE = ["--recovery-epochs", "5", "--qat-epochs", "1", "--amp", "bf16", "--recovery-args=--batch-size 256",
-         "--prune-args=--lr 1e-3 --warmup-epochs 0.5 --auto-augment autoaugment", "--backends", "ort-cpu",
+         "--prune-args=--lr 1e-3 --warmup-epochs 0.5 --auto-augment autoaugment-cifar10", "--backends", "ort-cpu",
          "--batch", "1,32", "--bench-args=--max-seconds 1", "--tag", "gpu"]
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "8",
         "--model-kwargs", "depth=2,embed_dim=64,num_heads=2", "--drop-path", "0", "--batch-size", "64", "--quiet"]
@@ -203,7 +204,7 @@ def step_prune(args: argparse.Namespace, work: Path, base: Path, deadline: float
         out = work / f"pruned-{criterion}-h{heads}-m{mlp}"
         command = ["prune", str(base), "--heads", str(heads), "--mlp", str(mlp), "--criterion", criterion,
                    "--finetune-epochs", str(args.recovery_epochs), "--batch-size", "256", "--lr", "5e-4",
-                   "--warmup-epochs", "1", "--auto-augment", "autoaugment", "--mixup", "0.8", "--cutmix", "1.0",
+                   "--warmup-epochs", "1", "--auto-augment", "autoaugment-cifar10", "--mixup", "0.8", "--cutmix", "1.0",
                    "--amp", "bf16", "--val-split", "0", "--out", str(out), "--force", "--quiet"]
         started = time.time()
         code = vitcompress_main(command)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from vitcompress.augment import BatchTransform
-from vitcompress.config import AugmentOptions
+from vitcompress.config import AUTO_AUGMENT_CHOICES, AugmentOptions
 from vitcompress.datasets.shapes import generate
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
@@ -18,12 +19,19 @@ def batch() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("crop", ["pad", "rrc", "none"])
-@pytest.mark.parametrize("auto", ["none", "randaugment", "autoaugment", "trivialaugment"])
+@pytest.mark.parametrize("auto", AUTO_AUGMENT_CHOICES)
 def test_train_output_shape_and_range(batch: torch.Tensor, crop: str, auto: str) -> None:
     t = BatchTransform(48, MEAN, STD, AugmentOptions(crop=crop, auto_augment=auto, color_jitter=0.4))
     x = t.train(batch)
     assert x.shape == (20, 3, 48, 48) and x.dtype == torch.float32
     assert x.min() >= -1.0 - 1e-5 and x.max() <= 1.0 + 1e-5
+
+
+@pytest.mark.parametrize(("auto", "policy"), [("autoaugment", v2.AutoAugmentPolicy.IMAGENET),
+                                               ("autoaugment-cifar10", v2.AutoAugmentPolicy.CIFAR10),
+                                               ("autoaugment-svhn", v2.AutoAugmentPolicy.SVHN)])
+def test_autoaugment_uses_the_named_policy(auto: str, policy: v2.AutoAugmentPolicy) -> None:
+    assert BatchTransform(32, MEAN, STD, AugmentOptions(auto_augment=auto)).auto_augment.policy == policy
 
 
 def test_no_augmentation_equals_eval(batch: torch.Tensor) -> None:

@@ -21,7 +21,9 @@ from vitcompress.config import AugmentOptions
 
 _AUTO_AUGMENT = {
     "randaugment": lambda: v2.RandAugment(num_ops=2, magnitude=9),
-    "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
+    "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),  # torchvision's default policy
+    "autoaugment-cifar10": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),  # the policies searched on those data
+    "autoaugment-svhn": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.SVHN),
     "trivialaugment": lambda: v2.TrivialAugmentWide(),
 }
 

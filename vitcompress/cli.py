@@ -70,7 +70,8 @@ HELP = {
     "rrc_min_scale": "smallest area share for --crop rrc",
     "hflip": "random horizontal flips",
     "color_jitter": "brightness/contrast/saturation jitter strength (0: off)",
-    "auto_augment": "none | randaugment | autoaugment | trivialaugment",
+    "auto_augment": "none | randaugment | autoaugment (ImageNet policy) | autoaugment-cifar10 | autoaugment-svhn "
+                    "(the policies searched on those datasets) | trivialaugment",
     "auto_augment_group": "images that share one --auto-augment draw (smaller: more varied batches, "
                           "more per-call overhead on GPUs)",
     "seed": "random seed (data order, augmentation, init)",

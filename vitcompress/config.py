@@ -15,7 +15,7 @@ from vitcompress.errors import UserError, require
 DATA_SPEC_HELP = (f"{' | '.join(TORCHVISION_SETS)} (torchvision) | folder:PATH (ImageFolder tree or .zip/.tar/.tar.gz/.tar.xz "
                   "of one) | shapes[:N]")
 CROP_CHOICES = ("pad", "rrc", "none")
-AUTO_AUGMENT_CHOICES = ("none", "randaugment", "autoaugment", "trivialaugment")
+AUTO_AUGMENT_CHOICES = ("none", "randaugment", "autoaugment", "autoaugment-cifar10", "autoaugment-svhn", "trivialaugment")
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
 # torch.compile's modes; reduce-overhead and max-autotune also replay the compiled step as CUDA graphs on GPUs
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
