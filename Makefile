@@ -40,10 +40,9 @@ bench-qat: setup
 bench-export: setup
 	$(BIN)/python benchmarks/export_ort.py
 
-# What a lent GPU machine (no network; torch, timm, onnx, onnxruntime already there) needs to run
-# benchmarks/gpu_session.py: this tree as a wheel, plus torch-pruning, in .whl/ (ignored; carried by the run).
-# What a lent GPU machine lacks (benchmarks/gpu_session.py): this tree, torch-pruning, and for `qat` nvidia-modelopt
-# with the dependencies its import needs that the machine's image (Python 3.12) does not hold.
+# What a lent GPU machine (no network; torch, timm, onnx, onnxruntime already there) lacks for
+# benchmarks/gpu_session.py: this tree as a wheel, torch-pruning, and for `qat` nvidia-modelopt with the
+# dependencies its import needs that the machine's image (Python 3.12) does not hold; in .whl/ (ignored, carried).
 venv_version = $$($(BIN)/pip show $(1) | sed -n 's/^Version: //p')
 DEVICE_PY := --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
 	--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64

@@ -63,6 +63,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from suite import STEPS_FILE  # benchmarks/suite.py, beside this script
 
 from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE
 
@@ -237,7 +238,7 @@ def step_suite(args: argparse.Namespace, work: Path, base: Path, out: Path, dead
     if record.is_file():
         data = json.loads(record.read_text())
         return {"command": data["command"], "targets": data["targets"], "steps": data["steps"], "error": error}
-    steps = suite / "steps.json"  # the suite's record of the steps it finished, written after each
+    steps = suite / STEPS_FILE  # the suite's record of the steps it finished, written after each
     return {"command": shlex.join(cmd), "error": error,
             "steps": json.loads(steps.read_text()) if steps.is_file() else [],
             "variants": {path.name: _top1s(path) for path in sorted(suite.iterdir()) if (path / "vitcompress.json").is_file()}}

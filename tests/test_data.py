@@ -287,7 +287,7 @@ def test_two_commands_on_the_same_new_data_decode_it_once(tmp_path: Path) -> Non
     first's cache instead of decoding too and failing to rename its copy onto it."""
     root = write_image_folder(tmp_path / "d", per_class=100, classes=10, fmt="jpg")
     archive = make_archive(root, tmp_path / "d.tar")
-    load = ("from vitcompress.data import DataOptions, load_data, load_test_split, trained_storage_size; "
+    load = ("from vitcompress.data import DataOptions, load_data; "
             f"print(len(load_data(DataOptions(spec='folder:{archive}', img_size=32, cache_dir='{tmp_path / 'c'}')).train))")
     runs = [subprocess.Popen([sys.executable, "-c", load], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
