@@ -13,7 +13,7 @@ FINETUNE_FLAGS = ["--model", "--data", "--epochs", "--out", "--img-size", "--pat
                   "--pretrained", "--init-checkpoint", "--data-dir", "--download", "--resume", "--force",
                   "--quiet", "--lr", "--weight-decay", "--warmup-epochs", "--layer-decay", "--freeze-blocks",
                   "--head-only", "--drop-path", "--accum-steps", "--amp", "--clip-grad", "--ema", "--mixup",
-                  "--cutmix", "--label-smoothing", "--auto-augment", "--color-jitter", "--crop", "--hflip",
+                  "--cutmix", "--mixup-prob", "--label-smoothing", "--auto-augment", "--color-jitter", "--crop", "--hflip",
                   "--patience", "--val-split", "--seed", "--device"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import TINY, run_cli, tiny_trainer
@@ -14,6 +15,7 @@ from vitcompress.config import TrainConfig
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.datasets.shapes import generate
 from vitcompress.distributed import DistContext
+from vitcompress.errors import UserError
 from vitcompress.models import create_model
 from vitcompress.train import Trainer
 
@@ -92,3 +94,26 @@ def test_checkpoint_interval_skips_checkpoints_but_never_the_last(tmp_path: Path
 
     assert saved_epochs(0) == [0, 1, 2, 3]
     assert saved_epochs(1000) == [3]  # 4 short epochs inside 1,000 s: only the last
+
+
+def test_mixup_prob_sets_the_share_of_mixed_batches(tmp_path: Path) -> None:
+    """--mixup-prob 0 never mixes: the same training as without MixUp/CutMix (timm's smoothed one-hot targets are
+    what label-smoothed cross-entropy uses); --mixup-prob 1 mixes every batch, and the weights come out different."""
+    def trained(name: str, **overrides) -> torch.Tensor:
+        torch.manual_seed(0)
+        trainer = tiny_trainer(tmp_path / name, epochs=2, **overrides)
+        (tmp_path / name).mkdir()
+        torch.manual_seed(1)  # the same initial weights and augmentation draws for every run
+        trainer.fit()
+        return trainer.model.head.weight.detach().clone()
+
+    plain = trained("plain")
+    never_mixed = trained("never", mixup=0.8, cutmix=1.0, mixup_prob=0.0)
+    always_mixed = trained("always", mixup=0.8, cutmix=1.0, mixup_prob=1.0)
+    torch.testing.assert_close(never_mixed, plain, atol=1e-5, rtol=1e-4)
+    assert (always_mixed - plain).abs().max() > 1e-3
+
+
+def test_mixup_prob_outside_zero_one_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="--mixup-prob 1.5"):
+        TrainConfig(mixup=0.8, mixup_prob=1.5).validate()

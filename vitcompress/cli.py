@@ -64,6 +64,7 @@ HELP = {
     "label_smoothing": "label smoothing",
     "mixup": "MixUp alpha (0: off)",
     "cutmix": "CutMix alpha (0: off)",
+    "mixup_prob": "share of batches mixed when --mixup or --cutmix is on (with both on, half of those each)",
     "patience": "stop after this many epochs without validation improvement (0: off)",
     "crop": "random crop: pad (pad-and-crop, CIFAR style) | rrc (random-resized crop) | none",
     "crop_padding": "padding for --crop pad, as a share of the image side (0.125 = 4px at 32px)",

@@ -77,6 +77,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     mixup: float = 0.0
     cutmix: float = 0.0
+    mixup_prob: float = 1.0
     patience: int = 0
     augment: AugmentOptions = field(default_factory=AugmentOptions)
     seed: int = 0
@@ -106,6 +107,8 @@ class TrainConfig:
         require(0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing} is not in [0, 1)", "pass e.g. 0.1")
         require(self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix must not be negative",
                 "pass alpha values like 0.8 and 1.0, or 0")
+        require(0 <= self.mixup_prob <= 1, f"--mixup-prob {self.mixup_prob} is not in [0, 1]",
+                "pass e.g. 0.5 to mix half of the batches, or 1 to mix every batch")
         require(self.patience >= 0, f"--patience {self.patience} must not be negative", "pass 0 to turn early stopping off")
         require(self.freeze_blocks >= 0, f"--freeze-blocks {self.freeze_blocks} must not be negative",
                 "pass 0 to train all blocks")

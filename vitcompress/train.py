@@ -164,8 +164,9 @@ class Trainer:
         # Only the training step runs compiled: checkpoints, EMA and evaluation keep the plain module (and its keys).
         self.step_model = torch.compile(self.ddp, mode=cfg.compile_mode) if cfg.compile else self.ddp
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema else None
-        self.mixup = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
-                            num_classes=data.num_classes) if cfg.mixup > 0 or cfg.cutmix > 0 else None)
+        mixes = cfg.mixup > 0 or cfg.cutmix > 0
+        self.mixup = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                            label_smoothing=cfg.label_smoothing, num_classes=data.num_classes) if mixes else None)
         self.criterion = SoftTargetCrossEntropy() if self.mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.start_epoch, self.history = 0, []
         self.best_val, self.best_epoch, self.bad_epochs = None, -1, 0
