@@ -19,7 +19,8 @@ recorded and the next runs:
              default and reduce-overhead (CUDA graphs) modes, against a plain timm-style loop), its
              record rewritten in OUTDIR after each measurement, and stopped after --speed-seconds
   7. smoke   the GPU code paths of finetune: data kept on the GPU, bf16, fp16 + GradScaler,
-             torchrun with NCCL (one process), --stream (pinned batches from loader workers), eval on CUDA
+             torchrun with NCCL (one process; also compiled as CUDA graphs, with EMA), --stream (pinned batches
+             from loader workers), eval on CUDA
 
 Usage:  python benchmarks/gpu_session.py --data data/cifar10-jpeg.tar.xz --out OUTDIR [--cifar-seconds 415]
 
@@ -127,6 +128,10 @@ def step_smoke(args: argparse.Namespace, work: Path) -> dict:
     proc = cli("finetune", *TINY, "--data", "shapes", "--epochs", "1", "--out", str(work / "smoke-ddp"), "--force",
                torchrun=True)
     results["torchrun_nccl"] = _outcome(proc, work / "smoke-ddp")
+    # CUDA graphs under DDP, with EMA (a decay short enough for the EMA copy, which is what is scored, to follow 2 epochs)
+    proc = cli("finetune", *TINY, "--data", "shapes", "--epochs", "2", "--amp", "bf16", *COMPILED, "--ema",
+               "--ema-decay", "0.9", "--out", str(work / "smoke-ddp-graphs-ema"), "--force", torchrun=True)
+    results["torchrun_nccl_cudagraphs_ema"] = _outcome(proc, work / "smoke-ddp-graphs-ema")
     proc = cli("finetune", *TINY, "--data", f"folder:{args.data}", "--stream", "--train-subset", "5000", "--epochs", "1",
                "--device", args.device, "--out", str(work / "smoke-stream"), "--force")  # pinned batches from workers
     results["stream"] = _outcome(proc, work / "smoke-stream")
