@@ -11,6 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # read at import by huggingface_hub: tests n
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vitcompress.augment import BatchTransform  # noqa: E402
@@ -47,6 +48,18 @@ def tiny_trainer(workdir: Path, **overrides) -> Trainer:
     cfg = TrainConfig(**{"epochs": 1, "batch_size": 8, "quiet": True, **overrides})
     splits = DataSplits(data, None, data, data.classes, {})
     return Trainer(model, splits, cfg, BatchTransform(32, [0.5] * 3, [0.5] * 3), DistContext(), workdir)
+
+
+def fitted_tiny_trainer(workdir: Path, **overrides) -> tuple[Trainer, dict[str, torch.Tensor]]:
+    """``tiny_trainer``, fitted in a new ``workdir``, and its initial weights. Seed 0 fixes the initial weights and
+    seed 1 the augmentation draws, so runs that differ only in ``overrides`` are comparable."""
+    torch.manual_seed(0)
+    trainer = tiny_trainer(workdir, **overrides)
+    workdir.mkdir()
+    initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    torch.manual_seed(1)
+    trainer.fit()
+    return trainer, initial
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, run_cli, tiny_trainer
+from tests.conftest import TINY, fitted_tiny_trainer, run_cli, tiny_trainer
 from vitcompress.artifact import read_meta
 from vitcompress.augment import BatchTransform
 from vitcompress.config import TrainConfig
@@ -63,12 +63,7 @@ def test_freeze_blocks(tmp_path: Path) -> None:
 
 def test_compiled_training_matches_eager_and_checkpoints_plain_keys(tmp_path: Path) -> None:
     def trained(compile_step: bool) -> tuple[Trainer, dict[str, torch.Tensor]]:
-        torch.manual_seed(0)
-        trainer = tiny_trainer(tmp_path / str(compile_step), compile=compile_step)
-        (tmp_path / str(compile_step)).mkdir()
-        initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-        torch.manual_seed(1)  # the same augmentation draws for both runs
-        trainer.fit()
+        trainer, initial = fitted_tiny_trainer(tmp_path / str(compile_step), compile=compile_step)
         assert not torch.equal(initial["head.weight"], trainer.model.head.weight)  # it really trained
         return trainer, torch.load(tmp_path / str(compile_step) / "last.ckpt", weights_only=True)["model"]
 
@@ -100,12 +95,7 @@ def test_mixup_prob_sets_the_share_of_mixed_batches(tmp_path: Path) -> None:
     """--mixup-prob 0 never mixes: the same training as without MixUp/CutMix (timm's smoothed one-hot targets are
     what label-smoothed cross-entropy uses); --mixup-prob 1 mixes every batch, and the weights come out different."""
     def trained(name: str, **overrides) -> torch.Tensor:
-        torch.manual_seed(0)
-        trainer = tiny_trainer(tmp_path / name, epochs=2, **overrides)
-        (tmp_path / name).mkdir()
-        torch.manual_seed(1)  # the same augmentation draws for every run (seed 0 above: the same initial weights)
-        trainer.fit()
-        return trainer.model.head.weight.detach().clone()
+        return fitted_tiny_trainer(tmp_path / name, epochs=2, **overrides)[0].model.head.weight.detach().clone()
 
     plain = trained("plain")
     never_mixed = trained("never", mixup=0.8, cutmix=1.0, mixup_prob=0.0)
