@@ -78,3 +78,53 @@ def test_auto_augment_draws_once_per_group() -> None:
     assert distinct_outputs(24) == 1  # one draw for the whole batch
     assert distinct_outputs(8) <= 3
     assert distinct_outputs(1) > 5  # a draw per image
+
+
+def erased_boxes(mode: str, prob: float, n: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random erasing alone on ``n`` white 32 px images normalised to 1: the train output and where it is not 1."""
+    torch.manual_seed(0)
+    white = torch.full((n, 32, 32, 3), 255, dtype=torch.uint8)
+    options = AugmentOptions(crop="none", hflip=False, random_erase=prob, random_erase_mode=mode)
+    x = BatchTransform(32, [0, 0, 0], [1, 1, 1], options).train(white)
+    return x, (x != 1).all(dim=1)  # n x 32 x 32: the erased pixels (all three channels changed)
+
+
+def test_random_erasing_erases_one_box_in_the_given_share_of_images() -> None:
+    x, erased = erased_boxes("const", 0.25)
+    hit = erased.flatten(1).any(dim=1)
+    assert 0.20 < hit.float().mean() < 0.30  # 0.25 +- 5 standard deviations of 2,000 draws
+    assert torch.all(x[~erased.unsqueeze(1).expand_as(x)] == 1) and torch.all(x[erased.unsqueeze(1).expand_as(x)] == 0)
+    for mask in erased[hit]:  # one axis-aligned box: the mask is the outer product of its rows and columns
+        rows, cols = mask.any(dim=1), mask.any(dim=0)
+        assert torch.equal(mask, rows.view(-1, 1) & cols.view(1, -1))
+        assert mask.sum() < 32 * 32  # never the whole image
+
+
+def test_random_erasing_boxes_are_distributed_as_timms() -> None:
+    """Same area and aspect rules as timm's per-image ``RandomErasing``: the mean erased share and the share of
+    images left whole (no box fitted in ten attempts) agree within sampling noise."""
+    from timm.data.random_erasing import RandomErasing
+
+    _, ours = erased_boxes("const", 1.0)
+    torch.manual_seed(0)
+    theirs = RandomErasing(probability=1.0, mode="const", device="cpu")(torch.ones(2000, 3, 32, 32)) == 0
+    ours_share, theirs_share = ours.flatten(1).float().mean(1), theirs.all(dim=1).flatten(1).float().mean(1)
+    assert abs(ours_share.mean() - theirs_share.mean()) < 0.01  # mean about 0.17; its standard error about 0.002
+    assert abs((ours_share == 0).float().mean() - (theirs_share == 0).float().mean()) < 0.02
+
+
+def test_random_erasing_pixel_mode_fills_with_standard_normal_noise() -> None:
+    x, erased = erased_boxes("pixel", 1.0)
+    noise = x[erased.unsqueeze(1).expand_as(x)]
+    assert noise.numel() > 100_000
+    assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1) < 0.01
+
+
+@pytest.mark.parametrize(("options", "message"), [(dict(random_erase=1.5), "--random-erase 1.5"),
+                                                  (dict(random_erase_mode="rand"), "--random-erase-mode 'rand'")])
+def test_bad_random_erasing_options_are_user_errors(options: dict, message: str) -> None:
+    from vitcompress.config import TrainConfig
+    from vitcompress.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        TrainConfig(augment=AugmentOptions(**options)).validate()

@@ -14,6 +14,7 @@ FINETUNE_FLAGS = ["--model", "--data", "--epochs", "--out", "--img-size", "--pat
                   "--quiet", "--lr", "--weight-decay", "--warmup-epochs", "--layer-decay", "--freeze-blocks",
                   "--head-only", "--drop-path", "--accum-steps", "--amp", "--clip-grad", "--ema", "--mixup",
                   "--cutmix", "--mixup-prob", "--label-smoothing", "--auto-augment", "--color-jitter", "--crop", "--hflip",
+                  "--random-erase", "--random-erase-mode",
                   "--patience", "--val-split", "--seed", "--device"]
 
 

@@ -4,6 +4,8 @@ Per-sample random crops, flips and colour jitter are tensor operations over the 
 RandAugment / AutoAugment / TrivialAugment come from torchvision and are applied per group of
 ``--auto-augment-group`` images (each group draws its own operations): every call costs a chain of
 Python dispatches, which on a GPU outweigh the arithmetic, so few large groups keep them cheap.
+Random erasing follows timm's ``RandomErasing`` (its area, aspect and fill rules) but draws every
+image's box at once: timm's loops over the images of a batch, a few GPU launches per image.
 MixUp/CutMix are applied afterwards by the training loop (timm's ``Mixup``).
 """
 
@@ -55,7 +57,10 @@ class BatchTransform:
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         if o.color_jitter > 0:
             x = _color_jitter(x, o.color_jitter)
-        return self._finish(_resize(x, self.img_size))
+        x = self._finish(_resize(x, self.img_size))
+        if o.random_erase > 0:
+            x = _random_erase(x, o.random_erase, o.random_erase_mode)
+        return x
 
     def eval(self, batch: torch.Tensor) -> torch.Tensor:
         return self._finish(self._eval_view(batch))
@@ -131,3 +136,32 @@ def _color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
     gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
     x = (x - gray) * factor() + gray
     return x.clamp_(0, 1)
+
+
+ERASE_AREA = (0.02, 1 / 3)  # timm's RandomErasing defaults: the box's share of the image,
+ERASE_LOG_ASPECT = (math.log(0.3), math.log(1 / 0.3))  # and its height / width, drawn log-uniformly
+ERASE_ATTEMPTS = 10  # timm's: draws until a box fits inside the image; an image none fits stays whole
+
+
+def _random_erase(x: torch.Tensor, prob: float, mode: str) -> torch.Tensor:
+    """With probability ``prob`` per image, fill one random box of the normalised batch: Gaussian noise per pixel
+    (``pixel``) or zeros, the dataset's mean colour (``const``)."""
+    n, _, h, w = x.shape
+    dev = x.device
+    area = torch.empty(n, ERASE_ATTEMPTS, device=dev).uniform_(*ERASE_AREA) * (h * w)
+    aspect = torch.empty(n, ERASE_ATTEMPTS, device=dev).uniform_(*ERASE_LOG_ASPECT).exp()
+    box_h, box_w = (area * aspect).sqrt().round().long(), (area / aspect).sqrt().round().long()
+    fits = (box_h < h) & (box_w < w)
+    first = fits.long().argmax(dim=1, keepdim=True)  # the first attempt that fits (any, if none does)
+    box_h, box_w = box_h.gather(1, first), box_w.gather(1, first)  # n x 1
+    top = (torch.rand(n, 1, device=dev) * (h - box_h + 1)).long()
+    left = (torch.rand(n, 1, device=dev) * (w - box_w + 1)).long()
+    erase = (torch.rand(n, 1, device=dev) < prob) & fits.any(dim=1, keepdim=True)
+    rows, cols = torch.arange(h, device=dev).view(1, h), torch.arange(w, device=dev).view(1, w)
+    in_rows = (rows >= top) & (rows < top + box_h) & erase  # n x h
+    in_cols = (cols >= left) & (cols < left + box_w)  # n x w
+    box = (in_rows.view(n, 1, h, 1) & in_cols.view(n, 1, 1, w))
+    if mode == "const":
+        return x.masked_fill(box, 0.0)
+    noise = torch.randn(x.shape, device=dev, dtype=x.dtype)  # contiguous: randn_like of a strided view is slow on CPUs
+    return torch.where(box, noise, x)

@@ -75,6 +75,9 @@ HELP = {
                     "(the policies searched on those datasets) | trivialaugment",
     "auto_augment_group": "images that share one --auto-augment draw (smaller: more varied batches, "
                           "more per-call overhead on GPUs)",
+    "random_erase": "share of images in which one random box is erased (timm's --reprob; 0: off)",
+    "random_erase_mode": "what fills an erased box: pixel (per-pixel Gaussian noise, timm's --remode default) | "
+                         "const (zero after normalisation: the dataset's mean colour)",
     "seed": "random seed (data order, augmentation, init)",
     "quiet": "no progress bars or per-epoch lines (for logs and CI)",
     "src": "source artifact directory",
@@ -158,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
         PREDICT_BATCH_SIZE,
         PRUNE_CRITERIA,
         PRUNE_RANKINGS,
+        RANDOM_ERASE_MODES,
         TRITON_INSTANCE_KINDS,
         TRITON_PLATFORMS,
         BenchConfig,
@@ -182,7 +186,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="train a timm ViT on a dataset; write an artifact",
                        description="Fine-tune (or train from scratch) a timm Vision Transformer. "
                                    "Run under torchrun for several GPUs or machines.")
-    choices = {"amp": AMP_CHOICES, "compile_mode": COMPILE_MODES, "crop": CROP_CHOICES, "auto_augment": AUTO_AUGMENT_CHOICES}
+    choices = {"amp": AMP_CHOICES, "compile_mode": COMPILE_MODES, "crop": CROP_CHOICES, "auto_augment": AUTO_AUGMENT_CHOICES,
+               "random_erase_mode": RANDOM_ERASE_MODES}
     add_dataclass_args(p, FinetuneConfig, HELP, choices, required=("epochs",))
 
     p = sub.add_parser("prune", formatter_class=fmt, parents=[common],

@@ -16,6 +16,7 @@ DATA_SPEC_HELP = (f"{' | '.join(TORCHVISION_SETS)} (torchvision) | folder:PATH (
                   "of one) | shapes[:N]")
 CROP_CHOICES = ("pad", "rrc", "none")
 AUTO_AUGMENT_CHOICES = ("none", "randaugment", "autoaugment", "autoaugment-cifar10", "autoaugment-svhn", "trivialaugment")
+RANDOM_ERASE_MODES = ("pixel", "const")
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
 # torch.compile's modes; reduce-overhead and max-autotune also replay the compiled step as CUDA graphs on GPUs
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -33,6 +34,8 @@ class AugmentOptions:
     color_jitter: float = 0.0
     auto_augment: str = "none"
     auto_augment_group: int = 64
+    random_erase: float = 0.0
+    random_erase_mode: str = "pixel"
 
 
 def check_data_spec(spec: str, flag: str = "--data") -> None:
@@ -118,6 +121,10 @@ class TrainConfig:
                 f"use one of {', '.join(AUTO_AUGMENT_CHOICES)}")
         require(a.auto_augment_group >= 1, f"--auto-augment-group {a.auto_augment_group} must be at least 1",
                 "pass e.g. 64 (images per operation draw)")
+        require(0 <= a.random_erase <= 1, f"--random-erase {a.random_erase} is not in [0, 1]",
+                "pass e.g. 0.25 to erase a box in a quarter of the images, or 0 for none")
+        require(a.random_erase_mode in RANDOM_ERASE_MODES, f"--random-erase-mode {a.random_erase_mode!r} is unknown",
+                f"use one of {', '.join(RANDOM_ERASE_MODES)}")
         require(0 <= a.crop_padding < 1 and 0 < a.rrc_min_scale <= 1 and a.color_jitter >= 0,
                 "crop padding must be in [0, 1), rrc min scale in (0, 1], colour jitter >= 0", "fix the augmentation options")
 
