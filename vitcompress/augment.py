@@ -5,7 +5,8 @@ RandAugment / AutoAugment / TrivialAugment come from torchvision and are applied
 ``--auto-augment-group`` images (each group draws its own operations): every call costs a chain of
 Python dispatches, which on a GPU outweigh the arithmetic, so few large groups keep them cheap.
 Random erasing follows timm's ``RandomErasing`` (its area, aspect and fill rules) but draws every
-image's box at once: timm's loops over the images of a batch, a few GPU launches per image.
+image's box at once, a fixed few dozen kernels per batch: timm's loops over the images in Python,
+a few GPU launches for each image it erases.
 MixUp/CutMix are applied afterwards by the training loop (timm's ``Mixup``).
 """
 
