@@ -218,14 +218,17 @@ def _parser() -> argparse.ArgumentParser:
                                    "with ONNX Runtime against PyTorch on real images before it is published.")
     export_choices = {"format": EXPORT_FORMATS, "precision": EXPORT_PRECISIONS, "target": ("auto", *EXPORT_TARGETS),
                       "input": EXPORT_INPUTS, "instance_kind": TRITON_INSTANCE_KINDS, "triton_platform": TRITON_PLATFORMS}
-    add_dataclass_args(p, ExportConfig, HELP, export_choices, positional=("src",))
+    add_dataclass_args(p, ExportConfig, {**HELP, "out": "output export directory (a Triton model repository for "
+                                                       "--format triton)"}, export_choices, positional=("src",))
 
     p = sub.add_parser("bench", formatter_class=fmt, parents=[common],
                        help="latency, throughput, memory and accuracy of every variant, side by side against FP32",
                        description="Measure artifacts and exports on every runtime that can run them here, in one run "
                                    "on the same images. Writes results.json, results.csv, report.md and plots.")
     add_dataclass_args(p, BenchConfig, {**HELP, "data": HELP["data"] + " (for accuracy; none: speed only)",
-                                        "batch": "batch sizes to time"}, positional=("srcs",))
+                                        "batch": "batch sizes to time",
+                                        "out": "directory for results.json, results.csv, report.md and the plots"},
+                       positional=("srcs",))
 
     p = sub.add_parser("serve", formatter_class=fmt, parents=[common],
                        help="serve an exported model with a local Triton Inference Server (HTTP and gRPC)",
