@@ -9,8 +9,9 @@ import torch
 from torchvision.transforms import v2
 
 from vitcompress.augment import BatchTransform
-from vitcompress.config import AUTO_AUGMENT_CHOICES, AugmentOptions
+from vitcompress.config import AUTO_AUGMENT_CHOICES, AugmentOptions, TrainConfig
 from vitcompress.datasets.shapes import generate
+from vitcompress.errors import UserError
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
@@ -125,8 +126,5 @@ def test_random_erasing_pixel_mode_fills_with_standard_normal_noise() -> None:
 @pytest.mark.parametrize(("options", "message"), [(dict(random_erase=1.5), "--random-erase 1.5"),
                                                   (dict(random_erase_mode="rand"), "--random-erase-mode 'rand'")])
 def test_bad_random_erasing_options_are_user_errors(options: dict, message: str) -> None:
-    from vitcompress.config import TrainConfig
-    from vitcompress.errors import UserError
-
     with pytest.raises(UserError, match=message):
         TrainConfig(augment=AugmentOptions(**options)).validate()
