@@ -66,6 +66,7 @@ from pathlib import Path
 import torch
 from suite import STEPS_FILE  # benchmarks/suite.py, beside this script
 
+from vitcompress.artifact import META_FILE
 from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE
 
 HERE = Path(__file__).resolve().parent
@@ -149,7 +150,7 @@ def step_smoke(args: argparse.Namespace, work: Path) -> dict:
 
 def _outcome(proc: subprocess.CompletedProcess, artifact: Path) -> dict:
     result = {"ok": proc.returncode == 0, "stderr": proc.stderr[-800:]}
-    meta = artifact / "vitcompress.json"
+    meta = artifact / META_FILE
     if meta.is_file():
         metrics = json.loads(meta.read_text())["metrics"]
         result.update(top1=metrics["top1"], device=metrics.get("device"), img_s=metrics.get("train_images_per_s"))
@@ -187,7 +188,7 @@ def step_cifar(args: argparse.Namespace, work: Path) -> dict:
     if compile_failed and left > 60:  # the compiled step broke: what eager steps reach is still worth the lease
         command = _cifar_command(args, out, left, compiled=False)
         code, error = _run_main(vitcompress_main, command)
-    meta = json.loads((out / "vitcompress.json").read_text()) if code == 0 else {}
+    meta = json.loads((out / META_FILE).read_text()) if code == 0 else {}
     return {"exit": code, "wall_seconds": round(time.time() - started, 1), "command": "vitcompress " + " ".join(command),
             "artifact": str(out), "compile_failed_then_eager": compile_failed, "error": error,
             "metrics": {k: meta.get("metrics", {}).get(k) for k in ("top1", "top5", "f1_macro", "epochs_run", "train_seconds",
@@ -228,7 +229,7 @@ def step_prune(args: argparse.Namespace, work: Path, base: Path, deadline: float
         record = {"criterion": criterion, "heads": heads, "mlp": mlp, "exit": code,
                   "wall_seconds": round(time.time() - started, 1), "command": "vitcompress " + " ".join(command)}
         if code == 0:
-            pruning = json.loads((out / "vitcompress.json").read_text())["metrics"]["pruning"]
+            pruning = json.loads((out / META_FILE).read_text())["metrics"]["pruning"]
             record.update({k: pruning[k] for k in ("top1_before", "top1_after_surgery", "top1_after_recovery",
                                                      "heads_after", "before", "after")})
             record["artifact"] = str(out)
@@ -257,12 +258,12 @@ def step_suite(args: argparse.Namespace, work: Path, base: Path, out: Path, dead
     steps = suite / STEPS_FILE  # the suite's record of the steps it finished, written after each
     return {"command": shlex.join(cmd), "error": error,
             "steps": json.loads(steps.read_text()) if steps.is_file() else [],
-            "variants": {path.name: _top1s(path) for path in sorted(suite.iterdir()) if (path / "vitcompress.json").is_file()}}
+            "variants": {path.name: _top1s(path) for path in sorted(suite.iterdir()) if (path / META_FILE).is_file()}}
 
 
 def _top1s(artifact: Path) -> dict:
     """A finished suite step's test top-1; for a qat artifact also the FP32 and PTQ top-1 that qat measured."""
-    metrics = json.loads((artifact / "vitcompress.json").read_text())["metrics"]
+    metrics = json.loads((artifact / META_FILE).read_text())["metrics"]
     qat = metrics.get("qat") or {}
     return {"top1": metrics.get("top1"), **{k: qat[k] for k in ("top1_fp32", "top1_ptq", "device") if k in qat}}
 
@@ -402,7 +403,7 @@ def main() -> None:
         log(out, f"modelopt's CUDA extension: {json.dumps(results['quant_extension_build'])[:400]}")
         save()
     base = work / "cifar10-vit"
-    if (base / "vitcompress.json").is_file():
+    if (base / META_FILE).is_file():
         if "cifar" in steps:  # the command that trained it returns it; a later one has no room to spare
             results["returned_model"] = return_model(base, out)
             save()

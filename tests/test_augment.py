@@ -96,7 +96,8 @@ def test_random_erasing_erases_one_box_in_the_given_share_of_images() -> None:
     x, erased = erased_boxes("const", 0.25)
     hit = erased.flatten(1).any(dim=1)
     assert 0.20 < hit.float().mean() < 0.30  # 0.25 +- 5 standard deviations of 2,000 draws
-    assert torch.all(x[~erased.unsqueeze(1).expand_as(x)] == 1) and torch.all(x[erased.unsqueeze(1).expand_as(x)] == 0)
+    in_box = erased.unsqueeze(1).expand_as(x)  # the same pixels in every channel
+    assert torch.all(x[~in_box] == 1) and torch.all(x[in_box] == 0)
     for mask in erased[hit]:  # one axis-aligned box: the mask is the outer product of its rows and columns
         rows, cols = mask.any(dim=1), mask.any(dim=0)
         assert torch.equal(mask, rows.view(-1, 1) & cols.view(1, -1))
