@@ -35,6 +35,7 @@ from vitcompress.serving import (
 from vitcompress.sources import open_source
 
 TOLERANCE = 1e-5  # the server runs the same ONNX Runtime session on the same bytes
+TRITON_MODEL_COPIES = Path("/tmp/folder*")  # where tritonserver copies a model it loads, until it unloads it
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +162,7 @@ def test_the_triton_backend_is_sized_for_the_batches_it_is_sent(served) -> None:
     """eval (256 images per call by default), predict and bench start their own server through the `triton`
     backend: it must take their batches, not refuse those above serve's default of 32, and stop when done."""
     source, _ = served
+    triton_copies_before = set(TRITON_MODEL_COPIES.parent.glob(TRITON_MODEL_COPIES.name))
     through_triton = evaluate_artifact(str(source.path), "shapes", backend="triton", quiet=True)
     assert through_triton["samples"] == 1000
     assert through_triton["top1"] == pytest.approx(evaluate_artifact(str(source.path), "shapes", quiet=True)["top1"])
@@ -171,3 +173,5 @@ def test_the_triton_backend_is_sized_for_the_batches_it_is_sent(served) -> None:
         np.testing.assert_allclose(classify.probabilities(images), Classifier(source.path).probabilities(images),
                                    atol=TOLERANCE)
     assert server._triton is None  # closed with the classifier, not left to the interpreter's exit
+    # stopped cleanly: a server killed at its shutdown timeout (an open client connection) leaves its model copy
+    assert set(TRITON_MODEL_COPIES.parent.glob(TRITON_MODEL_COPIES.name)) == triton_copies_before

@@ -67,6 +67,7 @@ class TritonServer:
         self.http_port, self.grpc_port, self.metrics_port = (p or free_port() for p in (http_port, grpc_port, metrics_port))
         self.quiet = quiet
         self._triton: Any = None
+        self._clients: list[TritonClient] = []
 
     @property
     def url(self) -> str:
@@ -156,14 +157,19 @@ class TritonServer:
         raise UserError("the Triton server stopped on its own", "run `vitcompress serve` again with --triton-log to see why")
 
     def stop(self) -> None:
+        # an open client connection holds Triton's shutdown for 30 s, after which it is killed and leaves its
+        # model copy in /tmp: close the clients first
+        while self._clients:
+            self._clients.pop().close()
         if self._triton is not None:
             with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
                 self._triton.stop()
             self._triton = None
 
-    def client(self) -> Callable[[np.ndarray], np.ndarray]:
-        """A function sending one batch over HTTP and returning the logits."""
-        return TritonClient(self.url, self.model_name, self.source.input_name)
+    def client(self) -> TritonClient:
+        """A function sending one batch over HTTP and returning the logits; closed by :meth:`stop`."""
+        self._clients.append(TritonClient(self.url, self.model_name, self.source.input_name))
+        return self._clients[-1]
 
 
 class TritonClient:
