@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +26,7 @@ from vitcompress.serving import (
     HOST,
     TritonClient,
     TritonServer,
+    port_in_use,
     ready_message,
     served_max_batch_size,
     served_model_name,
@@ -35,7 +35,6 @@ from vitcompress.serving import (
 from vitcompress.sources import open_source
 
 TOLERANCE = 1e-5  # the server runs the same ONNX Runtime session on the same bytes
-TRITON_MODEL_COPIES = Path("/tmp/folder*")  # where tritonserver copies a model it loads, until it unloads it
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +52,11 @@ def served(shapes_artifact: Path, tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(str(exc))
     yield source, server
     server.stop()
+
+
+def triton_model_copies() -> set[Path]:
+    """The copies tritonserver makes of the models it loads (in /tmp, until it unloads them)."""
+    return set(Path("/tmp").glob("folder*"))
 
 
 def pixels(n: int, seed: int = 0) -> np.ndarray:
@@ -142,8 +146,29 @@ def test_foreground_server_answers_then_stops_on_ctrl_c(served) -> None:
     expected = RUNTIMES["ort-cpu"](source).run(pixels(2))
     assert float(np.abs(answered["logits"] - expected).max()) <= TOLERANCE
     assert f"'{source.input_name}' UINT8 [N, 32, 32, 3]" in answered["message"] and "N up to 8" in answered["message"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", server.http_port))  # stopped: its port is free again
+    assert not port_in_use(server.http_port)  # stopped: its port is free again
+
+
+def test_a_server_stops_cleanly_while_a_client_keeps_its_connection_open(served) -> None:
+    """A user's client holding a keep-alive connection must not leave Triton's model copy behind at stop."""
+    source, _ = served
+    copies_before = triton_model_copies()
+    server = TritonServer(source, "held", http_port=0, grpc_port=0, metrics_port=0, max_batch_size=8)
+    server.start()
+    user_client = TritonClient(server.url, server.model_name, source.input_name)  # not the server's own
+    try:
+        assert user_client(pixels(1)).shape == (1, 10)
+        server.stop()
+    finally:
+        user_client.close()
+    assert triton_model_copies() == copies_before
+    assert not port_in_use(server.http_port)  # stopped; the connection it cut waits in TIME_WAIT, which does not count
+    again = TritonServer(source, "held", http_port=server.http_port, grpc_port=0, metrics_port=0, max_batch_size=8)
+    again.start()  # `serve` at once on the same port, as a user restarting it would
+    try:
+        assert again.client()(pixels(1)).shape == (1, 10)
+    finally:
+        again.stop()
 
 
 def test_an_onnx_export_is_served_under_its_directory_name_and_the_default_batch(served) -> None:
@@ -162,7 +187,7 @@ def test_the_triton_backend_is_sized_for_the_batches_it_is_sent(served) -> None:
     """eval (256 images per call by default), predict and bench start their own server through the `triton`
     backend: it must take their batches, not refuse those above serve's default of 32, and stop when done."""
     source, _ = served
-    triton_copies_before = set(TRITON_MODEL_COPIES.parent.glob(TRITON_MODEL_COPIES.name))
+    copies_before = triton_model_copies()
     through_triton = evaluate_artifact(str(source.path), "shapes", backend="triton", quiet=True)
     assert through_triton["samples"] == 1000
     assert through_triton["top1"] == pytest.approx(evaluate_artifact(str(source.path), "shapes", quiet=True)["top1"])
@@ -173,5 +198,4 @@ def test_the_triton_backend_is_sized_for_the_batches_it_is_sent(served) -> None:
         np.testing.assert_allclose(classify.probabilities(images), Classifier(source.path).probabilities(images),
                                    atol=TOLERANCE)
     assert server._triton is None  # closed with the classifier, not left to the interpreter's exit
-    # stopped cleanly: a server killed at its shutdown timeout (an open client connection) leaves its model copy
-    assert set(TRITON_MODEL_COPIES.parent.glob(TRITON_MODEL_COPIES.name)) == triton_copies_before
+    assert triton_model_copies() == copies_before  # stopped cleanly: a killed server leaves its model copy

@@ -31,6 +31,7 @@ HOST = "127.0.0.1"
 START_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 60
 DEFAULT_MAX_BATCH_SIZE = 32
+EXIT_TIMEOUT_S = 5  # how long a stopping server waits for its clients to hang up (Triton's default: 30)
 MONITOR_PERIOD_S = 1.0  # how often a foreground server checks that Triton still runs
 
 
@@ -46,6 +47,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    """Whether a server listens on ``port``. Connections a stopped server left in TIME_WAIT do not count:
+    Triton binds with SO_REUSEADDR, as this check does."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return True
+    return False
 
 
 class TritonServer:
@@ -91,7 +104,8 @@ class TritonServer:
         shape = (size, size, 3) if self.source.takes_pixels else (3, size, size)
         dtype = np.uint8 if self.source.takes_pixels else np.float32
         config = TritonConfig(http_address=HOST, http_port=self.http_port, grpc_address=HOST, grpc_port=self.grpc_port,
-                              metrics_address=HOST, metrics_port=self.metrics_port, log_verbose=0)
+                              metrics_address=HOST, metrics_port=self.metrics_port, log_verbose=0,
+                              exit_timeout_secs=EXIT_TIMEOUT_S)
         triton = Triton(config=config)
         triton.bind(model_name=self.model_name, infer_func=infer,
                     inputs=[Tensor(name=input_name, dtype=dtype, shape=shape)],
@@ -134,12 +148,9 @@ class TritonServer:
         """Triton would log a taken port and wait; say which one at once."""
         for flag, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
                            ("--metrics-port", self.metrics_port)):
-            with socket.socket() as s:
-                try:
-                    s.bind((HOST, port))
-                except OSError:
-                    raise UserError(f"port {port} on {HOST} is in use (another server?)",
-                                    f"stop it, or pass {flag} with a free port (0: any free port)") from None
+            if port_in_use(port):
+                raise UserError(f"port {port} on {HOST} is in use (another server?)",
+                                f"stop it, or pass {flag} with a free port (0: any free port)")
 
     def serve_until_stopped(self, on_ready: Callable[[], None]) -> None:
         """Start, call ``on_ready``, and serve until Ctrl-C or SIGTERM; then stop the server."""
@@ -157,14 +168,29 @@ class TritonServer:
         raise UserError("the Triton server stopped on its own", "run `vitcompress serve` again with --triton-log to see why")
 
     def stop(self) -> None:
-        # an open client connection holds Triton's shutdown for 30 s, after which it is killed and leaves its
-        # model copy in /tmp: close the clients first
+        """Unload the model, then stop Triton, waiting at most ``EXIT_TIMEOUT_S`` for clients to hang up.
+
+        Triton's shutdown waits for every open HTTP connection (a client's idle keep-alive one too) for up to
+        its exit timeout, 30 s by default, and a model still loaded when that expires keeps its copy in /tmp.
+        """
         while self._clients:
             self._clients.pop().close()
         if self._triton is not None:
             with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+                self._unload_model()
+            with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
                 self._triton.stop()
             self._triton = None
+
+    def _unload_model(self) -> None:
+        import tritonclient.http as httpclient
+        from pytriton.triton import TRITON_ACCESS_HEADER
+
+        admin = httpclient.InferenceServerClient(self.url)
+        try:  # PyTriton restricts the model-control API to its own access token
+            admin.unload_model(self.model_name, headers={TRITON_ACCESS_HEADER: self._triton.get_access_token()})
+        finally:
+            admin.close()
 
     def client(self) -> TritonClient:
         """A function sending one batch over HTTP and returning the logits; closed by :meth:`stop`."""
