@@ -6,13 +6,15 @@ import csv
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import TINY, run_cli
 from vitcompress.bench import bench
 from vitcompress.config import BENCH_BACKENDS, BenchConfig, ExportConfig
 from vitcompress.evaluate import evaluate_artifact
@@ -102,6 +104,36 @@ def test_speed_only_without_data(tmp_path: Path, onnx_export: Path) -> None:
     assert not (result.path / "accuracy_vs_latency.png").exists()
 
 
+def test_each_variant_s_peak_memory_is_its_own(tmp_path: Path) -> None:
+    """A wide model's FP32 export, then its INT8 export (a quarter of the bytes): the INT8 one must report less,
+    by most of the weights it saves. In one process it reported more: the RSS of everything benched before it."""
+    base, int8 = tmp_path / "wide", tmp_path / "wide-int8"
+    assert run_cli("finetune", *TINY[:4], "--patch-size", "8", "--model-kwargs", "depth=2,embed_dim=512,num_heads=2",
+                   "--data", "shapes", "--train-subset", "100", "--batch-size", "50", "--epochs", "1", "--quiet",
+                   "--out", base) == 0
+    assert run_cli("qat", base, "--epochs", "0", "--calib-size", "64", "--quiet", "--out", int8) == 0
+    exports = []
+    for artifact in (base, int8):
+        exports.append(tmp_path / f"{artifact.name}-onnx")
+        export(ExportConfig(src=str(artifact), out=str(exports[-1]), verify_size=16, quiet=True))
+    records = bench(small_bench(exports, tmp_path / "bench", backends="ort-cpu", batch="8")).results["records"]
+    memory = {r["variant"]: r["peak_memory_bytes"] for r in records}
+    saved = records[0]["file_bytes"] - records[1]["file_bytes"]  # about 19 MB of weights
+    assert records[0]["memory_kind"].startswith("peak RSS added") and memory["wide-onnx"] >= records[0]["file_bytes"]
+    assert memory["wide-onnx"] - memory["wide-int8-onnx"] >= saved / 2
+
+
+def test_a_measuring_process_that_dies_says_why(tmp_path: Path, onnx_export: Path) -> None:
+    """An unguarded script: the fresh process imports it again, and its bench call cannot start another."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("from vitcompress.bench import bench\nfrom vitcompress.config import BenchConfig\n"
+                      f"bench(BenchConfig(srcs=[{str(onnx_export)!r}], out={str(tmp_path / 'out')!r}, "
+                      "backends='ort-cpu', batch='1', quiet=True))\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode != 0 and "died" in run.stderr and 'if __name__ == "__main__":' in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_pareto_front() -> None:
     points = [(1.0, 0.80), (2.0, 0.90), (1.5, 0.70), (3.0, 0.85), (0.5, 0.60)]
     assert pareto_front(points) == [(0.5, 0.60), (1.0, 0.80), (2.0, 0.90)]
@@ -188,7 +220,8 @@ def engine_export(onnx_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_an_engine_is_never_sent_a_batch_above_its_profile(tmp_path: Path, engine_export: Path) -> None:
     source = open_source(engine_export)
     assert source.kind == "engine" and source.max_batch == ENGINE_MAX_BATCH
-    result = bench(small_bench([engine_export], tmp_path / "bench", backends="tensorrt", batch="1,4,8"))
+    result = bench(small_bench([engine_export], tmp_path / "bench", backends="tensorrt", batch="1,4,8",
+                               in_process=True))  # the stand-in engine runtime is patched into this process only
     timed = [r["batch"] for r in result.results["records"]]
     assert timed == [1, 4] and result.results["records"][0]["top1"] > 0.2  # accuracy in chunks of 4
     skipped = [s["reason"] for s in result.results["skipped"]]

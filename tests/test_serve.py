@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
-from vitcompress.config import ExportConfig
+from vitcompress.bench import bench
+from vitcompress.config import BenchConfig, ExportConfig
 from vitcompress.errors import UserError
 from vitcompress.evaluate import evaluate_artifact
 from vitcompress.export.exporter import export
@@ -117,6 +118,24 @@ def test_a_concurrent_burst_is_answered_in_full(served) -> None:
     assert float(np.abs(answers[0] - expected[0]).max()) <= TOLERANCE
     ort = RUNTIMES["ort-cpu"](source)
     assert all(np.abs(a - ort.run(r)).max() <= TOLERANCE for a, r in zip(answers, requests, strict=True))
+
+
+def test_bench_measures_the_served_model_under_concurrent_clients(served, tmp_path: Path) -> None:
+    """bench's triton backend: its own server, batch and concurrency records, the same accuracy as ONNX Runtime,
+    every request answered, and the server's processes counted in the peak memory."""
+    source, _ = served
+    config = BenchConfig(srcs=[str(source.path)], out=str(tmp_path / "bench"), backends="ort-cpu,triton", batch="1,4",
+                         data="shapes", eval_size=64, warmup=1, min_iters=3, max_seconds=0.2, concurrency="1,4",
+                         requests=16, quiet=True)
+    records = bench(config).results["records"]
+    by_backend = {backend: [r for r in records if r["backend"] == backend] for backend in ("ort-cpu", "triton")}
+    assert [(r["mode"], r["batch"], r["concurrency"]) for r in by_backend["triton"]] == [
+        ("batch", 1, 1), ("batch", 4, 1), ("concurrency", 1, 1), ("concurrency", 1, 4)]
+    assert [r["iters"] for r in by_backend["triton"] if r["mode"] == "concurrency"] == [16, 16]  # none lost
+    assert {r["top1"] for r in records} == {by_backend["ort-cpu"][0]["top1"]}
+    assert all(r["agreement"] == 1.0 for r in by_backend["triton"])
+    triton, ort = by_backend["triton"][0], by_backend["ort-cpu"][0]
+    assert "server processes" in triton["memory_kind"] and triton["peak_memory_bytes"] > ort["peak_memory_bytes"]
 
 
 def test_serving_an_artifact_says_export_it_first(shapes_artifact: Path, capsys: pytest.CaptureFixture) -> None:

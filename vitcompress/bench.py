@@ -9,10 +9,12 @@ A backend that cannot run a model here is recorded as skipped, with the reason.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch
 from torchmetrics.functional.classification import multiclass_f1_score
 from tqdm import tqdm
 
+from vitcompress import memory
 from vitcompress.augment import BatchTransform
 from vitcompress.cliargs import command_line
 from vitcompress.config import BenchConfig
@@ -39,6 +42,7 @@ ACCURACY_BATCH = 32  # images per call when scoring accuracy
 STAGING_SUFFIX = ".tmp-bench"
 MAX_TRITON_SECONDS = 60.0  # per concurrency level, whatever --requests says
 NO_VARIANT = "(none)"  # a skipped backend that had no model of its kind to run
+RSS_ADDED = "peak RSS added to the process by loading and running the model"
 
 
 @dataclass
@@ -89,10 +93,12 @@ def bench(cfg: BenchConfig) -> BenchResult:
                                 f"engine's profile maximum {source.max_batch}: rebuild it with export --batch ...,{batch}"})
                 progress.update(1)
             try:
-                measured = _measure(source, backend, batches, cfg, images, progress)
+                measured = (_measure if cfg.in_process else _measure_in_fresh_process)(source, backend, batches, cfg, images)
             except UserError as exc:  # a runtime that fails to start here (e.g. Triton from the wrong Python)
                 skipped.append({"variant": source.label, "backend": backend, "reason": str(exc)})
+                progress.update(len(batches))
                 continue
+            progress.update(len(batches))
             records += measured["records"]
             if measured["predictions"] is not None:
                 predictions[(source.label, backend)] = measured["predictions"]
@@ -143,10 +149,25 @@ def _eval_images(cfg: BenchConfig, source: ModelSource) -> EvalImages:
     return EvalImages(generated_pixels(max(cfg.batch_sizes()), source.img_size), None, "generated pixels")
 
 
-def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchConfig, images: EvalImages,
-             progress: tqdm) -> dict[str, Any]:
+def _measure_in_fresh_process(source: ModelSource, backend: str, batches: list[int], cfg: BenchConfig,
+                              images: EvalImages) -> dict[str, Any]:
+    """:func:`_measure` in a new Python process: the peak memory it reports is then the variant's own, not
+    what earlier variants left to the allocator, and a runtime that crashes takes only that process down."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(_measure, source, backend, batches, cfg, images).result()
+        except BrokenProcessPool:
+            raise UserError(f"the process measuring {source.label} on {backend} died (a crash in the runtime, or, "
+                            "from Python, a script whose bench call is not under `if __name__ == \"__main__\":`, "
+                            "which the new process imports again)",
+                            "guard the call so, pass in_process=True (--in-process), or skip that backend") from None
+
+
+def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchConfig,
+             images: EvalImages) -> dict[str, Any]:
     pixels = BatchTransform(source.img_size, source.mean, source.std).eval_pixels(images.pixels)
-    _reset_peak_rss()
+    rss_before = memory.current_rss()
+    memory.reset_peak_rss()
     runtime = RUNTIMES[backend](source, threads=cfg.threads or None, max_batch=max([*batches, ACCURACY_BATCH]))
     try:
         common = {"variant": source.label, "path": str(source.path), "backend": backend, "device": runtime.device,
@@ -160,17 +181,28 @@ def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchCo
             stats = latency_stats(times)
             records.append({**common, "mode": "batch", "batch": batch, "concurrency": 1, **stats,
                             "throughput_ips": round(batch * 1000 / stats["mean_ms"], 2), **accuracy})
-            progress.update(1)
         if backend == "triton":
             records += _concurrency_sweep(runtime, source, pixels, cfg, common, accuracy)
-        device_memory = runtime.memory_bytes()
-        memory = device_memory or _peak_rss()
+        peak, kind = _peak_memory(runtime, rss_before)
         for record in records:
-            record["peak_memory_bytes"] = memory
-            record["memory_kind"] = "device (torch allocator)" if device_memory else "process peak RSS"
+            record["peak_memory_bytes"], record["memory_kind"] = peak, kind
     finally:
         runtime.close()
     return {"records": records, "predictions": predicted}
+
+
+def _peak_memory(runtime: Runtime, rss_before: int | None) -> tuple[int | None, str]:
+    """The runtime's peak device memory where it has one; else the peak RSS its loading and running added to
+    this process, plus the peak RSS of a server's own processes."""
+    device = runtime.memory_bytes()
+    if device is not None:
+        return device, "device (torch allocator)"
+    peak = memory.peak_rss()
+    added = None if peak is None or rss_before is None else peak - rss_before
+    server = runtime.server_rss_bytes()
+    if added is None or server is None:
+        return added, RSS_ADDED
+    return added + server, f"{RSS_ADDED}, plus the server processes' (the sum of their peak RSS)"
 
 
 def _accuracy(runtime: Runtime, source: ModelSource, pixels: torch.Tensor,
@@ -235,23 +267,6 @@ def _add_agreement(records: list[dict[str, Any]], predictions: dict[tuple[str, s
 def _repeat_to(pixels: torch.Tensor, batch: int) -> torch.Tensor:
     reps = -(-batch // len(pixels))
     return pixels.repeat(reps, 1, 1, 1)[:batch]
-
-
-def _reset_peak_rss() -> None:
-    try:  # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) of this process
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_rss() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def hardware() -> dict[str, Any]:

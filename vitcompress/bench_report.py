@@ -40,9 +40,9 @@ def report_table(results: dict[str, Any], fmt: str = "simple") -> str:
                      r["batch"] if r["mode"] == "batch" else f"1 x {r['concurrency']} clients", f"{r['p50_ms']:.2f}",
                      f"{r['p99_ms']:.2f}", f"{r['throughput_ips']:.1f}",
                      f"{r['speedup']:.2f}x" if r.get("speedup") else "-", _pct(r.get("top1")), _pct(r.get("agreement")),
-                     f"{r['file_bytes'] / 1e6:.1f}"))
+                     f"{r['file_bytes'] / 1e6:.1f}", _megabytes(r.get("peak_memory_bytes"))))
     headers = ("variant", "backend", "precision", "batch", "p50 ms", "p99 ms", "img/s", "vs baseline", "top-1",
-               "agrees", "MB")
+               "agrees", "file MB", "peak MB")
     return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
@@ -75,6 +75,10 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     lines += [*plots, ""]
     with atomic_file(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
+
+
+def _megabytes(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.1f}"
 
 
 def _pct(value: float | None) -> str:

@@ -131,6 +131,8 @@ HELP = {
     "max_seconds": "no new timed calls after this many seconds, per batch size",
     "concurrency": "parallel clients for the triton backend",
     "requests": "requests per concurrency level for the triton backend (also bounded to 60 s)",
+    "in_process": "measure every variant in this process instead of a fresh one each (for a debugger; peak memory "
+                  "then includes what earlier variants left behind)",
     "http_port": "HTTP port (0: any free port)",
     "grpc_port": "gRPC port (0: any free port)",
     "metrics_port": "metrics port (0: any free port)",

@@ -389,6 +389,7 @@ class BenchConfig:
     max_seconds: float = 3.0
     concurrency: str = "1,4,16"
     requests: int = 200
+    in_process: bool = False
     force: bool = False
     quiet: bool = False
 

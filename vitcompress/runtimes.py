@@ -60,6 +60,10 @@ class Runtime(ABC):
         """Peak device memory since loading, where the runtime can tell (CUDA); ``None`` on CPUs."""
         return None
 
+    def server_rss_bytes(self) -> int | None:
+        """Peak RSS of the processes that serve the model besides this one (a Triton server's); ``None`` if none."""
+        return None
+
     def precision(self, source: ModelSource) -> str:
         """The arithmetic it runs the model in (the model's own, unless the runtime changes it)."""
         return source.precision
@@ -213,6 +217,9 @@ class TritonRuntime(Runtime):
 
     def close(self) -> None:
         self.server.stop()
+
+    def server_rss_bytes(self) -> int | None:
+        return self.server.peak_rss()  # the model itself runs in this process, called by PyTriton's proxy
 
 
 RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (

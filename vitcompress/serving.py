@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from vitcompress import memory
 from vitcompress.errors import UserError
 from vitcompress.sources import ModelSource
 
@@ -191,6 +192,10 @@ class TritonServer:
             admin.unload_model(self.model_name, headers={TRITON_ACCESS_HEADER: self._triton.get_access_token()})
         finally:
             admin.close()
+
+    def peak_rss(self) -> int | None:
+        """The peak RSS of tritonserver and its Python backend stubs, summed (``None`` where /proc cannot tell)."""
+        return memory.peak_rss_sum(memory.descendants_named("tritonserver")) if self._triton is not None else None
 
     def client(self) -> TritonClient:
         """A function sending one batch over HTTP and returning the logits; closed by :meth:`stop`."""
