@@ -4,7 +4,8 @@ measured in one run on the same images, against the FP32 baseline.
 One record per variant x backend x batch: latency (p50/p90/p99/mean/std), throughput, peak memory,
 file size, params, MACs; accuracy (top-1, macro F1) and agreement with the baseline's predictions
 when ``--data`` is given. The triton backend is also measured under ``--concurrency`` parallel clients.
-A backend that cannot run a model here is recorded as skipped, with the reason.
+A backend that cannot run a model here is recorded as skipped, with the reason. Each variant x backend runs
+in a fresh Python process (unless ``--in-process``), so that its peak memory is its own.
 """
 
 from __future__ import annotations
