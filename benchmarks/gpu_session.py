@@ -337,9 +337,11 @@ def step_bench(args: argparse.Namespace, variants: list[Path], work: Path, out: 
     """The bench variants on the GPU runtimes; the report is copied to OUTDIR/bench_report.md (a lease returns
     at most 8 files, so the rest of bench's output stays in the work folder; its numbers are in the results)."""
     backends = "torch,torch-bf16,torch-compile,torch-cudagraphs,ort-cuda,ort-trt,tensorrt"
+    # --in-process: a fresh process per variant x backend would cost seconds of the lease each (CUDA's start),
+    # and the torch allocator's peak, which bench reports on CUDA, counts live tensors only: right in one process
     proc = cli("bench", *map(str, variants), "--backends", backends,
                "--batch", "1,32,256", "--data", f"folder:{args.data}", "--eval-size", "2000", "--max-seconds", "2",
-               "--out", str(work / "bench"), "--force", "--quiet")
+               "--in-process", "--out", str(work / "bench"), "--force", "--quiet")
     results = work / "bench" / "results.json"
     if not results.is_file():
         return {"error": proc.stderr[-3000:]}
