@@ -161,7 +161,13 @@ def test_foreground_server_answers_then_stops_on_ctrl_c(served) -> None:
         answered["message"] = ready_message(server)
         threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
 
-    server.serve_until_stopped(on_ready)
+    # Ctrl-C as a terminal sends it. A shell starts background jobs with SIGINT ignored, and Python keeps it so:
+    # without this, the suite run as such a job waits here forever
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        server.serve_until_stopped(on_ready)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     expected = RUNTIMES["ort-cpu"](source).run(pixels(2))
     assert float(np.abs(answered["logits"] - expected).max()) <= TOLERANCE
     assert f"'{source.input_name}' UINT8 [N, 32, 32, 3]" in answered["message"] and "N up to 8" in answered["message"]
