@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
+from vitcompress import memory
 from vitcompress.bench import bench
 from vitcompress.config import BenchConfig, ExportConfig
 from vitcompress.errors import UserError
@@ -183,6 +184,8 @@ def test_a_server_stops_cleanly_while_a_client_keeps_its_connection_open(served)
     user_client = TritonClient(server.url, server.model_name, source.input_name)  # not the server's own
     try:
         assert user_client(pixels(1)).shape == (1, 10)
+        every_server = memory.peak_rss_sum(memory.descendants_named("tritonserver"))  # the module's one too
+        assert 0 < server.peak_rss() < every_server  # its own processes only
         server.stop()
     finally:
         user_client.close()

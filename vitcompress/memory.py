@@ -58,13 +58,23 @@ def _name(pid: int) -> str:
         return ""
 
 
-def descendants_named(name: str, root: int | None = None) -> list[int]:
-    """The processes called ``name`` below ``root`` (default: this process), each with all its own descendants."""
+def _has_args(pid: int, args: tuple[str, ...]) -> bool:
+    """Whether ``args`` stand side by side, in order, in the process's command line."""
+    try:
+        argv = (PROC / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return any(tuple(argv[i:i + len(args)]) == args for i in range(len(argv)))
+
+
+def descendants_named(name: str, with_args: tuple[str, ...] = (), root: int | None = None) -> list[int]:
+    """The processes called ``name`` below ``root`` (default: this process) whose command line holds
+    ``with_args``, each with all its own descendants."""
     children = _children()
     found, stack = [], list(children.get(root or os.getpid(), []))
     while stack:
         pid = stack.pop()
-        if _name(pid) == name:
+        if _name(pid) == name and _has_args(pid, with_args):
             found += [pid, *_subtree(pid, children)]
         else:
             stack += children.get(pid, [])

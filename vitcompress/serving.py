@@ -194,8 +194,11 @@ class TritonServer:
             admin.close()
 
     def peak_rss(self) -> int | None:
-        """The peak RSS of tritonserver and its Python backend stubs, summed (``None`` where /proc cannot tell)."""
-        return memory.peak_rss_sum(memory.descendants_named("tritonserver")) if self._triton is not None else None
+        """The peak RSS of this server's tritonserver and its Python backend stubs, summed (``None`` where /proc
+        cannot tell). Its HTTP port tells it from other servers this process runs."""
+        if self._triton is None:
+            return None
+        return memory.peak_rss_sum(memory.descendants_named("tritonserver", ("--http-port", str(self.http_port))))
 
     def client(self) -> TritonClient:
         """A function sending one batch over HTTP and returning the logits; closed by :meth:`stop`."""
