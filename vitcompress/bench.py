@@ -97,9 +97,9 @@ def bench(cfg: BenchConfig) -> BenchResult:
                 measured = (_measure if cfg.in_process else _measure_in_fresh_process)(source, backend, batches, cfg, images)
             except UserError as exc:  # a runtime that fails to start here (e.g. Triton from the wrong Python)
                 skipped.append({"variant": source.label, "backend": backend, "reason": str(exc)})
-                progress.update(len(batches))
                 continue
-            progress.update(len(batches))
+            finally:
+                progress.update(len(batches))
             records += measured["records"]
             if measured["predictions"] is not None:
                 predictions[(source.label, backend)] = measured["predictions"]
