@@ -12,6 +12,7 @@ from vitcompress.augment import BatchTransform
 from vitcompress.config import AUTO_AUGMENT_CHOICES, AugmentOptions, TrainConfig
 from vitcompress.datasets.shapes import generate
 from vitcompress.errors import UserError
+from vitcompress.memory import current_rss, peak_rss, reset_peak_rss
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
@@ -129,3 +130,18 @@ def test_random_erasing_pixel_mode_fills_with_standard_normal_noise() -> None:
 def test_bad_random_erasing_options_are_user_errors(options: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         TrainConfig(augment=AugmentOptions(**options)).validate()
+
+
+def test_eval_pixels_of_a_whole_test_split_are_resized_a_chunk_at_a_time() -> None:
+    """2,000 CIFAR-sized images at 224 px: the same pixels as one image at a time, without the float copy of the
+    whole split (1.2 GB here; 6 GB for CIFAR-10's test split) that converting them in one go held."""
+    stored = torch.randint(0, 256, (2000, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    t = BatchTransform(224, MEAN, STD)
+    reset_peak_rss()
+    before = current_rss()
+    pixels = t.eval_pixels(stored)
+    added = peak_rss() - before
+    assert pixels.shape == (2000, 224, 224, 3) and pixels.dtype == torch.uint8
+    for i in (0, 255, 256, 1999):  # either side of a chunk boundary, and the last
+        assert torch.equal(pixels[i], t.eval_pixels(stored[i : i + 1])[0])
+    assert added < 2 * pixels.numel()  # the result and one chunk's floats; all at once, about 5x the result

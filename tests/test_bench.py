@@ -183,6 +183,20 @@ def test_accuracy_is_what_eval_reports(tmp_path: Path, shapes_artifact: Path, on
         assert record["f1_macro"] == pytest.approx(report["f1_macro"], abs=1e-6)
 
 
+def test_a_model_at_another_size_than_the_data_scores_what_eval_reports(tmp_path: Path) -> None:
+    """bench brings the 32 px test images to a 40 px model's size a call at a time; eval does it a batch at a time."""
+    artifact, onnx = tmp_path / "at40", tmp_path / "at40-onnx"
+    assert run_cli("finetune", *TINY, "--img-size", "40", "--data", "shapes", "--train-subset", "300", "--epochs", "2",
+                   "--out", artifact) == 0
+    assert json.loads((artifact / "vitcompress.json").read_text())["input"]["size"] == [3, 40, 40]
+    export(ExportConfig(src=str(artifact), out=str(onnx), verify_size=16, quiet=True))
+    result = bench(small_bench([artifact, onnx], tmp_path / "bench", backends="torch,ort-cpu", batch="1", eval_size=0))
+    for src in (artifact, onnx):
+        report = evaluate_artifact(str(src), "shapes")
+        (record,) = [r for r in result.results["records"] if r["path"] == str(src)]
+        assert record["top1"] == pytest.approx(report["top1"], abs=1e-6) and report["samples"] == 1000
+
+
 ENGINE_MAX_BATCH = 4
 
 

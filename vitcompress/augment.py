@@ -29,6 +29,9 @@ _AUTO_AUGMENT = {
     "autoaugment-svhn": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.SVHN),
     "trivialaugment": lambda: v2.TrivialAugmentWide(),
 }
+# images resized at a time by eval_pixels: the float intermediate of a whole test split is gigabytes at 224 px
+# (10,000 CIFAR images: 6 GB), and resizing is per image, so chunks give the same pixels
+EVAL_PIXELS_CHUNK = 256
 
 
 class BatchTransform:
@@ -70,7 +73,11 @@ class BatchTransform:
         """The uint8 ``N x img_size x img_size x 3`` pixels a deployed model is sent (what ``eval`` sees, unnormalised)."""
         if batch.shape[1] == self.img_size and batch.shape[2] == self.img_size:
             return batch
-        return self._eval_view(batch).mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        out = torch.empty((len(batch), self.img_size, self.img_size, 3), dtype=torch.uint8, device=batch.device)
+        for start in range(0, len(batch), EVAL_PIXELS_CHUNK):
+            chunk = self._eval_view(batch[start : start + EVAL_PIXELS_CHUNK])
+            out[start : start + len(chunk)] = chunk.mul_(255).round_().permute(0, 2, 3, 1)
+        return out
 
     def model_input(self, pixels: torch.Tensor, takes_pixels: bool) -> np.ndarray:
         """What a deployed graph is fed for pixels at its size: the pixels, or normalised float NCHW."""

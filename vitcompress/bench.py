@@ -166,7 +166,8 @@ def _measure_in_fresh_process(source: ModelSource, backend: str, batches: list[i
 
 def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchConfig,
              images: EvalImages) -> dict[str, Any]:
-    pixels = BatchTransform(source.img_size, source.mean, source.std).eval_pixels(images.pixels)
+    transform = BatchTransform(source.img_size, source.mean, source.std)
+    sample = transform.eval_pixels(images.pixels[: max(batches, default=1)])  # what latency is timed on
     rss_before = memory.current_rss()
     memory.reset_peak_rss()
     runtime = RUNTIMES[backend](source, threads=cfg.threads or None, max_batch=max([*batches, ACCURACY_BATCH]))
@@ -174,16 +175,16 @@ def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchCo
         common = {"variant": source.label, "path": str(source.path), "backend": backend, "device": runtime.device,
                   "precision": runtime.precision(source), "kind": source.kind, "file_bytes": source.file_bytes,
                   "params": source.params, "macs": source.macs}
-        accuracy, predicted = _accuracy(runtime, source, pixels, images.labels)
+        accuracy, predicted = _accuracy(runtime, source, transform, images.pixels, images.labels)
         records = []
         for batch in batches:
-            inputs = source.prepare(_repeat_to(pixels, batch))
+            inputs = source.prepare(_repeat_to(sample, batch))
             times = time_calls(lambda inputs=inputs: runtime.run(inputs), cfg.warmup, cfg.min_iters, cfg.max_seconds)
             stats = latency_stats(times)
             records.append({**common, "mode": "batch", "batch": batch, "concurrency": 1, **stats,
                             "throughput_ips": round(batch * 1000 / stats["mean_ms"], 2), **accuracy})
         if backend == "triton":
-            records += _concurrency_sweep(runtime, source, pixels, cfg, common, accuracy)
+            records += _concurrency_sweep(runtime, source, sample, cfg, common, accuracy)
         peak, kind = _peak_memory(runtime, rss_before)
         for record in records:
             record["peak_memory_bytes"], record["memory_kind"] = peak, kind
@@ -206,12 +207,14 @@ def _peak_memory(runtime: Runtime, rss_before: int | None) -> tuple[int | None, 
     return added + server, f"{RSS_ADDED}, plus the server processes' (the sum of their peak RSS)"
 
 
-def _accuracy(runtime: Runtime, source: ModelSource, pixels: torch.Tensor,
+def _accuracy(runtime: Runtime, source: ModelSource, transform: BatchTransform, stored: torch.Tensor,
               labels: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Top-1 and macro F1 of the test images, brought to the model's size a call at a time (all at once, a
+    test split at 224 px is gigabytes)."""
     if labels is None:
         return {}, None
-    chunks = pixels.split(runtime.batch_limit(source, ACCURACY_BATCH))
-    logits = np.concatenate([runtime.run(source.prepare(chunk)) for chunk in chunks])
+    chunks = stored.split(runtime.batch_limit(source, ACCURACY_BATCH))
+    logits = np.concatenate([runtime.run(source.prepare(transform.eval_pixels(chunk))) for chunk in chunks])
     predicted = logits.argmax(1)
     f1 = multiclass_f1_score(torch.from_numpy(predicted), torch.from_numpy(labels), len(source.classes), average="macro")
     return {"top1": float((predicted == labels).mean()), "f1_macro": float(f1)}, predicted  # F1 as eval computes it
