@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -15,13 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY, run_cli, write_image_folder
+from tests.conftest import SMALL_DEV_SHM, TINY, run_cli, with_small_dev_shm, write_image_folder
 from tests.test_torchvision_data import write_dtd
 from vitcompress.artifact import read_meta
 from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.items import ImageFiles, square_pixels
 from vitcompress.datasets.streamed import StreamedImages
-from vitcompress.loader import BatchLoader, read_all
+from vitcompress.errors import UserError
+from vitcompress.loader import PREFETCH_BATCHES, BatchLoader, read_all
 from vitcompress.predict import _stored
 
 CPU = torch.device("cpu")
@@ -174,3 +176,30 @@ def test_a_streamed_run_that_waits_for_data_says_so(tmp_path: Path, monkeypatch:
             assert min(shares) > 0.5 and err.count("waited for data") == 1 and "--workers" in err  # said once
         else:
             assert "waited for data" not in err
+
+
+@SMALL_DEV_SHM
+def test_streaming_without_the_shared_memory_it_needs_is_one_line(tmp_path: Path) -> None:
+    """Loader workers hand batches over through /dev/shm. A worker that cannot prints a traceback and the training
+    loop waited for its batch for ever; now the run refuses to start, says how much it needs, and writes nothing."""
+    root = write_image_folder(tmp_path / "d", per_class=40, classes=3, fmt="jpg")
+    out = tmp_path / "run"
+    run = with_small_dev_shm("finetune", *TINY, "--data", f"folder:{root}", "--stream", "--workers", "2", "--epochs", "1",
+                             "--batch-size", "64", "--cache-dir", str(tmp_path / "cache"), "--out", str(out))
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "/dev/shm has 1 MB free" in run.stderr and "--shm-size" in run.stderr
+    assert not out.exists()
+
+
+def test_shared_memory_is_checked_before_workers_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = write_image_folder(tmp_path / "d", per_class=10, classes=3, fmt="jpg")
+    data = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0, cache_dir=str(tmp_path / "c"),
+                                 stream=True, workers=2, quiet=True))
+    loader = BatchLoader(data.train, 4, CPU, shuffle=False, drop_last=False)
+    need = 2 * PREFETCH_BATCHES * 4 * 32 * 32 * 3  # workers x batches ahead x images x bytes each
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 30, (1 << 30) - need + 1, need - 1))
+    with pytest.raises(UserError, match="need about 0 MB"):
+        next(iter(loader))
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 30, (1 << 30) - need, need))
+    images, _ = next(iter(loader))
+    assert len(images) == 4

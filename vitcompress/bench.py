@@ -28,13 +28,12 @@ from tqdm import tqdm
 
 from vitcompress import memory
 from vitcompress.augment import BatchTransform
+from vitcompress.bench_images import EvalImages, eval_images, handed_to_processes
 from vitcompress.cliargs import command_line
 from vitcompress.config import BenchConfig
-from vitcompress.data import DataOptions, generated_pixels, test_sample
 from vitcompress.errors import UserError, require
 from vitcompress.fsutil import check_output_dir, staged_directory, staging_path
 from vitcompress.latency import latency_stats, time_calls
-from vitcompress.loader import read_all
 from vitcompress.locks import refuse_if_live
 from vitcompress.runtimes import RUNTIMES, Runtime
 from vitcompress.sources import ModelSource, open_source
@@ -44,13 +43,6 @@ STAGING_SUFFIX = ".tmp-bench"
 MAX_TRITON_SECONDS = 60.0  # per concurrency level, whatever --requests says
 NO_VARIANT = "(none)"  # a skipped backend that had no model of its kind to run
 RSS_ADDED = "peak RSS added to the process by loading and running the model"
-
-
-@dataclass
-class EvalImages:
-    pixels: torch.Tensor  # uint8 N x S x S x 3 as stored; each model gets them at its own size
-    labels: np.ndarray | None
-    source: str
 
 
 @dataclass
@@ -72,7 +64,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
     baseline = _baseline(sources, cfg.baseline)
     out = check_output_dir(cfg.out, cfg.force)
     refuse_if_live(staging_path(out, STAGING_SUFFIX), out)  # before measuring, not after
-    images = _eval_images(cfg, sources[0])
+    images = eval_images(cfg, sources[0])
     plan = [(s, name) for s in sources for name in cfg.backend_names() if s.kind in RUNTIMES[name].kinds]
     records: list[dict[str, Any]] = []
     planned = {name for _, name in plan}
@@ -80,7 +72,8 @@ def bench(cfg: BenchConfig) -> BenchResult:
                for name in cfg.backend_names() if name not in planned]  # asked for, so listed, never dropped
     predictions: dict[tuple[str, str], np.ndarray] = {}
     steps = sum(len(cfg.batch_sizes()) for _ in plan)
-    with tqdm(total=steps, desc="bench", disable=cfg.quiet, unit="point") as progress:
+    with tqdm(total=steps, desc="bench", disable=cfg.quiet, unit="point") as progress, \
+            handed_to_processes(images, cfg.in_process) as images:
         for source, backend in plan:
             reason = RUNTIMES[backend].unavailable(source)
             if reason:
@@ -138,18 +131,6 @@ def _baseline(sources: list[ModelSource], named: str | None) -> ModelSource:
     return next((s for s in sources if s.precision == "fp32"), sources[0])
 
 
-def _eval_images(cfg: BenchConfig, source: ModelSource) -> EvalImages:
-    """The test split of ``--data`` (or ``--eval-size`` images of it); generated pixels without ``--data``."""
-    if cfg.data:
-        test = test_sample(DataOptions(spec=cfg.data, data_dir=cfg.data_dir, img_size=source.img_size, val_split=0.0,
-                                       cache_dir=cfg.cache_dir, quiet=cfg.quiet, expected_classes=source.classes,
-                                       stream=cfg.stream, trained_on=source.trained_on),
-                           cfg.eval_size)
-        pixels, labels = read_all(test)
-        return EvalImages(pixels, labels.numpy(), f"{cfg.data} (test split, {len(labels)} images)")
-    return EvalImages(generated_pixels(max(cfg.batch_sizes()), source.img_size), None, "generated pixels")
-
-
 def _measure_in_fresh_process(source: ModelSource, backend: str, batches: list[int], cfg: BenchConfig,
                               images: EvalImages) -> dict[str, Any]:
     """:func:`_measure` in a new Python process: the peak memory it reports is then the variant's own, not
@@ -166,8 +147,11 @@ def _measure_in_fresh_process(source: ModelSource, backend: str, batches: list[i
 
 def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchConfig,
              images: EvalImages) -> dict[str, Any]:
+    """Latency at each batch, the peak memory that loading and running the model at those batches took, and then
+    (outside that peak: scoring reads every test image) accuracy."""
     transform = BatchTransform(source.img_size, source.mean, source.std)
-    sample = transform.eval_pixels(images.pixels[: max(batches, default=1)])  # what latency is timed on
+    stored = images.stored()
+    sample = transform.eval_pixels(stored[: max(batches, default=1)])  # what latency is timed on
     rss_before = memory.current_rss()
     memory.reset_peak_rss()
     runtime = RUNTIMES[backend](source, threads=cfg.threads or None, max_batch=max([*batches, ACCURACY_BATCH]))
@@ -175,19 +159,19 @@ def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchCo
         common = {"variant": source.label, "path": str(source.path), "backend": backend, "device": runtime.device,
                   "precision": runtime.precision(source), "kind": source.kind, "file_bytes": source.file_bytes,
                   "params": source.params, "macs": source.macs}
-        accuracy, predicted = _accuracy(runtime, source, transform, images.pixels, images.labels)
         records = []
         for batch in batches:
             inputs = source.prepare(_repeat_to(sample, batch))
             times = time_calls(lambda inputs=inputs: runtime.run(inputs), cfg.warmup, cfg.min_iters, cfg.max_seconds)
             stats = latency_stats(times)
             records.append({**common, "mode": "batch", "batch": batch, "concurrency": 1, **stats,
-                            "throughput_ips": round(batch * 1000 / stats["mean_ms"], 2), **accuracy})
+                            "throughput_ips": round(batch * 1000 / stats["mean_ms"], 2)})
         if backend == "triton":
-            records += _concurrency_sweep(runtime, source, sample, cfg, common, accuracy)
+            records += _concurrency_sweep(runtime, source, sample, cfg, common)
         peak, kind = _peak_memory(runtime, rss_before)
+        accuracy, predicted = _accuracy(runtime, source, transform, stored, images.labels)
         for record in records:
-            record["peak_memory_bytes"], record["memory_kind"] = peak, kind
+            record.update(peak_memory_bytes=peak, memory_kind=kind, **accuracy)
     finally:
         runtime.close()
     return {"records": records, "predictions": predicted}
@@ -221,7 +205,7 @@ def _accuracy(runtime: Runtime, source: ModelSource, transform: BatchTransform, 
 
 
 def _concurrency_sweep(runtime: Runtime, source: ModelSource, pixels: torch.Tensor, cfg: BenchConfig,
-                       common: dict[str, Any], accuracy: dict[str, Any]) -> list[dict[str, Any]]:
+                       common: dict[str, Any]) -> list[dict[str, Any]]:
     """Batch-1 requests from N parallel clients, bounded by ``--requests`` and a time limit per level."""
     server = runtime.server  # type: ignore[attr-defined]
     one = source.prepare(pixels[:1])
@@ -235,7 +219,7 @@ def _concurrency_sweep(runtime: Runtime, source: ModelSource, pixels: torch.Tens
             times = [t for future in futures for t in future.result()]
         wall = time.perf_counter() - started
         records.append({**common, "mode": "concurrency", "batch": 1, "concurrency": clients, **latency_stats(times),
-                        "throughput_ips": round(len(times) / wall, 2), **accuracy})
+                        "throughput_ips": round(len(times) / wall, 2)})
     return records
 
 

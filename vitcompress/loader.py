@@ -9,14 +9,18 @@ one whole batch of the same indices, so both forms give the same batches in the 
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vitcompress.datasets.imageset import ImageSet
+from vitcompress.errors import UserError
 
 DEVICE_MEMORY_SHARE = 0.25  # keep a split on the GPU only if it takes at most this share of free memory
+PREFETCH_BATCHES = 4  # batches each loader worker decodes ahead
+SHARED_MEMORY = "/dev/shm"  # where workers hand decoded batches to the training process (torch's reducers)
 
 
 class BatchLoader:
@@ -71,10 +75,12 @@ class BatchLoader:
     def _decoded(self, chunks: tuple[torch.Tensor, ...]) -> DataLoader:
         """The batches of a streamed split, decoded ahead by worker processes, in order."""
         workers = min(self.data.images.workers, len(chunks))
+        if workers:
+            check_shared_memory(workers * PREFETCH_BATCHES * self.batch_size * math.prod(self.data.images.shape[1:]))
         # Its own generator: the workers' base seed would otherwise be drawn from the global RNG, and every
         # augmentation after it would differ from the cached path's.
         return DataLoader(_BatchReads(self.data, chunks), batch_size=None, num_workers=workers,
-                          pin_memory=self.device.type == "cuda", prefetch_factor=4 if workers else None,
+                          pin_memory=self.device.type == "cuda", prefetch_factor=PREFETCH_BATCHES if workers else None,
                           generator=torch.Generator())
 
 
@@ -99,6 +105,21 @@ def read_all(data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
     if not batches:
         return torch.empty((0, *data.images.shape[1:]), dtype=torch.uint8), data.labels[:0]
     return torch.cat([images for images, _ in batches]), torch.cat([labels for _, labels in batches])
+
+
+def check_shared_memory(needed: int, folder: str = SHARED_MEMORY) -> None:
+    """Refuse to start loader workers that cannot hand over their batches: a worker that fails to write one to
+    shared memory prints a traceback and the loop waits for it for ever. Containers get 64 MB of /dev/shm."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:  # no /dev/shm (not Linux): torch shares memory another way
+        return
+    mb = 1 << 20
+    if free < needed:
+        raise UserError(f"{folder} has {free / mb:.0f} MB free, and --stream's loader workers need about "
+                        f"{needed / mb:.0f} MB of it for the batches they decode ahead",
+                        "start the container with --ipc=host or a larger --shm-size, or pass fewer --workers "
+                        "or a smaller --batch-size")
 
 
 def _fits_on_device(images: torch.Tensor, device: torch.device) -> bool:

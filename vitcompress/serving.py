@@ -62,6 +62,13 @@ def port_in_use(port: int) -> bool:
     return False
 
 
+def start_failure_fix(reason: str) -> str:
+    """What to do about a server that did not start, from Triton's reason."""
+    if "shared memory" in reason:  # the Python backend's tensors go through /dev/shm: 64 MB in a container
+        return "start the container with --ipc=host or --shm-size=1g (Triton's Python backend needs /dev/shm)"
+    return "make the virtualenv from the system Python (/usr/bin/python3.11 on Debian), as `make setup` does; see docs/bench.md"
+
+
 class TritonServer:
     """Triton hosting ``source`` under ``model_name``: ``start()``, call, ``stop()`` (or ``serve()`` to block)."""
 
@@ -131,9 +138,8 @@ class TritonServer:
             with contextlib.suppress(Exception):
                 triton.stop()
             self._triton = None
-            raise UserError(f"the Triton server did not start ({str(exc).splitlines()[0][:300]})",
-                            "make the virtualenv from the system Python (/usr/bin/python3.11 on Debian), "
-                            "as `make setup` does; see docs/bench.md") from None
+            reason = str(exc).splitlines()[0]
+            raise UserError(f"the Triton server did not start ({reason[:300]})", start_failure_fix(reason)) from None
 
     def _wait_ready(self) -> None:
         import tritonclient.http as httpclient
