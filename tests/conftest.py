@@ -112,20 +112,21 @@ def random_image(path: Path, size: int = 48) -> None:
     Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
 
 
-def _can_shrink_dev_shm() -> bool:
-    """Whether this user can mount a small /dev/shm in a private mount namespace (root, util-linux's unshare)."""
+def _can_mount_small_filesystems() -> bool:
+    """Whether this user can mount a small tmpfs in a private mount namespace (root, util-linux's unshare)."""
     if shutil.which("unshare") is None:
         return False
     return subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", "/dev/shm"],
                           capture_output=True).returncode == 0
 
 
-SMALL_DEV_SHM = pytest.mark.skipif(not _can_shrink_dev_shm(), reason="shrinking /dev/shm needs root and unshare")
+SMALL_FILESYSTEMS = pytest.mark.skipif(not _can_mount_small_filesystems(), reason="mounting needs root and unshare")
 
 
-def with_small_dev_shm(*args: str, megabytes: int = 1) -> subprocess.CompletedProcess:
-    """``vitcompress ARGS`` with a /dev/shm of ``megabytes``, as in a container (Docker's default is 64 MB)."""
+def with_small_filesystem(*args: str, mountpoint: str = "/dev/shm", megabytes: int = 1) -> subprocess.CompletedProcess:
+    """``vitcompress ARGS`` with a tmpfs of ``megabytes`` over ``mountpoint``, seen by that command alone: by
+    default a /dev/shm as small as a container's (Docker's is 64 MB)."""
     command = shlex.join([sys.executable, "-m", "vitcompress", *args])
-    mount = f"mount -t tmpfs -o size={megabytes}m tmpfs /dev/shm"
+    mount = shlex.join(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", mountpoint])
     return subprocess.run(["unshare", "-m", "sh", "-c", f"{mount} && {command}"], capture_output=True, text=True,
                           timeout=300)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import SMALL_DEV_SHM, TINY, run_cli, with_small_dev_shm
+from tests.conftest import SMALL_FILESYSTEMS, TINY, run_cli, with_small_filesystem
 from vitcompress.bench import bench
 from vitcompress.config import BENCH_BACKENDS, BenchConfig, ExportConfig
 from vitcompress.evaluate import evaluate_artifact
@@ -183,16 +183,26 @@ def test_accuracy_is_what_eval_reports(tmp_path: Path, shapes_artifact: Path, on
         assert record["f1_macro"] == pytest.approx(report["f1_macro"], abs=1e-6)
 
 
-@SMALL_DEV_SHM
+@SMALL_FILESYSTEMS
 def test_bench_measures_in_a_container_s_small_dev_shm(tmp_path: Path, onnx_export: Path) -> None:
     """Docker gives containers 64 MB of /dev/shm. The 3 MB of test images here, with 1 MB of it: handed to the
     measuring process as a tensor they went through /dev/shm, and it never started."""
     out = tmp_path / "bench"
-    run = with_small_dev_shm("bench", str(onnx_export), "--data", "shapes", "--backends", "ort-cpu", "--batch", "1",
+    run = with_small_filesystem("bench", str(onnx_export), "--data", "shapes", "--backends", "ort-cpu", "--batch", "1",
                              "--max-seconds", "0.2", "--quiet", "--out", str(out))
     assert run.returncode == 0, run.stderr[-2000:]
     (record,) = json.loads((out / "results.json").read_text())["records"]
     assert record["top1"] > 0.2 and record["peak_memory_bytes"] > 0  # 10 classes: chance is 0.1
+
+
+@SMALL_FILESYSTEMS
+def test_no_room_for_the_test_images_is_one_line(tmp_path: Path, onnx_export: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "bench"
+    cache.mkdir()
+    run = with_small_filesystem("bench", str(onnx_export), "--data", "shapes", "--backends", "ort-cpu", "--batch", "1",
+                                "--cache-dir", str(cache), "--quiet", "--out", str(out), mountpoint=str(cache))
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr[-2000:]
+    assert "cannot save the test images" in run.stderr and "--eval-size" in run.stderr and not out.exists()
 
 
 def test_a_model_at_another_size_than_the_data_scores_what_eval_reports(tmp_path: Path) -> None:

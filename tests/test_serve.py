@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import SMALL_DEV_SHM, run_cli, with_small_dev_shm
+from tests.conftest import SMALL_FILESYSTEMS, run_cli, with_small_filesystem
 from vitcompress import memory
 from vitcompress.bench import bench
 from vitcompress.config import BenchConfig, ExportConfig
@@ -145,12 +145,12 @@ def test_serving_an_artifact_says_export_it_first(shapes_artifact: Path, capsys:
     assert err.count("\n") == 0 and "vitcompress export" in err
 
 
-@SMALL_DEV_SHM
+@SMALL_FILESYSTEMS
 def test_a_container_s_small_dev_shm_is_named_with_its_fix(served) -> None:
     """Triton's Python backend needs /dev/shm, which a container keeps at 64 MB: the fix is the container's flag,
     not (as serve said before) the virtualenv's Python."""
     source, _ = served
-    run = with_small_dev_shm("serve", str(source.path), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    run = with_small_filesystem("serve", str(source.path), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
     last = run.stderr.strip().splitlines()[-1]
     assert run.returncode == 2 and last.startswith("error: the Triton server did not start")
     assert "shared memory" in last and "--shm-size" in last and "system Python" not in last

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import SMALL_DEV_SHM, TINY, run_cli, with_small_dev_shm, write_image_folder
+from tests.conftest import SMALL_FILESYSTEMS, TINY, run_cli, with_small_filesystem, write_image_folder
 from tests.test_torchvision_data import write_dtd
 from vitcompress.artifact import read_meta
 from vitcompress.data import DataOptions, load_data
@@ -178,13 +178,13 @@ def test_a_streamed_run_that_waits_for_data_says_so(tmp_path: Path, monkeypatch:
             assert "waited for data" not in err
 
 
-@SMALL_DEV_SHM
+@SMALL_FILESYSTEMS
 def test_streaming_without_the_shared_memory_it_needs_is_one_line(tmp_path: Path) -> None:
     """Loader workers hand batches over through /dev/shm. A worker that cannot prints a traceback and the training
     loop waited for its batch for ever; now the run refuses to start, says how much it needs, and writes nothing."""
     root = write_image_folder(tmp_path / "d", per_class=40, classes=3, fmt="jpg")
     out = tmp_path / "run"
-    run = with_small_dev_shm("finetune", *TINY, "--data", f"folder:{root}", "--stream", "--workers", "2", "--epochs", "1",
+    run = with_small_filesystem("finetune", *TINY, "--data", f"folder:{root}", "--stream", "--workers", "2", "--epochs", "1",
                              "--batch-size", "64", "--cache-dir", str(tmp_path / "cache"), "--out", str(out))
     assert run.returncode == 2, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and "/dev/shm has 1 MB free" in run.stderr and "--shm-size" in run.stderr

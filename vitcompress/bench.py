@@ -73,7 +73,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
     predictions: dict[tuple[str, str], np.ndarray] = {}
     steps = sum(len(cfg.batch_sizes()) for _ in plan)
     with tqdm(total=steps, desc="bench", disable=cfg.quiet, unit="point") as progress, \
-            handed_to_processes(images, cfg.in_process) as images:
+            handed_to_processes(images, cfg) as images:
         for source, backend in plan:
             reason = RUNTIMES[backend].unavailable(source)
             if reason:

@@ -3,7 +3,8 @@
 A tensor handed to another process goes through shared memory (torch's reducers put it in ``/dev/shm``),
 which containers keep at 64 MB unless started with ``--shm-size`` or ``--ipc=host``: 10,000 images at
 224 px do not fit, and the measuring process would never start. So the images are saved once to a
-temporary ``.npy`` that each measuring process maps from disk.
+temporary ``.npy`` that each measuring process maps from disk, in the cache directory (where the decoded
+data already is: a disk with room for it, where /tmp may be memory).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 from vitcompress.config import BenchConfig
-from vitcompress.data import DataOptions, generated_pixels, test_sample
+from vitcompress.data import DataOptions, default_cache_dir, generated_pixels, test_sample
+from vitcompress.errors import UserError
 from vitcompress.loader import read_all
 from vitcompress.sources import ModelSource
 
@@ -51,13 +53,20 @@ def eval_images(cfg: BenchConfig, source: ModelSource) -> EvalImages:
 
 
 @contextlib.contextmanager
-def handed_to_processes(images: EvalImages, in_process: bool) -> Iterator[EvalImages]:
+def handed_to_processes(images: EvalImages, cfg: BenchConfig) -> Iterator[EvalImages]:
     """``images`` as measuring processes take them: saved to a temporary file for the duration (as they are,
     when everything is measured in this process)."""
-    if in_process:
+    if cfg.in_process:
         yield images
         return
-    with tempfile.TemporaryDirectory(prefix="vitcompress-bench-") as folder:
+    parent = (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "bench"
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="images-", dir=parent) as folder:
         path = Path(folder) / "eval_images.npy"
-        np.save(path, images.stored().numpy())
+        try:
+            np.save(path, images.stored().numpy())
+        except OSError as exc:
+            raise UserError(f"cannot save the test images for the measuring processes in {parent} ({exc.strerror})",
+                            "free space there or pass --cache-dir elsewhere, measure fewer (--eval-size N), "
+                            "or measure in this process (--in-process)") from None
         yield replace(images, pixels=None, file=path)
