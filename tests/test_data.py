@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import SHARED_CIFAR, TINY, make_archive, run_cli, write_image_folder
+from tests.conftest import (
+    SHARED_CIFAR,
+    SMALL_FILESYSTEMS,
+    TINY,
+    make_archive,
+    run_cli,
+    with_small_filesystem,
+    write_image_folder,
+)
 from vitcompress.data import DataOptions, load_data, load_test_split, trained_storage_size
 from vitcompress.datasets.imageset import holdout_split
 from vitcompress.datasets.shapes import CLASSES, generate
@@ -214,6 +222,19 @@ def test_scoring_the_models_own_data_takes_its_recorded_storage_size(tmp_path: P
     assert json.loads(capsys.readouterr().out)["top1"] == before["top1"]
     assert run_cli("eval", model, "--data", f"folder:{full}/", "--json") == 2  # not the recorded spec: train/ is listed
     assert "every class folder needs at least one image" in capsys.readouterr().err
+
+
+@SMALL_FILESYSTEMS
+def test_a_cache_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """A read-only cache (a read-only home in a container, or a shared cache): one line with the way around it."""
+    archive = make_archive(write_image_folder(tmp_path / "imgs", per_class=10, classes=2, fmt="jpg"), tmp_path / "d.tar")
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    cache.mkdir()
+    run = with_small_filesystem("finetune", *TINY, "--data", f"folder:{archive}", "--epochs", "1", "--cache-dir", str(cache),
+                                "--out", str(out), mountpoint=str(cache), read_only=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr[-2000:]
+    assert f"cannot write the cache directory {cache}" in run.stderr and "--cache-dir" in run.stderr
+    assert not out.exists()
 
 
 def test_truncated_archive(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from vitcompress.config import BenchConfig
 from vitcompress.data import DataOptions, default_cache_dir, generated_pixels, test_sample
 from vitcompress.errors import UserError
 from vitcompress.loader import read_all
+from vitcompress.locks import writable_cache_folder
 from vitcompress.sources import ModelSource
 
 
@@ -59,8 +60,7 @@ def handed_to_processes(images: EvalImages, cfg: BenchConfig) -> Iterator[EvalIm
     if cfg.in_process:
         yield images
         return
-    parent = (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "bench"
-    parent.mkdir(parents=True, exist_ok=True)
+    parent = writable_cache_folder((Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) / "bench")
     with tempfile.TemporaryDirectory(prefix="images-", dir=parent) as folder:
         path = Path(folder) / "eval_images.npy"
         try:

@@ -7,6 +7,7 @@ left behind locks nothing and needs no clearing by hand.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from filelock import FileLock, Timeout
 from vitcompress.errors import UserError
 
 LOCK_FILE = ".lock"  # inside a staging directory, locked by the live process that builds it
+CACHE_FIX = "pass --cache-dir DIR or set VITCOMPRESS_CACHE to a folder you can write"
 
 
 def lock_staging(staging: Path, out: Path) -> FileLock:
@@ -47,7 +49,18 @@ def build_once(target: Path, ready: Callable[[Path], bool], build: Callable[[], 
     """
     if ready(target):
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
+    writable_cache_folder(target.parent)  # only now: a cache built already may be shared read-only
     with FileLock(target.with_name(f".{target.name}.lock")):
         if not ready(target):
             build()
+
+
+def writable_cache_folder(folder: Path) -> Path:
+    """``folder`` in the cache, created if need be; one that cannot be written is one line naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write the cache directory {folder} ({exc.strerror})", CACHE_FIX) from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write the cache directory {folder} (read-only)", CACHE_FIX)
+    return folder
