@@ -123,12 +123,12 @@ def _can_mount_small_filesystems() -> bool:
 SMALL_FILESYSTEMS = pytest.mark.skipif(not _can_mount_small_filesystems(), reason="mounting needs root and unshare")
 
 
-def with_small_filesystem(*args: str, mountpoint: str = "/dev/shm", megabytes: int = 1,
+def with_small_filesystem(*args: str, mountpoint: str = "/dev/shm", size: str = "1m",
                           read_only: bool = False) -> subprocess.CompletedProcess:
-    """``vitcompress ARGS`` with a tmpfs of ``megabytes`` (empty; ``read_only`` if asked) over ``mountpoint``, seen by
+    """``vitcompress ARGS`` with a tmpfs of ``size`` (empty; ``read_only`` if asked) over ``mountpoint``, seen by
     that command alone: by default a /dev/shm as small as a container's (Docker's is 64 MB)."""
     command = shlex.join([sys.executable, "-m", "vitcompress", *args])
-    options = f"size={megabytes}m" + (",ro" if read_only else "")
+    options = f"size={size}" + (",ro" if read_only else "")
     mount = shlex.join(["mount", "-t", "tmpfs", "-o", options, "tmpfs", mountpoint])
     return subprocess.run(["unshare", "-m", "sh", "-c", f"{mount} && {command}"], capture_output=True, text=True,
                           timeout=300)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -15,7 +16,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import TINY, random_image, run_cli, write_image_folder
+from tests.conftest import SMALL_FILESYSTEMS, TINY, random_image, run_cli, with_small_filesystem, write_image_folder
+from vitcompress.errors import storage_error
+from vitcompress.fsutil import write_torch
 
 
 def assert_clean_failure(capsys: pytest.CaptureFixture, args: list, *needles: str) -> str:
@@ -314,3 +317,41 @@ def test_an_export_or_bench_being_written_is_not_replaced(tmp_path: Path, capsys
         holder.wait()
     assert run_cli(*args, "--out", out, "--force", "--quiet") == 0  # the holder is gone: its leftovers are replaced
     assert out.is_dir() and not staging.exists() and not (out / ".lock").exists()
+
+
+@SMALL_FILESYSTEMS
+def test_a_full_disk_is_one_line_and_publishes_nothing(tmp_path: Path, shapes_artifact: Path) -> None:
+    """An --out on a disk with 300 KB free: the weights do not fit (safetensors says so in its own error type)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run = with_small_filesystem("finetune", *TINY, "--data", "shapes", "--epochs", "1", "--out", str(disk / "run"),
+                                mountpoint=str(disk), size="300k")
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr[-2000:]
+    assert run.stderr.startswith("error: no space left for ") and "No space left on device" in run.stderr
+    assert "--out" in run.stderr and not (disk / "run").exists()
+
+
+@SMALL_FILESYSTEMS
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path: Path, shapes_artifact: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run = with_small_filesystem("export", str(shapes_artifact), "--out", str(disk / "onnx"), "--quiet",
+                                mountpoint=str(disk), read_only=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr[-2000:]
+    assert f"cannot use {disk / 'onnx'}" in run.stderr and "Read-only file system" in run.stderr
+
+
+def test_torch_s_failed_write_on_a_full_disk_is_an_os_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save's own error names no cause; with the disk full it is the OSError the CLI reports in one line."""
+    def failing_save(*_args, **_kwargs) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 30, 1 << 30, 0))
+    with pytest.raises(OSError) as full:
+        write_torch({}, tmp_path / "checkpoint.pt")
+    assert full.value.errno == errno.ENOSPC and storage_error(full.value) is not None
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 30, 0, 1 << 30))
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # room on the disk: not a full disk, a bug
+        write_torch({}, tmp_path / "checkpoint.pt")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left either way

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from vitcompress.errors import UserError
-from vitcompress.fsutil import atomic_file, sha256_file
+from vitcompress.fsutil import atomic_file, sha256_file, write_safetensors
 from vitcompress.models import create_model
 
 FORMAT_VERSION = 1
@@ -118,8 +118,7 @@ def write_artifact(directory: Path, model: nn.Module, meta: ArtifactMeta) -> Non
     """Write weights and metadata into ``directory`` (a staging dir; the caller publishes it)."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with atomic_file(directory / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+    write_safetensors(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})
     with atomic_file(directory / META_FILE) as tmp:
         tmp.write_text(json.dumps(meta.to_json(), indent=2) + "\n")
 

@@ -10,7 +10,7 @@ import traceback
 from vitcompress import __version__
 from vitcompress.config import BENCH_BACKENDS
 from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS
-from vitcompress.errors import UserError
+from vitcompress.errors import UserError, storage_error
 
 HELP = {
     "model": "timm model name, e.g. vit_tiny_patch16_224, deit_small_patch16_224, beitv2_base_patch16_224",
@@ -395,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        error = storage_error(exc)
+        if error is None or args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"interrupted; {_after_interrupt(args.command)}", file=sys.stderr)
         return 130

@@ -6,6 +6,8 @@ other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """A problem with the user's input, with the fix in the message.
@@ -25,3 +27,19 @@ def require(condition: bool, problem: str, fix: str = "") -> None:
     """Raise :class:`UserError` unless ``condition`` holds."""
     if not condition:
         raise UserError(problem, fix)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_error(exc: OSError) -> UserError | None:
+    """A full disk, or a path the user may not write (or read): the user's machine, not a bug, so one line that
+    names the place (``None`` for any other ``OSError``, which keeps its traceback)."""
+    if exc.errno in _FULL:
+        return UserError(f"no space left for {exc.filename or 'a file being written'} ({exc.strerror})",
+                         "free space there, or point --out (or --cache-dir, for data) at another disk")
+    if exc.errno in _DENIED and exc.filename:
+        return UserError(f"cannot use {exc.filename} ({exc.strerror})",
+                         "check its permissions, or choose an --out (or --cache-dir) you can write")
+    return None

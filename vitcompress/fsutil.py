@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+
 from vitcompress.errors import UserError
 from vitcompress.locks import LOCK_FILE, lock_staging, refuse_if_live
+
+FULL_DISK_BYTES = 1 << 20  # free space below which a failed write is taken for a full disk
 
 
 @contextlib.contextmanager
@@ -28,6 +36,33 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def write_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``state`` to ``path``, atomically. safetensors reports a failed write (a full disk) as its own error, with the
+    system's error number in the text: it is raised as the ``OSError`` any other write would raise."""
+    with atomic_file(path) as tmp:
+        try:
+            save_file(state, str(tmp), metadata=metadata)
+        except SafetensorError as exc:
+            number = re.search(r"os error (\d+)", str(exc))
+            if number is None:
+                raise
+            code = int(number.group(1))
+            raise OSError(code, os.strerror(code), str(path)) from exc
+
+
+def write_torch(state: dict, path: Path) -> None:
+    """``torch.save(state)`` to ``path``, atomically. torch reports a failed write as a ``RuntimeError`` without the
+    system's error (``unexpected pos ...``); when the disk is full then (the partial file still on it), it is
+    raised as the ``OSError`` any other write would raise."""
+    with atomic_file(path) as tmp:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:
+            if shutil.disk_usage(path.parent).free > FULL_DISK_BYTES:
+                raise
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
 
 
 def give_default_mode(path: str | os.PathLike) -> None:

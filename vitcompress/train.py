@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -38,7 +37,7 @@ from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext
 from vitcompress.errors import UserError, require
 from vitcompress.evaluate import evaluate
-from vitcompress.fsutil import atomic_file
+from vitcompress.fsutil import atomic_file, write_safetensors, write_torch
 from vitcompress.loader import BatchLoader
 
 STARVED_SHARE = 0.2  # a streamed epoch that waits for data this share of its time gets a hint
@@ -198,8 +197,7 @@ class Trainer:
             "decay_timeline": asdict(self.timeline),
             "config": asdict(self.cfg), "rng": _rng_state(),
         }
-        with atomic_file(self.workdir / CHECKPOINT_FILE) as tmp:
-            torch.save(state, tmp)
+        write_torch(state, self.workdir / CHECKPOINT_FILE)
 
     def load_checkpoint(self) -> None:
         path = self.workdir / CHECKPOINT_FILE
@@ -367,8 +365,7 @@ class Trainer:
             self.best_val, self.best_epoch, self.bad_epochs = score, epoch + 1, 0
             if self.ctx.is_main and score is not None:  # without validation the last epoch is kept as is
                 state = {k: v.detach().cpu().contiguous() for k, v in self.eval_model().state_dict().items()}
-                with atomic_file(self.workdir / BEST_WEIGHTS_FILE) as tmp:
-                    save_file(state, str(tmp))
+                write_safetensors(state, self.workdir / BEST_WEIGHTS_FILE)
         else:
             self.bad_epochs += 1
         if self.ctx.is_main and not self.cfg.quiet:
