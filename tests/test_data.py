@@ -237,6 +237,22 @@ def test_a_cache_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@SMALL_FILESYSTEMS
+@pytest.mark.parametrize("data", ["folder", "archive"])
+def test_a_cache_on_a_full_disk_is_one_line(tmp_path: Path, data: str) -> None:
+    """Decoding writes through a memory map, and a map's write to a full disk killed the process ("Bus error",
+    no message); extracting an archive there said to copy the archive again."""
+    folder = write_image_folder(tmp_path / "imgs", per_class=40, classes=2, fmt="jpg")
+    source = folder if data == "folder" else make_archive(folder, tmp_path / "d.tar")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    size = "200k" if data == "folder" else "64k"  # room for the lock files, not for the 80 decoded images (245 KB)
+    run = with_small_filesystem("finetune", *TINY, "--data", f"folder:{source}", "--epochs", "1", "--cache-dir",
+                                str(cache), "--out", str(tmp_path / "run"), mountpoint=str(cache), size=size)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr[-2000:]
+    assert run.stderr.startswith(f"error: no space left for {cache}") and "--cache-dir" in run.stderr
+
+
 def test_truncated_archive(tmp_path: Path) -> None:
     archive = make_archive(write_image_folder(tmp_path / "d", per_class=2, classes=2), tmp_path / "d.tar.gz")
     archive.write_bytes(archive.read_bytes()[:200])

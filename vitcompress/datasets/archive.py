@@ -11,6 +11,7 @@ so an interrupted extraction is never reused.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -55,6 +56,8 @@ def _extract(archive: Path, target: Path, quiet: bool) -> None:
                     _extract_files_only(tar, staging)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, UnsafeMember) as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the cache's disk, not the archive
+            raise OSError(exc.errno, exc.strerror, exc.filename or str(target)) from None
         if isinstance(exc, (getattr(tarfile, "FilterError", UnsafeMember), UnsafeMember)):
             raise UserError(f"archive {archive} has an unsafe member ({exc})",
                             "rebuild the archive with relative paths only and no links out of it") from None

@@ -8,6 +8,7 @@ read into RAM when it fits comfortably, else batches are gathered straight from 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -51,9 +52,13 @@ def build_cache(splits: dict[str, SplitItems], classes: list[str], size: int, ta
         total = sum(len(labels) for _, labels in splits.values())
         print(f"decoding {total} images once at {size}x{size} into {target}", file=sys.stderr, flush=True)
     skipped: list[str] = []
-    for split, (items, labels) in splits.items():
-        (staging / split).mkdir(parents=True)
-        skipped += _decode_split(_Decoding(items, labels, size), size, staging / split, workers, quiet)
+    try:
+        for split, (items, labels) in splits.items():
+            (staging / split).mkdir(parents=True)
+            skipped += _decode_split(_Decoding(items, labels, size), size, staging / split, workers, quiet)
+    except BaseException:  # a full disk, Ctrl-C: no half-decoded copy left in the cache
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     for split in splits:
         if int((staging / split / "count.txt").read_text()) == 0:
             shutil.rmtree(staging, ignore_errors=True)
@@ -83,6 +88,7 @@ class _Decoding(Dataset):
 def _decode_split(dataset: Dataset, size: int, out: Path, workers: int, quiet: bool) -> list[str]:
     """Decode into ``out/images.npy`` + ``labels.npy``; return the names of the images that could not be read."""
     images = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(len(dataset), size, size, 3))
+    _reserve(out / "images.npy")
     labels, bad, kept = [], [], 0
     # Its own generator: drawing the workers' seed from the global RNG would make a run that decodes train
     # differently from the same run reading the cache.
@@ -99,6 +105,18 @@ def _decode_split(dataset: Dataset, size: int, out: Path, workers: int, quiet: b
     np.save(out / "labels.npy", np.asarray(labels, dtype=np.int64))
     (out / "count.txt").write_text(str(kept))
     return bad
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the file's blocks on the disk now. A memory map's write to a page the disk has no room for kills
+    the process (SIGBUS, "Bus error"), with no exception to report: a full disk must show itself here."""
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without it: written as it comes
+                return
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 def open_split(folder: Path, classes: list[str]) -> ImageSet:
