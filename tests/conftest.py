@@ -107,6 +107,11 @@ def make_archive(folder: Path, archive: Path) -> Path:
     return archive
 
 
+def huge_image(path: Path) -> None:
+    """A PNG of 182 M pixels (one colour: 0.6 MB on disk), over twice PIL's MAX_IMAGE_PIXELS: PIL refuses to open it."""
+    Image.new("RGB", (13500, 13500), (10, 200, 30)).save(path)
+
+
 def random_image(path: Path, size: int = 48) -> None:
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)

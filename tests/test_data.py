@@ -18,6 +18,7 @@ from tests.conftest import (
     SHARED_CIFAR,
     SMALL_FILESYSTEMS,
     TINY,
+    huge_image,
     make_archive,
     run_cli,
     with_small_filesystem,
@@ -49,10 +50,11 @@ def test_folder_with_corrupt_and_non_image_files(tmp_path: Path, capsys: pytest.
     root = write_image_folder(tmp_path / "d", per_class=4, classes=3)
     (root / "train" / "circle" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (root / "train" / "circle" / "notes.txt").write_text("ignored: not an image extension")
+    huge_image(root / "train" / "square" / "huge.png")  # PIL refuses it (a decompression bomb); it crashed decoding
     data = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0.0, cache_dir=str(tmp_path / "c")))
-    assert "skipped 1 unreadable image" in capsys.readouterr().err
+    assert "skipped 2 unreadable image" in capsys.readouterr().err
     assert len(data.train) == 12 and len(data.test) == 12 and data.classes == ["circle", "square", "triangle"]
-    assert data.description["skipped_files"][0].endswith("broken.jpg")
+    assert sorted(Path(f).name for f in data.description["skipped_files"]) == ["broken.jpg", "huge.png"]
     assert data.train.images.shape[1:] == (32, 32, 3)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY, run_cli, write_image_folder
+from tests.conftest import REPO, TINY, huge_image, run_cli, write_image_folder
 from vitcompress.artifact import read_meta
 from vitcompress.config import ExportConfig
 from vitcompress.datasets.shapes import CLASSES
@@ -221,16 +221,18 @@ def test_predict_skips_an_unreadable_image_among_readable_ones(tmp_path: Path, s
     """One corrupt file in a folder of photos gets an error record and a warning; the others are still classified."""
     root = write_image_folder(tmp_path / "imgs", per_class=2, classes=2, splits=("test",), seed=5)
     good = sorted(str(f) for f in (root / "test").rglob("*.png"))
-    bad = root / "test" / "broken.png"
+    bad, huge = root / "test" / "broken.png", root / "test" / "huge.png"
     bad.write_bytes(b"\x89PNG truncated")
+    huge_image(huge)  # too large for PIL to open safely: a traceback before
     assert run_cli("predict", shapes_artifact, root / "test", "--json", "--top-k", "1") == 0
     captured = capsys.readouterr()
     records = {r["image"]: r for r in json.loads(captured.out)["predictions"]}
-    assert set(records) == {*good, str(bad)} and "error" in records[str(bad)]
+    assert set(records) == {*good, str(bad), str(huge)} and "error" in records[str(bad)]
+    assert "DecompressionBombError" in records[str(huge)]["error"]
     assert all(len(records[file]["top"]) == 1 for file in good)
     alone = Classifier(shapes_artifact).probabilities(good)
     assert [records[file]["top"][0]["class"] for file in good] == [CLASSES[i] for i in alone.argmax(axis=1)]
-    assert "skipped 1 unreadable image" in captured.err and str(bad) in captured.err
+    assert "skipped 2 unreadable image" in captured.err and str(bad) in captured.err
 
 
 def test_bench_finds_finetunes_torchvision_set_where_finetune_did(tmp_path: Path) -> None:

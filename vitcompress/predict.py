@@ -37,11 +37,14 @@ from vitcompress.sources import ModelSource, open_source
 
 ImageLike = str | Path | Image.Image
 MAX_READERS = 16  # threads decoding images
-UNREADABLE_RECORD = "cannot be read as an image: skipped"
 
 
 class UnreadableImage(UserError):
-    """An image file PIL cannot open or decode."""
+    """An image file PIL cannot open or decode, and PIL's reason."""
+
+    def __init__(self, image: ImageLike, exc: Exception) -> None:
+        self.reason = f"{type(exc).__name__}: {str(exc)[:160]}"
+        super().__init__(f"cannot read image {image} ({self.reason})", "pass image files PIL can open (JPEG, PNG, ...)")
 
 
 class Classifier:
@@ -137,8 +140,7 @@ def _stored(image: ImageLike, img_size: int) -> np.ndarray:
         with Image.open(image) as img:
             return stored_pixels(img, storage_side(img.size, img_size))
     except UNREADABLE as exc:
-        raise UnreadableImage(f"cannot read image {image} ({type(exc).__name__})",
-                              "pass image files PIL can open (JPEG, PNG, ...)") from None
+        raise UnreadableImage(image, exc) from None
 
 
 def image_files(paths: list[str]) -> list[str]:
@@ -172,6 +174,7 @@ def predict(src: str, images: list[str], top_k: int = 5, backend: str | None = N
         if len(unreadable) == len(files):
             raise unreadable[first]
         print(f"warning: skipped {len(unreadable)} unreadable image(s) (first: {files[first]})", file=sys.stderr)
-    return [{"image": file, "error": UNREADABLE_RECORD} if index in unreadable else
+    return [{"image": file, "error": f"cannot be read as an image ({unreadable[index].reason}): skipped"}
+            if index in unreadable else
             {"image": file, "top": [{"class": c, "probability": round(p, 6)} for c, p in classifier.top_classes(row, top_k)]}
             for index, (file, row) in enumerate(zip(files, probs, strict=True))]

@@ -19,7 +19,8 @@ CROP_PCT = 0.875  # the usual resize-then-centre-crop ratio for evaluation
 # then resampled: what PIL's own ``thumbnail`` does (its reducing_gap). 2-6x faster for photos many times the stored
 # size, within 0.5 of the full decode's pixel values on average (docs/data.md).
 DRAFT_GAP = 2
-UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError)  # what PIL raises on a broken file
+# what PIL raises on a broken file, and on one too large to decode safely (over Image.MAX_IMAGE_PIXELS x 2)
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def storage_side(image_size: tuple[int, int], img_size: int) -> int:
