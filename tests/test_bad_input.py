@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.conftest import SMALL_FILESYSTEMS, TINY, random_image, run_cli, with_small_filesystem, write_image_folder
-from vitcompress.errors import storage_error
+from vitcompress.errors import is_out_of_memory, storage_error
 from vitcompress.fsutil import write_torch
 
 
@@ -355,3 +355,13 @@ def test_torch_s_failed_write_on_a_full_disk_is_an_os_error(tmp_path: Path, monk
     with pytest.raises(RuntimeError, match="unexpected pos"):  # room on the disk: not a full disk, a bug
         write_torch({}, tmp_path / "checkpoint.pt")
     assert list(tmp_path.iterdir()) == []  # nothing half-written left either way
+
+
+@pytest.mark.parametrize(("exc", "expected"), [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"), True),
+    (MemoryError(), True),
+    (RuntimeError("shape mismatch"), False),
+])
+def test_out_of_memory_is_told_from_other_failures(exc: BaseException, expected: bool) -> None:
+    assert is_out_of_memory(exc) is expected

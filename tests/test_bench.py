@@ -266,3 +266,23 @@ def test_an_engine_is_never_sent_a_batch_above_its_profile(tmp_path: Path, engin
     assert report["runtime"] == "tensorrt" and report["samples"] == 1000
     assert Classifier(engine_export, batch_size=32).batch_size == ENGINE_MAX_BATCH
     assert max(OnnxAsEngine.calls) == ENGINE_MAX_BATCH
+
+
+class OutOfMemoryAtBatch3(OrtRuntime):
+    """ONNX Runtime that runs out of device memory on batches of 3, as a GPU does on a batch too large for it."""
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().run(batch)
+
+
+def test_a_batch_the_device_has_no_memory_for_is_skipped_and_the_rest_measured(
+        tmp_path: Path, onnx_export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(RUNTIMES, "ort-cpu", OutOfMemoryAtBatch3)
+    result = bench(small_bench([onnx_export], tmp_path / "bench", backends="ort-cpu", batch="1,3,4",
+                               in_process=True))  # the patched runtime lives in this process only
+    records = result.results["records"]
+    assert [r["batch"] for r in records] == [1, 4] and all(r["top1"] > 0.2 for r in records)
+    assert [s["reason"] for s in result.results["skipped"]] == ["batch 3: out of memory on cpu"]
+    assert "out of memory" in (result.path / "report.md").read_text()

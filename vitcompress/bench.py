@@ -31,7 +31,7 @@ from vitcompress.augment import BatchTransform
 from vitcompress.bench_images import EvalImages, eval_images, handed_to_processes
 from vitcompress.cliargs import command_line
 from vitcompress.config import BenchConfig
-from vitcompress.errors import UserError, require
+from vitcompress.errors import UserError, is_out_of_memory, require
 from vitcompress.fsutil import check_output_dir, staged_directory, staging_path
 from vitcompress.latency import latency_stats, time_calls
 from vitcompress.locks import refuse_if_live
@@ -94,6 +94,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
             finally:
                 progress.update(len(batches))
             records += measured["records"]
+            skipped += measured["skipped"]
             if measured["predictions"] is not None:
                 predictions[(source.label, backend)] = measured["predictions"]
     if not records:
@@ -148,13 +149,21 @@ def _measure_in_fresh_process(source: ModelSource, backend: str, batches: list[i
 def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchConfig,
              images: EvalImages) -> dict[str, Any]:
     """Latency at each batch, the peak memory that loading and running the model at those batches took, and then
-    (outside that peak: scoring reads every test image) accuracy."""
+    (outside that peak: scoring reads every test image) accuracy. A batch the device has no memory for is listed
+    as skipped, and the others are measured."""
     transform = BatchTransform(source.img_size, source.mean, source.std)
     stored = images.stored()
     sample = transform.eval_pixels(stored[: max(batches, default=1)])  # what latency is timed on
     rss_before = memory.current_rss()
     memory.reset_peak_rss()
     runtime = RUNTIMES[backend](source, threads=cfg.threads or None, max_batch=max([*batches, ACCURACY_BATCH]))
+    skipped: list[dict[str, Any]] = []
+
+    def out_of_memory(what: str) -> None:
+        skipped.append({"variant": source.label, "backend": backend, "reason": f"{what}: out of memory on {runtime.device}"})
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # what the failed batch's allocations left cached, for the next batch
+
     try:
         common = {"variant": source.label, "path": str(source.path), "backend": backend, "device": runtime.device,
                   "precision": runtime.precision(source), "kind": source.kind, "file_bytes": source.file_bytes,
@@ -162,19 +171,31 @@ def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchCo
         records = []
         for batch in batches:
             inputs = source.prepare(_repeat_to(sample, batch))
-            times = time_calls(lambda inputs=inputs: runtime.run(inputs), cfg.warmup, cfg.min_iters, cfg.max_seconds)
+            try:
+                times = time_calls(lambda inputs=inputs: runtime.run(inputs), cfg.warmup, cfg.min_iters, cfg.max_seconds)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                out_of_memory(f"batch {batch}")
+                continue
             stats = latency_stats(times)
             records.append({**common, "mode": "batch", "batch": batch, "concurrency": 1, **stats,
                             "throughput_ips": round(batch * 1000 / stats["mean_ms"], 2)})
         if backend == "triton":
             records += _concurrency_sweep(runtime, source, sample, cfg, common)
         peak, kind = _peak_memory(runtime, rss_before)
-        accuracy, predicted = _accuracy(runtime, source, transform, stored, images.labels)
+        try:
+            accuracy, predicted = _accuracy(runtime, source, transform, stored, images.labels)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory(f"accuracy (batches of {runtime.batch_limit(source, ACCURACY_BATCH)})")
+            accuracy, predicted = {}, None
         for record in records:
             record.update(peak_memory_bytes=peak, memory_kind=kind, **accuracy)
     finally:
         runtime.close()
-    return {"records": records, "predictions": predicted}
+    return {"records": records, "predictions": predicted, "skipped": skipped}
 
 
 def _peak_memory(runtime: Runtime, rss_before: int | None) -> tuple[int | None, str]:

@@ -10,7 +10,7 @@ import traceback
 from vitcompress import __version__
 from vitcompress.config import BENCH_BACKENDS
 from vitcompress.datasets.torchvision_catalog import TORCHVISION_SETS
-from vitcompress.errors import UserError, storage_error
+from vitcompress.errors import UserError, is_out_of_memory, storage_error
 
 HELP = {
     "model": "timm model name, e.g. vit_tiny_patch16_224, deit_small_patch16_224, beitv2_base_patch16_224",
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted; {_after_interrupt(args.command)}", file=sys.stderr)
         return 130
     except Exception as exc:  # out of memory is the one runtime failure a user fixes by changing flags
-        if type(exc).__name__ != "OutOfMemoryError" or args.debug:
+        if not is_out_of_memory(exc) or args.debug:
             raise
         print("error: out of memory; lower --batch-size (keep the effective batch with --accum-steps) "
               "or use --amp bf16", file=sys.stderr)

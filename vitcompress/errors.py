@@ -43,3 +43,11 @@ def storage_error(exc: OSError) -> UserError | None:
         return UserError(f"cannot use {exc.filename} ({exc.strerror})",
                          "check its permissions, or choose an --out (or --cache-dir) you can write")
     return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's CUDA out-of-memory error, or a runtime's (ONNX Runtime's and TensorRT's say so in their message)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    message = str(exc).lower()
+    return "out of memory" in message or "failed to allocate memory" in message
