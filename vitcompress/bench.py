@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import platform
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -159,10 +160,17 @@ def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchCo
     runtime = RUNTIMES[backend](source, threads=cfg.threads or None, max_batch=max([*batches, ACCURACY_BATCH]))
     skipped: list[dict[str, Any]] = []
 
-    def out_of_memory(what: str) -> None:
+    def unless_out_of_memory(what: str, call: Callable[[], Any]) -> Any:
+        """``call()``, or ``None`` (and ``what`` listed as skipped) when the device has no memory for it."""
+        try:
+            return call()
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
         skipped.append({"variant": source.label, "backend": backend, "reason": f"{what}: out of memory on {runtime.device}"})
         if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # what the failed batch's allocations left cached, for the next batch
+            torch.cuda.empty_cache()  # what the failed call's allocations left cached, for the next one
+        return None
 
     try:
         common = {"variant": source.label, "path": str(source.path), "backend": backend, "device": runtime.device,
@@ -171,12 +179,9 @@ def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchCo
         records = []
         for batch in batches:
             inputs = source.prepare(_repeat_to(sample, batch))
-            try:
-                times = time_calls(lambda inputs=inputs: runtime.run(inputs), cfg.warmup, cfg.min_iters, cfg.max_seconds)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                out_of_memory(f"batch {batch}")
+            times = unless_out_of_memory(f"batch {batch}", lambda inputs=inputs: time_calls(
+                lambda: runtime.run(inputs), cfg.warmup, cfg.min_iters, cfg.max_seconds))
+            if times is None:
                 continue
             stats = latency_stats(times)
             records.append({**common, "mode": "batch", "batch": batch, "concurrency": 1, **stats,
@@ -184,13 +189,9 @@ def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchCo
         if backend == "triton":
             records += _concurrency_sweep(runtime, source, sample, cfg, common)
         peak, kind = _peak_memory(runtime, rss_before)
-        try:
-            accuracy, predicted = _accuracy(runtime, source, transform, stored, images.labels)
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            out_of_memory(f"accuracy (batches of {runtime.batch_limit(source, ACCURACY_BATCH)})")
-            accuracy, predicted = {}, None
+        accuracy, predicted = unless_out_of_memory(
+            f"accuracy (batches of {runtime.batch_limit(source, ACCURACY_BATCH)})",
+            lambda: _accuracy(runtime, source, transform, stored, images.labels)) or ({}, None)
         for record in records:
             record.update(peak_memory_bytes=peak, memory_kind=kind, **accuracy)
     finally:

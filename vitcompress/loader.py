@@ -107,16 +107,16 @@ def read_all(data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([images for images, _ in batches]), torch.cat([labels for _, labels in batches])
 
 
-def check_shared_memory(needed: int, folder: str = SHARED_MEMORY) -> None:
+def check_shared_memory(needed: int) -> None:
     """Refuse to start loader workers that cannot hand over their batches: a worker that fails to write one to
     shared memory prints a traceback and the loop waits for it for ever. Containers get 64 MB of /dev/shm."""
     try:
-        free = shutil.disk_usage(folder).free
+        free = shutil.disk_usage(SHARED_MEMORY).free
     except OSError:  # no /dev/shm (not Linux): torch shares memory another way
         return
     mb = 1 << 20
     if free < needed:
-        raise UserError(f"{folder} has {free / mb:.0f} MB free, and --stream's loader workers need about "
+        raise UserError(f"{SHARED_MEMORY} has {free / mb:.0f} MB free, and --stream's loader workers need about "
                         f"{needed / mb:.0f} MB of it for the batches they decode ahead",
                         "start the container with --ipc=host or a larger --shm-size, or pass fewer --workers "
                         "or a smaller --batch-size")
