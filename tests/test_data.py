@@ -51,7 +51,8 @@ def test_folder_with_corrupt_and_non_image_files(tmp_path: Path, capsys: pytest.
     (root / "train" / "circle" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (root / "train" / "circle" / "notes.txt").write_text("ignored: not an image extension")
     huge_image(root / "train" / "square" / "huge.png")  # PIL refuses it (a decompression bomb); it crashed decoding
-    data = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0.0, cache_dir=str(tmp_path / "c")))
+    data = load_data(DataOptions(spec=f"folder:{root}", img_size=32, val_split=0.0, cache_dir=str(tmp_path / "c"),
+                                 quiet=True))  # --quiet hides progress, not warnings
     assert "skipped 2 unreadable image" in capsys.readouterr().err
     assert len(data.train) == 12 and len(data.test) == 12 and data.classes == ["circle", "square", "triangle"]
     assert sorted(Path(f).name for f in data.description["skipped_files"]) == ["broken.jpg", "huge.png"]

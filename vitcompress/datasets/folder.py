@@ -200,7 +200,7 @@ def _open_splits(root: Path, classes: list[str], samples: dict[str, list[tuple[s
     target = cache_dir / "decoded" / _cache_key(root, samples, size)
     splits = decoded_splits(split_items, classes, size, target, quiet)
     skipped = skipped_files(target)
-    if skipped and not quiet:
+    if skipped:  # a warning, not progress: --quiet (no progress bars or per-epoch lines) keeps it, for the logs
         print(f"warning: skipped {len(skipped)} unreadable image(s) in {root} (first: {skipped[0]}); "
               f"the full list is in {target / 'manifest.json'}", file=sys.stderr, flush=True)
     return splits, {**info, "skipped_files": skipped}
