@@ -189,7 +189,7 @@ def test_bench_measures_in_a_container_s_small_dev_shm(tmp_path: Path, onnx_expo
     measuring process as a tensor they went through /dev/shm, and it never started."""
     out = tmp_path / "bench"
     run = with_small_filesystem("bench", str(onnx_export), "--data", "shapes", "--backends", "ort-cpu", "--batch", "1",
-                             "--max-seconds", "0.2", "--quiet", "--out", str(out))
+                                "--max-seconds", "0.2", "--quiet", "--out", str(out))
     assert run.returncode == 0, run.stderr[-2000:]
     (record,) = json.loads((out / "results.json").read_text())["records"]
     assert record["top1"] > 0.2 and record["peak_memory_bytes"] > 0  # 10 classes: chance is 0.1

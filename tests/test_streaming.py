@@ -185,7 +185,7 @@ def test_streaming_without_the_shared_memory_it_needs_is_one_line(tmp_path: Path
     root = write_image_folder(tmp_path / "d", per_class=40, classes=3, fmt="jpg")
     out = tmp_path / "run"
     run = with_small_filesystem("finetune", *TINY, "--data", f"folder:{root}", "--stream", "--workers", "2", "--epochs", "1",
-                             "--batch-size", "64", "--cache-dir", str(tmp_path / "cache"), "--out", str(out))
+                                "--batch-size", "64", "--cache-dir", str(tmp_path / "cache"), "--out", str(out))
     assert run.returncode == 2, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and "/dev/shm has 1 MB free" in run.stderr and "--shm-size" in run.stderr
     assert not out.exists()

@@ -29,14 +29,14 @@ def require(condition: bool, problem: str, fix: str = "") -> None:
         raise UserError(problem, fix)
 
 
-_FULL = (errno.ENOSPC, errno.EDQUOT)
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)  # the errnos of a disk (or quota) with no room left
 _DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def storage_error(exc: OSError) -> UserError | None:
     """A full disk, or a path the user may not write (or read): the user's machine, not a bug, so one line that
     names the place (``None`` for any other ``OSError``, which keeps its traceback)."""
-    if exc.errno in _FULL:
+    if exc.errno in FULL_DISK:
         return UserError(f"no space left for {exc.filename or 'a file being written'} ({exc.strerror})",
                          "free space there, or point --out (or --cache-dir, for data) at another disk")
     if exc.errno in _DENIED and exc.filename:

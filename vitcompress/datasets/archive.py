@@ -11,7 +11,6 @@ so an interrupted extraction is never reused.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import shutil
@@ -20,7 +19,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from vitcompress.errors import UserError
+from vitcompress.errors import FULL_DISK, UserError
 from vitcompress.locks import build_once
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
@@ -56,7 +55,7 @@ def _extract(archive: Path, target: Path, quiet: bool) -> None:
                     _extract_files_only(tar, staging)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, UnsafeMember) as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the cache's disk, not the archive
+        if isinstance(exc, OSError) and exc.errno in FULL_DISK:  # the cache's disk, not the archive
             raise OSError(exc.errno, exc.strerror, exc.filename or str(target)) from None
         if isinstance(exc, (getattr(tarfile, "FilterError", UnsafeMember), UnsafeMember)):
             raise UserError(f"archive {archive} has an unsafe member ({exc})",
