@@ -50,7 +50,7 @@ def finetune(cfg: FinetuneConfig) -> StageResult:
 
 
 def _finetune(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> StageResult:
-    out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main)
+    out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main, config=cfg)
     seed_everything(cfg.train.seed + ctx.rank)
     data = ctx.main_first(lambda: load_data(_data_options(cfg, img_size, ctx)))  # rank 0 builds any decode cache
     kwargs = build_kwargs(data.num_classes, img_size, cfg.patch_size, parse_model_kwargs(cfg.model_kwargs))
@@ -61,7 +61,7 @@ def _finetune(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> StageResu
         load_init_checkpoint(model, cfg.init_checkpoint)
     data_cfg = resolve_data_config({}, model=model)
     transform = BatchTransform(img_size, data_cfg["mean"], data_cfg["std"], cfg.train.augment)
-    with staging_guard(staging, ctx.is_main):
+    with staging_guard(staging, ctx.is_main, config=cfg):
         return _train_and_publish(cfg, ctx, model, data, transform, kwargs, out, staging)
 
 
@@ -76,7 +76,8 @@ def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, 
     if (staging / BEST_WEIGHTS_FILE).is_file():
         ctx.barrier()
         final.load_state_dict(load_file(str(staging / BEST_WEIGHTS_FILE), device=str(ctx.device)))
-    test = evaluate(final, data.test, transform, ctx)  # full precision, as `vitcompress eval` scores the artifact
+    # full precision, as `vitcompress eval` scores the artifact
+    test = evaluate(final, data.test, transform, ctx, progress="" if cfg.train.quiet else "scoring")
     meta = ArtifactMeta(
         stage="finetune", model_name=cfg.model, model_kwargs=kwargs, classes=data.classes, img_size=transform.img_size,
         mean=transform.mean_rgb, std=transform.std_rgb, heads_per_block=heads_per_block(final),

@@ -20,7 +20,7 @@ from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now
 from vitcompress.augment import BatchTransform
 from vitcompress.compress.importance import CRITERIA
 from vitcompress.compress.plan import PrunePlan, choose
-from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher
+from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher, progress_label
 from vitcompress.compress.scoring import score_blocks
 from vitcompress.compress.surgery import (
     blocks_of,
@@ -110,11 +110,11 @@ def _prune(cfg: PruneConfig, ctx: DistContext) -> StageResult | PrunePreview:
     check_prunable(model, meta.model_name, mlp=cfg.mlp > 0)
     if cfg.dry_run:
         return _preview(cfg, model, meta, ctx)
-    out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main)
+    out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main, config=cfg)
     seed_everything(cfg.train.seed + ctx.rank)
     data = load_source_data(cfg.source, meta, cfg.src, cfg.train, ctx)
     transform = BatchTransform(meta.img_size, meta.mean, meta.std, cfg.train.augment)
-    with staging_guard(staging, ctx.is_main, resumable=cfg.finetune_epochs > 0):
+    with staging_guard(staging, ctx.is_main, resumable=cfg.finetune_epochs > 0, config=cfg):
         return _prune_and_publish(cfg, model, meta, data, transform, ctx, out, staging)
 
 
@@ -133,14 +133,15 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
         steps = [PruneStep(**s) for s in progress["steps"]]
         before_top1, before, first = progress["top1_before"], progress["before"], progress["step"]
     else:
-        before_top1 = evaluate(model, data.test, transform, ctx)["top1"]
+        before_top1 = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring unpruned"))["top1"]
         before = _measure(model, ctx, meta.img_size)
         steps, first = [], 1
     for k in range(first, cfg.iterative + 1):
         resuming = cfg.resume and k == first
         if not resuming:
             steps.append(_prune_step(cfg, model, data, transform, ctx, heads0, mlp0, alive, k, meta.img_size))
-            test = evaluate(model, data.test, transform, ctx)  # the last evaluation is the artifact's test report
+            # the last evaluation is the artifact's test report
+            test = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring pruned"))
             steps[-1].top1_after_surgery = test["top1"]
         if epochs[k - 1]:
             if not resuming and ctx.is_main:
@@ -149,7 +150,7 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
             train.epochs = epochs[k - 1]
             fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, train,
                                log_name=f"train_log_step{k}.csv" if cfg.iterative > 1 else None, resume=resuming)
-            test = evaluate(model, data.test, transform, ctx)
+            test = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring recovered"))
             steps[-1].top1_after_recovery = test["top1"]
     after = _measure(model, ctx, meta.img_size)
     pruning = {

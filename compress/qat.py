@@ -28,7 +28,7 @@ from vitcompress.compress.quantize import (
     quantized_layers,
     restore_quantizers,
 )
-from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher
+from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher, progress_label
 from vitcompress.config import QatConfig
 from vitcompress.datasets.imageset import DataSplits, ImageSet
 from vitcompress.distributed import DistContext, process_group
@@ -37,6 +37,7 @@ from vitcompress.evaluate import evaluate
 from vitcompress.fsutil import atomic_file
 from vitcompress.loader import BatchLoader
 from vitcompress.models import count_macs, count_params
+from vitcompress.progress import progress_bar
 from vitcompress.stage import StageResult, prepare_staging, publish_artifact, staging_guard
 from vitcompress.train import CHECKPOINT_FILE, seed_everything
 
@@ -62,7 +63,7 @@ def qat(cfg: QatConfig) -> StageResult | dict[str, Any]:
 def _qat(cfg: QatConfig, ctx: DistContext) -> StageResult | dict[str, Any]:
     model, meta = load_model(cfg.src, ctx.device)
     if not cfg.sensitivity:
-        out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main)
+        out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main, config=cfg)
     seed_everything(cfg.train.seed + ctx.rank)
     data = load_source_data(cfg.source, meta, cfg.src, cfg.train, ctx)
     require(cfg.calib_size <= len(data.train), f"--calib-size {cfg.calib_size} is more than the {len(data.train)} "
@@ -72,7 +73,7 @@ def _qat(cfg: QatConfig, ctx: DistContext) -> StageResult | dict[str, Any]:
         from vitcompress.compress.sensitivity import sensitivity
 
         return sensitivity(model, cfg, data, transform, ctx)
-    with staging_guard(staging, ctx.is_main, resumable=cfg.train.epochs > 0):
+    with staging_guard(staging, ctx.is_main, resumable=cfg.train.epochs > 0, config=cfg):
         return _quantize_and_publish(cfg, model, meta, data, transform, ctx, out, staging)
 
 
@@ -87,16 +88,19 @@ def _quantize_and_publish(cfg: QatConfig, model: nn.Module, meta: ArtifactMeta, 
         restore_quantizers(model, config, checkpoint, progress["unreached"])
         model.to(ctx.device)
     else:
-        progress = {"top1_fp32": evaluate(model, data.test, transform, ctx)["top1"]}
+        def top1(label: str) -> float:
+            return evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, label))["top1"]
+
+        progress = {"top1_fp32": top1("scoring FP32")}
         progress["unreached"] = quantize_and_calibrate(model, config, cfg, data, transform, ctx)
-        progress["top1_ptq"] = evaluate(model, data.test, transform, ctx)["top1"]
+        progress["top1_ptq"] = top1("scoring PTQ")
         if ctx.is_main:
             with atomic_file(progress_file) as tmp:
                 tmp.write_text(json.dumps(progress))
     top1_fp32, top1_ptq, unreached = progress["top1_fp32"], progress["top1_ptq"], progress["unreached"]
     fit = (fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, cfg.train, resume=cfg.resume)
            if cfg.train.epochs else None)
-    test = evaluate(model, data.test, transform, ctx)
+    test = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring INT8"))
     quantized, skipped = quantized_layers(model)
     quantization = {"format": "int8 fake-quant (nvidia-modelopt)", "method": cfg.calib_method,
                     "percentile": cfg.percentile if cfg.calib_method == "percentile" else None,
@@ -126,20 +130,21 @@ def quantize_and_calibrate(model: nn.Module, config: dict[str, Any], cfg: QatCon
     Returns the quantizers calibration never reached (switched off; see ``quantize.calibrate``).
     """
     insert_quantizers(model, config)
-    unreached = calibrate(model, calibration_loop(data.train, cfg.calib_size, transform, ctx, cfg.train.seed),
-                          cfg.calib_method, cfg.percentile)
+    unreached = calibrate(model, calibration_loop(data.train, cfg.calib_size, transform, ctx, cfg.train.seed,
+                                                  quiet=cfg.train.quiet), cfg.calib_method, cfg.percentile)
     ctx.broadcast_state(model)  # every rank calibrated on the same images; rank 0's ranges are the ones kept
     return unreached
 
 
 def calibration_loop(train: ImageSet, size: int, transform: BatchTransform, ctx: DistContext,
-                     seed: int) -> Callable[[nn.Module], None]:
+                     seed: int, quiet: bool = True) -> Callable[[nn.Module], None]:
     """A forward loop over ``size`` images of a seeded shuffle of ``train`` (what modelopt calls forward_loop)."""
     indices = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:size]
     subset = train.subset(indices.sort().values)
 
     def loop(model: nn.Module) -> None:
-        for images, _ in BatchLoader(subset, CALIB_BATCH, ctx.device, shuffle=False, drop_last=False):
+        batches = BatchLoader(subset, CALIB_BATCH, ctx.device, shuffle=False, drop_last=False)
+        for images, _ in progress_bar(batches, "calibrating", quiet=quiet or not ctx.is_main):
             model(transform.eval(images))
 
     return loop

@@ -28,12 +28,28 @@ def load_source_data(source: SourceData, meta: ArtifactMeta, src: str, train: Tr
     """
     spec = source.data or meta.data.get("spec")
     require(bool(spec), f"{src} does not say which data it was trained on", "pass --data")
+    if not source.data:
+        check_recorded_data(spec, src)
     seed = meta.recipe.get("train", {}).get("seed", train.seed)  # the parent's validation split
     options = DataOptions(spec=spec, data_dir=data_dir_for(spec, source.data_dir, meta.data), download=source.download,
                           img_size=meta.img_size, val_split=source.val_split, train_subset=source.train_subset, seed=seed,
                           cache_dir=source.cache_dir, quiet=train.quiet or not ctx.is_main, expected_classes=meta.classes,
                           stream=source.stream or streamed_before(spec, meta.data), workers=source.workers)
     return ctx.main_first(lambda: load_data(options))
+
+
+def check_recorded_data(spec: str, src: str) -> None:
+    """The data an artifact records is still where it was: else say whose it was and how to name it now (the
+    check of ``--data`` would blame a flag the user never passed)."""
+    name, _, path = spec.partition(":")
+    require(name != "folder" or Path(path).expanduser().exists(),
+            f"{src} was trained on {spec}, which is not there any more",
+            "pass --data folder:PATH naming where that data is now (or other data with the same classes)")
+
+
+def progress_label(train: TrainConfig, label: str) -> str:
+    """``label`` for an evaluation's progress bar (``evaluate(progress=...)``), none under ``--quiet``."""
+    return "" if train.quiet else label
 
 
 def make_teacher(model: nn.Module, kd: DistillOptions, epochs: int) -> nn.Module | None:

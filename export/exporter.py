@@ -79,6 +79,28 @@ def export(cfg: ExportConfig) -> ExportResult:
     return ExportResult(out, manifest)
 
 
+def cached_export(src: str, cache_dir: str | None = None, on_build: Callable[[Path], None] = lambda _: None) -> Path:
+    """Artifact ``src``'s default export (a verified ONNX file for ONNX Runtime, INT8 for a quantized artifact) in
+    the cache, made on first use (``on_build(path)`` is called first), for commands that take an artifact where a
+    deployed model runs (``serve``). Keyed by the digests of the artifact's two files: a retrained artifact gets a
+    new export.
+    """
+    from vitcompress.artifact import META_FILE, WEIGHTS_FILE
+    from vitcompress.fsutil import sha256_file
+    from vitcompress.locks import build_once
+
+    folder = Path(src)
+    digest = sha256_file(folder / WEIGHTS_FILE)[:16] + sha256_file(folder / META_FILE)[:8]
+    target = (Path(cache_dir) if cache_dir else default_cache_dir()) / "exports" / f"{folder.resolve().name}-{digest}"
+
+    def build() -> None:
+        on_build(target)
+        export(ExportConfig(src=src, out=str(target), cache_dir=cache_dir, quiet=True))
+
+    build_once(target, lambda t: (t / MANIFEST_FILE).is_file(), build)
+    return target
+
+
 def resolve_precision(requested: str, meta: ArtifactMeta, src: str) -> str:
     """``auto`` is INT8 for a quantized artifact and FP32 otherwise; a mismatch is the user's to fix."""
     if requested == "auto":

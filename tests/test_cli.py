@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 import pytest
 
 from vitcompress.cli import main
+from vitcompress.cliargs import dataclass_from_args
+from vitcompress.config import BenchConfig, ExportConfig, FinetuneConfig, PruneConfig, QatConfig, ServeConfig
+from vitcompress.errors import UserError
 
 FINETUNE_FLAGS = ["--model", "--data", "--epochs", "--out", "--img-size", "--patch-size", "--model-kwargs",
                   "--pretrained", "--init-checkpoint", "--data-dir", "--download", "--resume", "--force",
@@ -90,3 +94,55 @@ def test_ctrl_c_says_what_to_do_next(argv: list[str], advice: str, monkeypatch: 
     assert cli.main(argv) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("interrupted; ") and advice in err and err.count("\n") == 0
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    from vitcompress.cli import _parser
+
+    return next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_command_has_a_description_and_names_its_positionals_alike() -> None:
+    for name, parser in _commands().items():
+        assert parser.description, f"{name} --help has no description"
+        for action in parser._actions:
+            if not action.option_strings and not isinstance(action, argparse._HelpAction):
+                assert action.metavar and action.metavar.isupper(), f"{name}: positional {action.dest} shows as {action.metavar}"
+                if action.dest in ("src", "srcs"):
+                    assert action.metavar == "SRC", name
+
+
+def test_every_option_with_a_value_says_its_default_or_that_it_is_required() -> None:
+    """0, None and "" defaults too: their help says what they mean (e.g. "(0: all of them)")."""
+    for name, parser in _commands().items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.nargs == 0 or isinstance(action, argparse._HelpAction):
+                continue
+            shown = formatter._expand_help(action) if action.help else ""
+            assert action.required or "default" in shown or "required" in shown, f"{name} {action.option_strings[0]}: {shown!r}"
+
+
+LIST_OPTIONS = {"backends"}  # comma lists: their help names every choice, argparse cannot check them
+
+
+@pytest.mark.parametrize(("command", "cls", "argv"), [
+    ("finetune", FinetuneConfig, ["--model", "m", "--data", "shapes", "--out", "o", "--epochs", "1"]),
+    ("prune", PruneConfig, ["s", "--out", "o", "--heads", "0.5"]),
+    ("qat", QatConfig, ["s", "--out", "o"]),
+    ("export", ExportConfig, ["s", "--out", "o"]),
+    ("bench", BenchConfig, ["s", "--out", "o"]),
+    ("serve", ServeConfig, ["s"]),
+])
+def test_every_option_with_a_fixed_set_of_values_lists_them(command: str, cls: type, argv: list[str]) -> None:
+    """An option whose config refuses unknown values (`'x' is unknown`) is one whose --help must list the choices."""
+    parser = _commands()[command]
+    for action in parser._actions:
+        if not action.option_strings or action.type is not str or action.choices or action.dest in LIST_OPTIONS:
+            continue
+        args = parser.parse_args(argv)
+        setattr(args, action.dest, "bogus")
+        try:
+            dataclass_from_args(cls, args).validate()
+        except UserError as exc:
+            assert "'bogus' is unknown" not in exc.problem, f"{command} {action.option_strings[0]} lists no choices"

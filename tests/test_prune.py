@@ -273,6 +273,8 @@ def test_an_interrupted_iterative_prune_resumes(tmp_path: Path, shapes_artifact:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert in_second_recovery() and not out.exists()
+    assert run_cli(*args, "--resume", "--heads", "0.25") == 2  # the plan was made for 0.5: refused, not recorded
+    assert in_second_recovery()
     assert run_cli(*args, "--resume") == 0
     pruning = json.loads((out / "vitcompress.json").read_text())["metrics"]["pruning"]
     assert [len(s["removed_heads"]) for s in pruning["steps"]] == [2, 2]

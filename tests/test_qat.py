@@ -177,6 +177,8 @@ def test_an_interrupted_qat_resumes(tmp_path: Path, shapes_artifact: Path) -> No
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert checkpoint.exists() and not out.exists()
+    assert run_cli(*args, "--resume", "--calib-method", "entropy") == 2  # the ranges came from max calibration
+    assert checkpoint.exists()
     assert run_cli(*args, "--resume") == 0
     meta = json.loads((out / "vitcompress.json").read_text())
     assert meta["metrics"]["qat"]["top1_ptq"] is not None and meta["metrics"]["qat"]["epochs"] == 3

@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import TINY
+from tests.conftest import TINY, run_cli
 
 ARGS = [*TINY, "--data", "shapes", "--epochs", "4", "--mixup", "0.2", "--ema", "--ema-decay", "0.9",
         "--color-jitter", "0.2"]
@@ -33,7 +34,7 @@ def _epochs_logged(log: Path) -> int:
         return 0
 
 
-def test_kill_then_resume_matches_unbroken_run(tmp_path: Path) -> None:
+def test_kill_then_resume_matches_unbroken_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     reference = tmp_path / "reference"
     subprocess.run(_cli(*ARGS, "--out", reference), check=True, env=_env())
 
@@ -48,7 +49,12 @@ def test_kill_then_resume_matches_unbroken_run(tmp_path: Path) -> None:
     assert not out.exists(), "a killed run must not leave an artifact"
     assert (staging / "last.ckpt").is_file()
 
-    subprocess.run(_cli(*ARGS, "--out", out, "--resume"), check=True, env=_env())
+    # the checkpoint would go on with its own schedule while the artifact recorded --lr 0.01: refused, nothing lost
+    assert run_cli("finetune", *ARGS, "--out", out, "--resume", "--lr", "0.01", "--epochs", "5") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--lr 0.01 (the run: 0.003)" in err and "--epochs 5 (the run: 4)" in err
+    assert (staging / "last.ckpt").is_file()
+    subprocess.run(_cli(*ARGS, "--out", out, "--resume", "--workers", "1"), check=True, env=_env())  # how, not what
     assert out.is_dir() and not staging.exists()
     want, got = load_file(str(reference / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert want.keys() == got.keys()

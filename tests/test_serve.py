@@ -4,6 +4,7 @@ and answers every request of a concurrent burst."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -139,10 +140,33 @@ def test_bench_measures_the_served_model_under_concurrent_clients(served, tmp_pa
     assert "server processes" in triton["memory_kind"] and triton["peak_memory_bytes"] > ort["peak_memory_bytes"]
 
 
-def test_serving_an_artifact_says_export_it_first(shapes_artifact: Path, capsys: pytest.CaptureFixture) -> None:
-    assert run_cli("serve", shapes_artifact) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "vitcompress export" in err
+def test_an_artifact_is_exported_once_into_the_cache_and_served_under_its_own_name(
+        served, shapes_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import vitcompress.serving as serving
+
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    answered = []
+
+    def on_ready(server: TritonServer) -> str:  # the model answers; then the user presses Ctrl-C
+        answered.append((server.model_name, server.source, server.client()(x)))
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return "ready"
+
+    monkeypatch.setattr(serving, "ready_message", on_ready)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # see the Ctrl-C test below
+    try:
+        for _ in range(2):  # the second run finds the export made by the first
+            assert run_cli("serve", shapes_artifact, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+                           "--cache-dir", tmp_path) == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    out = capsys.readouterr().out
+    exports = [p for p in (tmp_path / "exports").iterdir() if not p.name.startswith(".")]  # the build lock aside
+    assert len(exports) == 1 and out.count(f"into {exports[0]}") == 1 and out.count(f"starting Triton with {exports[0]}") == 2
+    assert json.loads((exports[0] / "verify.json").read_text())["onnxruntime"]["top1_agreement"] >= 0.99
+    for name, source, logits in answered:
+        assert name == shapes_artifact.name and source.path == exports[0]
+        assert float(np.abs(logits - RUNTIMES["ort-cpu"](source).run(x)).max()) <= TOLERANCE
 
 
 @SMALL_FILESYSTEMS

@@ -10,9 +10,11 @@ in a fresh Python process (unless ``--in-process``), so that its peak memory is 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import platform
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -25,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 from torchmetrics.functional.classification import multiclass_f1_score
-from tqdm import tqdm
 
 from vitcompress import memory
 from vitcompress.augment import BatchTransform
@@ -36,11 +37,13 @@ from vitcompress.errors import UserError, is_out_of_memory, require
 from vitcompress.fsutil import check_output_dir, staged_directory, staging_path
 from vitcompress.latency import latency_stats, time_calls
 from vitcompress.locks import refuse_if_live
+from vitcompress.progress import progress_bar
 from vitcompress.runtimes import RUNTIMES, Runtime
 from vitcompress.sources import ModelSource, open_source
 
 ACCURACY_BATCH = 32  # images per call when scoring accuracy
 STAGING_SUFFIX = ".tmp-bench"
+STOP_TIMEOUT_S = 30.0  # after Ctrl-C, the longest wait for a measuring process to stop its runtime
 MAX_TRITON_SECONDS = 60.0  # per concurrency level, whatever --requests says
 NO_VARIANT = "(none)"  # a skipped backend that had no model of its kind to run
 RSS_ADDED = "peak RSS added to the process by loading and running the model"
@@ -73,7 +76,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
                for name in cfg.backend_names() if name not in planned]  # asked for, so listed, never dropped
     predictions: dict[tuple[str, str], np.ndarray] = {}
     steps = sum(len(cfg.batch_sizes()) for _ in plan)
-    with tqdm(total=steps, desc="bench", disable=cfg.quiet, unit="point") as progress, \
+    with progress_bar(total=steps, desc="bench", unit="point", quiet=cfg.quiet, leave=True) as progress, \
             handed_to_processes(images, cfg) as images:
         for source, backend in plan:
             reason = RUNTIMES[backend].unavailable(source)
@@ -136,10 +139,24 @@ def _baseline(sources: list[ModelSource], named: str | None) -> ModelSource:
 def _measure_in_fresh_process(source: ModelSource, backend: str, batches: list[int], cfg: BenchConfig,
                               images: EvalImages) -> dict[str, Any]:
     """:func:`_measure` in a new Python process: the peak memory it reports is then the variant's own, not
-    what earlier variants left to the allocator, and a runtime that crashes takes only that process down."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    what earlier variants left to the allocator, and a runtime that crashes takes only that process down.
+
+    The process runs in a process group of its own, so a terminal's Ctrl-C reaches this one alone, which hands it
+    on: the measuring process then stops its runtime in order (a Triton server: its clients first, then the model,
+    then the server; interrupted together, the server waited a second per check for the client to hang up) and is
+    ended once it has, without the second and a half a Python process with torch takes to exit.
+    """
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=os.setpgrp) as pool:
+        pid = pool.submit(os.getpid).result()
+        measuring = pool.submit(_measure, source, backend, batches, cfg, images)
         try:
-            return pool.submit(_measure, source, backend, batches, cfg, images).result()
+            return measuring.result()
+        except KeyboardInterrupt:
+            os.kill(pid, signal.SIGINT)
+            with contextlib.suppress(BaseException):  # its own KeyboardInterrupt, once its runtime is closed
+                measuring.result(timeout=STOP_TIMEOUT_S)
+            os.kill(pid, signal.SIGKILL)  # nothing of it is left to clean up
+            raise
         except BrokenProcessPool:
             raise UserError(f"the process measuring {source.label} on {backend} died (a crash in the runtime, or, "
                             "from Python, a script whose bench call is not under `if __name__ == \"__main__\":`, "

@@ -19,15 +19,15 @@ HELP = {
     "out": "output artifact directory",
     "img_size": "input resolution (default: the model's own, e.g. 224)",
     "patch_size": "patch size passed to timm (default: the model's own)",
-    "model_kwargs": "extra timm kwargs, e.g. depth=2,embed_dim=64,num_heads=2",
+    "model_kwargs": "extra timm kwargs, e.g. depth=2,embed_dim=64,num_heads=2 (default: none, the model's own)",
     "drop_path": "stochastic depth rate",
     "pretrained": "start from the model's pretrained weights on the Hugging Face hub (needs internet or a cache)",
     "init_checkpoint": "start from local weights (.safetensors, .pth, or an artifact directory; never unpickles code); "
-                       "the classifier is resized to the dataset's classes",
+                       "the classifier is resized to the dataset's classes (default: none: random init, or --pretrained)",
     "data_dir": "where a torchvision dataset lives or is downloaded to (default: CACHE_DIR/NAME)",
     "download": "allow torchvision to download the dataset",
     "val_split": "share of train held out for validation when the data has no val/ split (0: none)",
-    "train_subset": "train on a class-balanced, seeded sample of N training images (0: all), for quick runs; a folder "
+    "train_subset": "train on a class-balanced, seeded sample of N training images (0: all of them), for quick runs; a folder "
                     "with its own val/ decodes only the sample",
     "cache_dir": "cache for extracted archives and decoded images (default: $VITCOMPRESS_CACHE or ~/.cache/vitcompress)",
     "stream": "decode image files in worker processes as batches are drawn, every epoch, instead of once into the "
@@ -51,7 +51,7 @@ HELP = {
     "weight_decay": "AdamW weight decay (not applied to norms, biases, tokens)",
     "warmup_epochs": "linear warmup length in epochs",
     "layer_decay": "layer-wise LR decay factor (1: off; 0.65-0.75 is usual for fine-tuning)",
-    "freeze_blocks": "freeze the patch embedding and the first N transformer blocks",
+    "freeze_blocks": "freeze the patch embedding and the first N transformer blocks (0: train every block)",
     "head_only": "train only the classifier (linear probe)",
     "accum_steps": "gradient accumulation steps per optimizer step",
     "amp": "mixed precision: auto (bf16 on GPUs that have it, off on CPU) | none | bf16 | fp16 (CUDA only)",
@@ -78,11 +78,12 @@ HELP = {
     "random_erase": "share of images in which one random box is erased (timm's --reprob; 0: off)",
     "random_erase_mode": "what fills an erased box: pixel (per-pixel Gaussian noise, timm's --remode default) | "
                          "const (zero after normalisation: the dataset's mean colour)",
-    "seed": "random seed (data order, augmentation, init)",
-    "quiet": "no progress bars or per-epoch lines (for logs and CI)",
+    "seed": "random seed (data order, augmentation, init, the validation split)",
+    "quiet": "no progress bars or per-epoch lines (for logs and CI; bars are drawn only on a terminal anyway)",
+    "quiet_no_training": "no progress bars (for logs and CI; they are drawn only on a terminal anyway)",
     "src": "source artifact directory",
-    "heads": "share of attention heads to remove, in [0, 1)",
-    "mlp": "share of MLP hidden channels to remove, in [0, 1)",
+    "heads": "share of attention heads to remove, in [0, 1) (0: keep every head; pass --heads, --mlp or both)",
+    "mlp": "share of MLP hidden channels to remove, in [0, 1) (0: keep every channel)",
     "criterion": "importance: l1 | l2 (weight magnitude) | taylor (first order, from data) | "
                  "attention (per-head output norm on data) | random (control)",
     "ranking": "uniform: the same share from every block; global: rank across blocks (see --global/--uniform)",
@@ -123,9 +124,9 @@ HELP = {
     "triton_platform": "what the Triton repository serves: onnxruntime (model.onnx) | tensorrt (model.plan)",
     "srcs": "models to measure: artifacts, ONNX exports, TensorRT exports, Triton repositories from `vitcompress export`",
     "backends": f"auto (every one that applies) or a comma list of {', '.join(BENCH_BACKENDS)}",
-    "eval_size": "test images for accuracy (0: the whole test split of --data)",
+    "eval_size": "test images for accuracy, a seeded sample (0: the whole test split of --data)",
     "baseline": "the FP32 reference among the SRCs (default: the first FP32 one)",
-    "threads": "intra-op threads for CPU runtimes (0: the runtime's default)",
+    "threads": "intra-op threads for CPU runtimes (0: the runtime's default, usually one per core)",
     "warmup": "untimed calls before timing",
     "min_iters": "timed calls at least, per batch size",
     "max_seconds": "no new timed calls after this many seconds, per batch size",
@@ -153,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     from vitcompress.config import (
         AMP_CHOICES,
         AUTO_AUGMENT_CHOICES,
+        CALIBRATION_METHODS,
         COMPILE_MODES,
         CROP_CHOICES,
         EXPORT_FORMATS,
@@ -173,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
         QatConfig,
         ServeConfig,
     )
+    from vitcompress.recipe import STAGES
 
     fmt = HelpFormatter
     parser = _OneLineErrors(prog="vitcompress", formatter_class=fmt,
@@ -199,7 +202,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "accuracy. Data defaults to the artifact's own.")
     prune_choices = {**choices, "criterion": PRUNE_CRITERIA, "ranking": PRUNE_RANKINGS, "distill": KD_CHOICES}
     source_help = {**HELP, "data": HELP["data"] + " (default: the artifact's own)"}
-    add_dataclass_args(p, PruneConfig, source_help, prune_choices, positional=("src",),
+    add_dataclass_args(p, PruneConfig, {**source_help, "out": "output artifact directory (required unless --dry-run)"},
+                       prune_choices, positional=("src",),
                        skip=("epochs", "time_budget"))
     p.add_argument("--global", dest="ranking", action="store_const", const="global", default=argparse.SUPPRESS,
                    help="same as --ranking global")
@@ -211,8 +215,9 @@ def _parser() -> argparse.ArgumentParser:
                        description="Quantize an artifact (finetuned or pruned) to INT8 with nvidia-modelopt: "
                                    "per-channel INT8 weights, per-tensor INT8 activations on the Linear layers. "
                                    "--epochs 0 is post-training quantization alone. Data defaults to the artifact's own.")
-    add_dataclass_args(p, QatConfig, {**source_help, "epochs": "quantization-aware training epochs (0: PTQ only)"},
-                       {**choices, "distill": KD_CHOICES}, positional=("src",))
+    add_dataclass_args(p, QatConfig, {**source_help, "epochs": "quantization-aware training epochs (0: PTQ only)",
+                                      "out": "output artifact directory (required unless --sensitivity)"},
+                       {**choices, "distill": KD_CHOICES, "calib_method": CALIBRATION_METHODS}, positional=("src",))
 
     p = sub.add_parser("export", formatter_class=fmt, parents=[common],
                        help="ONNX (FP32/FP16/INT8), TensorRT engine or Triton model repository; verified before it is written",
@@ -221,7 +226,8 @@ def _parser() -> argparse.ArgumentParser:
     export_choices = {"format": EXPORT_FORMATS, "precision": EXPORT_PRECISIONS, "target": ("auto", *EXPORT_TARGETS),
                       "input": EXPORT_INPUTS, "instance_kind": TRITON_INSTANCE_KINDS, "triton_platform": TRITON_PLATFORMS}
     add_dataclass_args(p, ExportConfig, {**HELP, "out": "output export directory (a Triton model repository for "
-                                                       "--format triton)"}, export_choices, positional=("src",))
+                                                       "--format triton)", "quiet": HELP["quiet_no_training"]},
+                       export_choices, positional=("src",))
 
     p = sub.add_parser("bench", formatter_class=fmt, parents=[common],
                        help="latency, throughput, memory and accuracy of every variant, side by side against FP32",
@@ -229,14 +235,19 @@ def _parser() -> argparse.ArgumentParser:
                                    "on the same images. Writes results.json, results.csv, report.md and plots.")
     add_dataclass_args(p, BenchConfig, {**HELP, "data": HELP["data"] + " (for accuracy; none: speed only)",
                                         "batch": "batch sizes to time",
-                                        "out": "directory for results.json, results.csv, report.md and the plots"},
+                                        "out": "directory for results.json, results.csv, report.md and the plots",
+                                        "quiet": HELP["quiet_no_training"]},
                        positional=("srcs",))
 
     p = sub.add_parser("serve", formatter_class=fmt, parents=[common],
-                       help="serve an exported model with a local Triton Inference Server (HTTP and gRPC)",
+                       help="serve a model with a local Triton Inference Server (HTTP and gRPC)",
                        description="Start Triton Inference Server on 127.0.0.1 with the model (ONNX through ONNX "
-                                   "Runtime, or a TensorRT engine), dynamic batching on, until Ctrl-C.")
-    add_dataclass_args(p, ServeConfig, {**HELP, "src": "an export directory (onnx or tensorrt format) or Triton repository",
+                                   "Runtime, or a TensorRT engine), dynamic batching on, until Ctrl-C. An artifact is "
+                                   "exported first (verified ONNX, into the cache; reused while the artifact is unchanged).")
+    add_dataclass_args(p, ServeConfig, {**HELP, "src": "an artifact, an export directory (onnx or tensorrt format) or a "
+                                                       "Triton repository",
+                                        "cache_dir": "where an artifact's export goes (default: $VITCOMPRESS_CACHE or "
+                                                     "~/.cache/vitcompress, under exports/)",
                                         "model_name": "the model's name on the server (default: a Triton repository's "
                                                       "own model name, else the directory's)",
                                         "max_batch_size": "largest batch the dynamic batcher forms (0: a Triton "
@@ -247,29 +258,36 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", formatter_class=fmt, parents=[common],
                        help="finetune -> prune -> qat -> export -> bench from one YAML recipe; re-run to resume",
-                       description="Run every stage from a recipe (default: the built-in one, no network, a few "
-                                   "minutes on a CPU). Complete stages made from the same recipe section are skipped "
-                                   "on a re-run, and an interrupted finetune resumes.")
-    p.add_argument("recipe", nargs="?", default=None, help="YAML recipe (see recipes/); default: the built-in default")
+                       description="Run every stage from a recipe (default: the built-in one: no network, about 8 "
+                                   "minutes on a 2-core CPU). Complete stages made from the same recipe section are "
+                                   "skipped on a re-run, and an interrupted finetune, prune or qat resumes.")
+    p.add_argument("recipe", nargs="?", default=None, metavar="RECIPE",
+                   help="YAML recipe (see recipes/; default: the built-in one, recipes/default.yaml)")
     p.add_argument("--out", required=True, help="directory for every artifact, export and the bench report")
-    p.add_argument("--from", dest="from_stage", default=None, help="first stage to run: finetune|prune|qat|export|bench")
-    p.add_argument("--until", dest="until_stage", default=None, help="last stage to run")
+    p.add_argument("--from", dest="from_stage", default=None, choices=STAGES,
+                   help="first stage to run (default: the first, finetune)")
+    p.add_argument("--until", dest="until_stage", default=None, choices=STAGES,
+                   help="last stage to run (default: the last, bench)")
     p.add_argument("--quiet", action="store_true", help=HELP["quiet"])
 
     p = sub.add_parser("predict", formatter_class=fmt, parents=[common],
                        help="classify image files with an artifact, ONNX export or TensorRT engine",
                        description="Print the top-k classes of each image, with the preprocessing recorded with the model.")
-    p.add_argument("src", help="artifact, export directory (ONNX or TensorRT) or Triton repository")
+    p.add_argument("src", metavar="SRC", help="artifact, export directory (ONNX or TensorRT) or Triton repository")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files (JPEG, PNG, any mode PIL opens), or folders: every image under them")
-    p.add_argument("--top-k", type=int, default=5, help="classes to show per image")
+    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (at least 1; all of them when the "
+                                                         "model has fewer)")
     p.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE, help="images per call of the model")
-    p.add_argument("--backend", default=None, help=HELP["backend"])
+    p.add_argument("--backend", default=None, choices=BENCH_BACKENDS, help=HELP["backend"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("eval", formatter_class=fmt, parents=[common],
-                       help="score an artifact or an export on a dataset's test split")
-    p.add_argument("src", help="artifact, export directory (ONNX or TensorRT) or Triton repository")
+                       help="score an artifact or an export on a dataset's test split",
+                       description="Top-1/top-5 accuracy, macro precision/recall/F1 and per-class accuracy of a model "
+                                   "on the test split of --data, with the preprocessing recorded with it: an artifact "
+                                   "in PyTorch, an export in the runtime it is deployed with (or --backend).")
+    p.add_argument("src", metavar="SRC", help="artifact, export directory (ONNX or TensorRT) or Triton repository")
     p.add_argument("--data", required=True, help=HELP["data"])
     for name in ("data_dir", "cache_dir"):
         p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=HELP[name])
@@ -277,12 +295,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help=HELP["stream"])
     p.add_argument("--batch-size", type=int, default=256, help="images per batch")
     p.add_argument("--device", default="auto", help=HELP["device"] + " (artifacts)")
-    p.add_argument("--backend", default=None, help=HELP["backend"])
+    p.add_argument("--backend", default=None, choices=BENCH_BACKENDS, help=HELP["backend"])
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
-    p.add_argument("--quiet", action="store_true", help=HELP["quiet"])
+    p.add_argument("--quiet", action="store_true", help=HELP["quiet_no_training"])
 
-    p = sub.add_parser("info", formatter_class=fmt, parents=[common], help="describe an artifact or an export")
-    p.add_argument("src", help="artifact or export directory")
+    p = sub.add_parser("info", formatter_class=fmt, parents=[common],
+                       help="describe an artifact, an export or a pipeline's output directory",
+                       description="What a directory holds: an artifact's model, classes, heads per block, params, "
+                                   "MACs, metrics and lineage; an export's format, precision, input contract, source "
+                                   "and verification; a pipeline's steps, their status and top-1.")
+    p.add_argument("src", metavar="SRC", help="artifact, export or pipeline output directory")
     p.add_argument("--json", action="store_true", help="print the artifact's metadata (an export's manifest) as JSON")
     return parser
 
@@ -323,13 +345,12 @@ def _run(args: argparse.Namespace) -> None:
         say(export_summary(result.path, result.manifest))
     elif args.command == "bench":
         from vitcompress.bench import bench
-        from vitcompress.bench_report import report_table, skipped_table
+        from vitcompress.bench_report import console_summary
         from vitcompress.cliargs import dataclass_from_args
         from vitcompress.config import BenchConfig
 
         result = bench(dataclass_from_args(BenchConfig, args))
-        skipped = skipped_table(result.results)
-        say(f"\n{report_table(result.results)}\n\n{skipped}\n\nreport: {result.path / 'report.md'}")
+        say(f"\n{console_summary(result.results)}\n\nreport: {result.path / 'report.md'}")
     elif args.command == "serve":
         from vitcompress.cliargs import dataclass_from_args
         from vitcompress.config import ServeConfig
@@ -337,11 +358,11 @@ def _run(args: argparse.Namespace) -> None:
 
         serve(dataclass_from_args(ServeConfig, args))
     elif args.command == "pipeline":
-        from vitcompress.bench_report import report_table
+        from vitcompress.bench_report import console_summary
         from vitcompress.pipeline import pipeline
 
         result = pipeline(args.recipe, args.out, args.from_stage, args.until_stage, quiet=args.quiet)
-        table = f"\n{report_table(result.bench.results)}\n\nreport: {result.bench.path / 'report.md'}" if result.bench else ""
+        table = f"\n{console_summary(result.bench.results)}\n\nreport: {result.bench.path / 'report.md'}" if result.bench else ""
         say(f"{table}\n\npipeline: {result.path} (ran: {', '.join(result.ran) or 'nothing'})")
     elif args.command == "predict":
         from vitcompress.predict import predict

@@ -15,7 +15,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_ = action.help or ""
-        if action.required or action.default in (None, "", False) or "default" in help_:
+        # `in (None, "", False)` would also take 0 for False: a 0 default is shown (the help says what 0 means)
+        if action.required or action.default is None or action.default is False or action.default == "" or "default" in help_:
             return help_
         return super()._get_help_string(action)
 

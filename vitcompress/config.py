@@ -6,6 +6,7 @@ objects. Each config checks its own values (``validate``) and raises ``UserError
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,17 @@ def check_data_spec(spec: str, flag: str = "--data") -> None:
                 "pass folder:PATH with PATH an image folder or a .zip/.tar[.gz|.xz] of one")
     elif spec not in TORCHVISION_SETS:
         raise UserError(f"unknown data spec {spec!r}", f"use one of: {DATA_SPEC_HELP}")
+
+
+def absolute_path(path: str | None) -> str | None:
+    """``path`` from the filesystem root (``~`` expanded), so that a record of it works from any directory."""
+    return os.path.abspath(os.path.expanduser(path)) if path else path
+
+
+def absolute_data_spec(spec: str | None) -> str | None:
+    """``folder:PATH`` with PATH absolute (:func:`absolute_path`); other specs as they are."""
+    name, _, arg = (spec or "").partition(":")
+    return f"folder:{absolute_path(arg)}" if name == "folder" and arg else spec
 
 
 def check_workers(workers: int) -> None:
@@ -155,10 +167,14 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
+        """Check every value, and make the paths absolute (the artifact records them; see docs/artifact.md)."""
         self.train.validate()
         require(0 <= self.drop_path < 1, f"--drop-path {self.drop_path} is not in [0, 1)", "pass e.g. 0.1")
         check_data_spec(self.data)
         check_workers(self.workers)
+        self.data = absolute_data_spec(self.data)
+        self.init_checkpoint, self.data_dir, self.cache_dir = map(absolute_path, (self.init_checkpoint, self.data_dir,
+                                                                                 self.cache_dir))
 
 
 PRUNE_CRITERIA = ("l1", "l2", "taylor", "attention", "random")
@@ -205,9 +221,12 @@ class SourceData:
     workers: int = 0
 
     def validate(self) -> None:
+        """Check every value, and make the paths absolute (the artifact records them)."""
         if self.data:
             check_data_spec(self.data)
         check_workers(self.workers)
+        self.data = absolute_data_spec(self.data)
+        self.data_dir, self.cache_dir = absolute_path(self.data_dir), absolute_path(self.cache_dir)
 
 
 @dataclass
@@ -234,6 +253,8 @@ class PruneConfig:
     def validate(self) -> None:
         for flag, ratio in (("--heads", self.heads), ("--mlp", self.mlp)):
             require(0 <= ratio < 1, f"{flag} {ratio:g} is not in [0, 1)", f"pass the share to remove, e.g. {flag} 0.5")
+        require(self.heads > 0 or self.mlp > 0, "prune was given nothing to remove (neither --heads nor --mlp)",
+                "pass --heads 0.5 (the share of attention heads to remove), --mlp 0.25 (of MLP channels), or both")
         require(self.criterion in PRUNE_CRITERIA, f"--criterion {self.criterion!r} is unknown",
                 f"use one of {', '.join(PRUNE_CRITERIA)}")
         require(self.ranking in PRUNE_RANKINGS, f"--ranking {self.ranking!r} is unknown", "use --uniform or --global")
@@ -244,6 +265,7 @@ class PruneConfig:
         require(bool(self.out) or self.dry_run, "--out is required", "pass --out DIR (or --dry-run to only look)")
         self.kd.validate()
         self.source.validate()
+        self.src = absolute_path(self.src)
         require(not self.train.time_budget, "prune's recovery runs in epochs, not to a time budget",
                 "pass --finetune-epochs N (train.time_budget=0)")
         if self.finetune_epochs:
@@ -280,6 +302,7 @@ class QatConfig:
         require(bool(self.out) or self.sensitivity, "--out is required", "pass --out DIR (or --sensitivity to only measure)")
         self.kd.validate()
         self.source.validate()
+        self.src = absolute_path(self.src)
         if self.train.epochs:
             self.train.validate()
 
@@ -428,7 +451,7 @@ def _positive_ints(text: str, flag: str, example: str) -> list[int]:
 
 @dataclass
 class ServeConfig:
-    """``serve``: one exported model behind a local Triton Inference Server."""
+    """``serve``: one exported model (an artifact is exported first, into the cache) behind a local Triton server."""
 
     src: str
     model_name: str = ""
@@ -438,6 +461,7 @@ class ServeConfig:
     max_batch_size: int = 0
     max_queue_delay_us: int = 100
     threads: int = 0
+    cache_dir: str | None = None
     triton_log: bool = False
 
     def validate(self) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vitcompress.config import check_data_spec, check_workers
+from vitcompress.config import absolute_data_spec, check_data_spec, check_workers
 from vitcompress.datasets.folder import load_folder, load_folder_test
 from vitcompress.datasets.imageset import DataSplits, ImageSet, check_classes, holdout_split
 from vitcompress.datasets.shapes import TRAIN_PER_CLASS, load_shapes
@@ -56,7 +56,7 @@ def load_data(opts: DataOptions) -> DataSplits:
         train, test = load_shapes(int(arg) if arg else TRAIN_PER_CLASS)
         described = {"spec": opts.spec}
     elif opts.spec in TORCHVISION_SETS:
-        root = Path(opts.data_dir).expanduser() if opts.data_dir else cache_dir / opts.spec
+        root = (Path(opts.data_dir).expanduser() if opts.data_dir else cache_dir / opts.spec).absolute()  # recorded
         splits, info = load_torchvision(opts.spec, root, opts.download, opts.img_size, cache_dir, opts.quiet,
                                         stream=opts.stream, workers=opts.workers)
         train, val, test = splits["train"], splits.get("val"), splits["test"]
@@ -67,7 +67,7 @@ def load_data(opts: DataOptions) -> DataSplits:
                                    seed=opts.seed, carve_val=opts.val_split > 0, stream=opts.stream, workers=opts.workers)
         train, val = splits["train"], splits.get("val")
         test = splits.get("test", val)
-        described = {"spec": opts.spec, **info}
+        described = {"spec": absolute_data_spec(opts.spec), **info}  # an artifact's record works from any directory
         sampled = described.pop("train_sampled")
     if opts.expected_classes is not None:
         check_classes(opts.expected_classes, train.classes, opts.spec)
@@ -86,14 +86,19 @@ def load_data(opts: DataOptions) -> DataSplits:
     return DataSplits(train=train, val=val, test=test, classes=train.classes, description=described)
 
 
+def is_trained_on(spec: str, trained_on: dict) -> bool:
+    """Whether ``spec`` names the data an artifact's ``data`` record describes (a folder by any path to it)."""
+    return absolute_data_spec(spec) == absolute_data_spec(trained_on.get("spec"))
+
+
 def streamed_before(spec: str, trained_on: dict) -> bool:
     """Whether the model's own data, ``spec``, was streamed (``--stream``): then it is streamed again, not cached."""
-    return spec == trained_on.get("spec") and bool(trained_on.get("streamed"))
+    return is_trained_on(spec, trained_on) and bool(trained_on.get("streamed"))
 
 
 def trained_storage_size(spec: str, trained_on: dict) -> int:
     """The side the model's own data, ``spec``, was stored at when it was trained, if its artifact recorded it."""
-    return int(trained_on.get("storage_size") or 0) if spec == trained_on.get("spec") else 0
+    return int(trained_on.get("storage_size") or 0) if is_trained_on(spec, trained_on) else 0
 
 
 def load_test_split(opts: DataOptions) -> ImageSet:

@@ -17,16 +17,20 @@ from vitcompress.distributed import DistContext, resolve_device
 from vitcompress.errors import require
 from vitcompress.loader import BatchLoader
 from vitcompress.metrics import metric_collection, to_report
+from vitcompress.progress import progress_bar
 from vitcompress.runtimes import Runtime, open_runtime
 from vitcompress.sources import ModelSource, open_source
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageSet, transform: BatchTransform, ctx: DistContext,
-             batch_size: int = 256, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """Metrics of ``model`` on ``data``; under DDP each rank scores its shard and results are merged."""
-    loader = BatchLoader(data, batch_size, ctx.device, shuffle=False, drop_last=False,
-                         rank=ctx.rank, world_size=ctx.world_size)
+             batch_size: int = 256, amp_dtype: torch.dtype | None = None, progress: str = "") -> dict[str, Any]:
+    """Metrics of ``model`` on ``data``; under DDP each rank scores its shard and results are merged.
+
+    ``progress``: the label of a progress bar (rank 0's, on a terminal), none when empty.
+    """
+    loader = progress_bar(BatchLoader(data, batch_size, ctx.device, shuffle=False, drop_last=False,
+                                      rank=ctx.rank, world_size=ctx.world_size), progress, quiet=not progress or not ctx.is_main)
     was_training = model.training
     model.eval()
 
@@ -40,12 +44,16 @@ def evaluate(model: nn.Module, data: ImageSet, transform: BatchTransform, ctx: D
     return report
 
 
-def evaluate_runtime(runtime: Runtime, source: ModelSource, data: ImageSet, batch_size: int = 256) -> dict[str, Any]:
-    """Metrics of a deployed model (an ONNX export, an engine) as ``runtime`` runs it, on ``data``."""
+def evaluate_runtime(runtime: Runtime, source: ModelSource, data: ImageSet, batch_size: int = 256,
+                     progress: str = "") -> dict[str, Any]:
+    """Metrics of a deployed model (an ONNX export, an engine) as ``runtime`` runs it, on ``data`` (``progress``: as
+    :func:`evaluate`'s)."""
     transform = BatchTransform(source.img_size, source.mean, source.std)
+    loader = progress_bar(BatchLoader(data, batch_size, torch.device("cpu"), shuffle=False, drop_last=False), progress,
+                          quiet=not progress)
 
     def scored() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in BatchLoader(data, batch_size, torch.device("cpu"), shuffle=False, drop_last=False):
+        for images, labels in loader:
             pixels = transform.eval_pixels(images)
             yield torch.from_numpy(runtime.run(source.prepare(pixels))).float(), labels
 
@@ -86,11 +94,13 @@ def evaluate_artifact(src: str, data: str, data_dir: str | None = None, download
         ctx = DistContext(device=resolve_device(device))
         model, meta = load_model(src, ctx.device)
         test = load_test_split(options)
-        report = evaluate(model, test, BatchTransform(meta.img_size, meta.mean, meta.std), ctx, batch_size=batch_size)
+        report = evaluate(model, test, BatchTransform(meta.img_size, meta.mean, meta.std), ctx, batch_size=batch_size,
+                          progress="" if quiet else "scoring")
         return {"artifact": str(src), "data": data, "model": meta.model_name, "stage": meta.stage, **report}
     runtime = open_runtime(source, backend, max_batch=batch_size)
     try:
-        report = evaluate_runtime(runtime, source, load_test_split(options), runtime.batch_limit(source, batch_size))
+        report = evaluate_runtime(runtime, source, load_test_split(options), runtime.batch_limit(source, batch_size),
+                                  progress="" if quiet else "scoring")
     finally:
         runtime.close()
     return {"export": str(src), "data": data, "runtime": runtime.name, "precision": source.precision, **report}

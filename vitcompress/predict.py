@@ -31,7 +31,7 @@ from vitcompress.config import PREDICT_BATCH_SIZE
 from vitcompress.datasets.items import UNREADABLE, storage_side, stored_pixels
 from vitcompress.datasets.listing import image_files_under
 from vitcompress.datasets.streamed import default_workers
-from vitcompress.errors import UserError
+from vitcompress.errors import UserError, require
 from vitcompress.runtimes import open_runtime
 from vitcompress.sources import ModelSource, open_source
 
@@ -127,9 +127,15 @@ class Classifier:
         return answers[0] if single else answers
 
     def top_classes(self, probabilities: np.ndarray, top_k: int) -> list[tuple[str, float]]:
-        """The ``top_k`` most probable ``(class, probability)`` pairs of one row of :meth:`probabilities`."""
-        k = max(1, min(top_k, len(self.classes)))
+        """The ``top_k`` most probable ``(class, probability)`` pairs of one row of :meth:`probabilities` (every
+        class when the model has fewer)."""
+        check_top_k(top_k)
+        k = min(top_k, len(self.classes))
         return [(self.classes[i], float(probabilities[i])) for i in np.argsort(-probabilities)[:k]]
+
+
+def check_top_k(top_k: int) -> None:
+    require(top_k >= 1, f"--top-k {top_k} must be at least 1", "pass e.g. --top-k 5 (the most probable classes to show)")
 
 
 def _stored(image: ImageLike, img_size: int) -> np.ndarray:
@@ -166,8 +172,12 @@ def predict(src: str, images: list[str], top_k: int = 5, backend: str | None = N
     Unreadable images are skipped with a warning on stderr and an ``{"image", "error"}`` record, as training
     skips them; only when no image can be read is it an error (naming the first, with PIL's reason).
     """
+    check_top_k(top_k)
     files = image_files(images)
     with Classifier(src, backend, batch_size=batch_size) as classifier:
+        if top_k > len(classifier.classes):
+            print(f"note: --top-k {top_k} is more than the model's {len(classifier.classes)} classes; showing all of them",
+                  file=sys.stderr)
         probs, unreadable = classifier.readable_probabilities(files)
     if unreadable:
         first = min(unreadable)

@@ -191,7 +191,7 @@ def qat_summary(path: Path, meta: ArtifactMeta) -> str:
     q, metrics = meta.quantization, meta.metrics["qat"]
     rows = [("FP32 (source)", _pct(metrics["top1_fp32"])), (f"INT8 PTQ ({q['method']} calibration)", _pct(metrics["top1_ptq"]))]
     if metrics["top1_qat"] is not None:  # --epochs 0 is PTQ only: no QAT row to show
-        rows.append((f"INT8 QAT ({metrics['epochs']} epochs)", _pct(metrics["top1_qat"])))
+        rows.append((f"INT8 QAT ({metrics['epochs']} epoch{'' if metrics['epochs'] == 1 else 's'})", _pct(metrics["top1_qat"])))
     table = tabulate(rows, headers=("model", "test top-1"), tablefmt="simple", disable_numparse=True)
     layers = f"{len(q['quantized_layers'])} layers in INT8; full precision: {', '.join(q['skipped_layers']) or 'none'}"
     return f"\n{table}\n\n{layers}\n\nartifact: {path}"

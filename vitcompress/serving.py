@@ -245,10 +245,12 @@ def serve(cfg: Any) -> None:
 
     cfg.validate()
     source = open_source(cfg.src)
-    if source.kind == "artifact":
-        raise UserError(f"{cfg.src} is an artifact; Triton serves exported models",
-                        f"run `vitcompress export {cfg.src} --out DIR` and serve DIR")
-    name = served_model_name(cfg.model_name, source)
+    name = served_model_name(cfg.model_name, source)  # an artifact's own name, not its export's cache folder's
+    if source.kind == "artifact":  # Triton serves exports: this one's default export, made (verified) once
+        from vitcompress.export.exporter import cached_export
+
+        source = open_source(cached_export(cfg.src, cfg.cache_dir, on_build=lambda path: print(
+            f"exporting {cfg.src} for serving (ONNX, verified against PyTorch) into {path} ...", flush=True)))
     server = TritonServer(source, name, threads=cfg.threads or None, http_port=cfg.http_port, grpc_port=cfg.grpc_port,
                           metrics_port=cfg.metrics_port, max_batch_size=served_max_batch_size(cfg.max_batch_size, source),
                           max_queue_delay_us=cfg.max_queue_delay_us, quiet=not cfg.triton_log)

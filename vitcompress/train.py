@@ -28,7 +28,6 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from vitcompress.augment import BatchTransform
 from vitcompress.budget import RECENT_EPOCHS, DecayTimeline, planned_epochs, schedule_can_follow
@@ -39,6 +38,7 @@ from vitcompress.errors import UserError, require
 from vitcompress.evaluate import evaluate
 from vitcompress.fsutil import atomic_file, write_safetensors, write_torch
 from vitcompress.loader import BatchLoader
+from vitcompress.progress import progress_bar
 
 STARVED_SHARE = 0.2  # a streamed epoch that waits for data this share of its time gets a hint
 CHECKPOINT_FILE = "last.ckpt"
@@ -287,8 +287,8 @@ class Trainer:
         self.train_loader.set_epoch(epoch)
         totals = torch.zeros(3, device=self.ctx.device)  # loss sum, correct, count
         micro_steps = self.steps_per_epoch * cfg.accum_steps  # whole optimizer steps only: no gradient leaks
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.planned_epochs}", unit="batch", leave=False,
-                   total=micro_steps, disable=cfg.quiet or not self.ctx.is_main, dynamic_ncols=True)
+        bar = progress_bar(self.train_loader, desc=f"epoch {epoch + 1}/{self.planned_epochs}", total=micro_steps,
+                           quiet=cfg.quiet or not self.ctx.is_main)
         start = time.perf_counter()
         update = epoch * self.steps_per_epoch
         waited, asked = 0.0, start  # time spent waiting for the next batch: the loader holding training back

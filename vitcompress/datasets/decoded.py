@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from vitcompress.datasets.imageset import ImageSet
 from vitcompress.datasets.items import ImageItems, SplitItems, decode
 from vitcompress.errors import UserError
 from vitcompress.locks import build_once
+from vitcompress.progress import progress_bar
 
 RAM_SHARE = 0.3  # a decoded split larger than this share of free RAM stays memory-mapped
 MANIFEST = "manifest.json"
@@ -93,7 +93,7 @@ def _decode_split(dataset: Dataset, size: int, out: Path, workers: int, quiet: b
     # Its own generator: drawing the workers' seed from the global RNG would make a run that decodes train
     # differently from the same run reading the cache.
     loader = DataLoader(dataset, batch_size=256, num_workers=workers, collate_fn=list, generator=torch.Generator())
-    for batch in tqdm(loader, desc=f"decoding {out.name}", unit="batch", disable=quiet, leave=False):
+    for batch in progress_bar(loader, desc=f"decoding {out.name}", quiet=quiet):
         for label, pixels, name in batch:
             if pixels is None:
                 bad.append(name)
