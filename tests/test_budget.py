@@ -107,7 +107,7 @@ def test_fixed_epochs_also_end_the_schedule_at_min_lr(tmp_path: Path) -> None:
 
 
 def test_prune_refuses_a_time_budget() -> None:
-    cfg = PruneConfig(src="x", out="y", finetune_epochs=1, train=TrainConfig(time_budget=60))
+    cfg = PruneConfig(src="x", out="y", heads=0.5, finetune_epochs=1, train=TrainConfig(time_budget=60))
     with pytest.raises(UserError, match="time budget"):
         cfg.validate()
 

@@ -17,6 +17,7 @@ from vitcompress.compress.prune import apply_plan, prune
 from vitcompress.compress.surgery import head_channels, head_dim, mlp_widths, remove_heads
 from vitcompress.config import PRUNE_CRITERIA, PruneConfig
 from vitcompress.datasets.shapes import CLASSES
+from vitcompress.errors import UserError
 from vitcompress.models import count_params, create_model, heads_per_block
 
 # Families whose attention differs: timm's ViT, DeiT with its distillation token, BEiT v2 (separate q/v
@@ -126,12 +127,12 @@ def test_stage_output_matches_surgery_in_memory(tmp_path: Path, name: str) -> No
     assert not (tmp_path / "pruned.tmp-run").exists()
 
 
-def test_ratio_zero_without_recovery_leaves_logits_unchanged(tmp_path: Path) -> None:
+def test_nothing_to_remove_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """Both ratios 0 was a silent no-op: an artifact with every head kept, after the whole run."""
     src = make_artifact(tmp_path, "vit_tiny_patch16_224")
-    result = prune(PruneConfig(src=str(src), out=str(tmp_path / "same"), heads=0.0, finetune_epochs=0))
-    original, _ = load_model(src)
-    pruned, _ = load_model(result.path)
-    torch.testing.assert_close(logits(pruned), logits(original), atol=0, rtol=0)
+    with pytest.raises(UserError, match="nothing to remove"):
+        prune(PruneConfig(src=str(src), out=str(tmp_path / "same"), heads=0.0, mlp=0.0, finetune_epochs=0))
+    assert not (tmp_path / "same").exists() and not (tmp_path / "same.tmp-run").exists()
 
 
 def test_head_and_parameter_counts_follow_the_ratio(tmp_path: Path) -> None:

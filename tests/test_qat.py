@@ -69,7 +69,8 @@ def test_ptq_and_qat_accuracy_stay_close_to_fp32(qat_artifact) -> None:
     assert abs(m["top1_ptq"] - m["top1_fp32"]) <= TOLERANCE
     assert m["top1_qat"] >= m["top1_fp32"] - TOLERANCE
     assert qat_artifact.meta.metrics["top1"] == m["top1_qat"]
-    assert f"INT8 QAT ({m['epochs']} epochs)" in qat_summary(qat_artifact.path, qat_artifact.meta)
+    epochs = f"{m['epochs']} epoch{'' if m['epochs'] == 1 else 's'}"  # "1 epoch", not "1 epochs"
+    assert f"INT8 QAT ({epochs})" in qat_summary(qat_artifact.path, qat_artifact.meta)
 
 
 @pytest.mark.parametrize("method", CALIBRATION_METHODS)

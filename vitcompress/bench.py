@@ -17,7 +17,7 @@ import platform
 import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -147,21 +147,27 @@ def _measure_in_fresh_process(source: ModelSource, backend: str, batches: list[i
     ended once it has, without the second and a half a Python process with torch takes to exit.
     """
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=os.setpgrp) as pool:
-        pid = pool.submit(os.getpid).result()
-        measuring = pool.submit(_measure, source, backend, batches, cfg, images)
         try:
-            return measuring.result()
-        except KeyboardInterrupt:
-            os.kill(pid, signal.SIGINT)
-            with contextlib.suppress(BaseException):  # its own KeyboardInterrupt, once its runtime is closed
-                measuring.result(timeout=STOP_TIMEOUT_S)
-            os.kill(pid, signal.SIGKILL)  # nothing of it is left to clean up
-            raise
+            pid = pool.submit(os.getpid).result()
+            return _result_handing_on_ctrl_c(pool.submit(_measure, source, backend, batches, cfg, images), pid)
         except BrokenProcessPool:
             raise UserError(f"the process measuring {source.label} on {backend} died (a crash in the runtime, or, "
                             "from Python, a script whose bench call is not under `if __name__ == \"__main__\":`, "
                             "which the new process imports again)",
                             "guard the call so, pass in_process=True (--in-process), or skip that backend") from None
+
+
+def _result_handing_on_ctrl_c(measuring: Future, pid: int) -> dict[str, Any]:
+    """``measuring``'s result; on Ctrl-C, the interrupt handed to process ``pid``, which is ended once it has closed
+    its runtime (its own KeyboardInterrupt comes back as the result)."""
+    try:
+        return measuring.result()
+    except KeyboardInterrupt:
+        os.kill(pid, signal.SIGINT)
+        with contextlib.suppress(BaseException):
+            measuring.result(timeout=STOP_TIMEOUT_S)
+        os.kill(pid, signal.SIGKILL)  # nothing of it is left to clean up
+        raise
 
 
 def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchConfig,

@@ -253,8 +253,6 @@ class PruneConfig:
     def validate(self) -> None:
         for flag, ratio in (("--heads", self.heads), ("--mlp", self.mlp)):
             require(0 <= ratio < 1, f"{flag} {ratio:g} is not in [0, 1)", f"pass the share to remove, e.g. {flag} 0.5")
-        require(self.heads > 0 or self.mlp > 0, "prune was given nothing to remove (neither --heads nor --mlp)",
-                "pass --heads 0.5 (the share of attention heads to remove), --mlp 0.25 (of MLP channels), or both")
         require(self.criterion in PRUNE_CRITERIA, f"--criterion {self.criterion!r} is unknown",
                 f"use one of {', '.join(PRUNE_CRITERIA)}")
         require(self.ranking in PRUNE_RANKINGS, f"--ranking {self.ranking!r} is unknown", "use --uniform or --global")
@@ -271,6 +269,8 @@ class PruneConfig:
         if self.finetune_epochs:
             self.train.epochs = self.finetune_epochs
             self.train.validate()
+        require(self.heads > 0 or self.mlp > 0, "prune was given nothing to remove (neither --heads nor --mlp)",
+                "pass --heads 0.5 (the share of attention heads to remove), --mlp 0.25 (of MLP channels), or both")
 
 
 @dataclass
