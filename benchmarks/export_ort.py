@@ -45,7 +45,7 @@ from vitcompress.models import build_kwargs, create_model, heads_per_block
 HERE = Path(__file__).resolve().parent
 MODEL = "vit_small_patch16_224"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-VARIANTS = {"fp32-ort": ("fp32", "fp32", "ort"), "fp32-std": ("fp32", "fp32", "tensorrt"),
+VARIANTS = {"fp32-ort": ("fp32", "fp32", "ort"), "fp32-std": ("fp32", "fp32", "standard"),
             "int8-ort": ("int8", "int8", "ort")}
 
 

@@ -64,8 +64,8 @@ def export(cfg: ExportConfig) -> ExportResult:
     precision = resolve_precision(cfg.precision, meta, cfg.src)
     target = cfg.resolved_target()
     if needs_engine(cfg):
-        require(target == "tensorrt", "a TensorRT engine is built from the TensorRT graph, not --target ort",
-                "drop --target or pass --target tensorrt")
+        require(target == "standard", "a TensorRT engine is built from the standard graph, not --target ort",
+                "drop --target or pass --target standard")
         from vitcompress.export.tensorrt import tensorrt
 
         tensorrt()  # the install hint, before any work
@@ -177,10 +177,39 @@ def _build_engine(job: ExportJob, directory: Path) -> dict[str, Any]:
     got = run_in_batches(runner.run, inputs, min(spec.batch[2], 8))
     tolerance = TOLERANCES["int8"] if job.precision == "int8" else ENGINE_TOLERANCE
     report = compare(torch_logits(job.model, job.meta, job.data.pixels), got, job.data.labels, tolerance)
+    report.update(images=len(inputs), source=job.data.source)  # as every verification report says
     if not report["passed"]:
         raise UserError(f"engine verification failed: {report['failure']}; nothing was written",
                         "re-run with --debug and report it")
     return {"engine": engine, "report": report}
+
+
+def _convert_to_ir(job: ExportJob, directory: Path) -> dict[str, Any]:
+    """``model.xml`` + ``model.bin`` from the verified ONNX in ``directory`` (which is then removed), checked against
+    PyTorch on the same images and tolerances as the ONNX file; returns the IR's description and its report."""
+    from vitcompress.export.onnx import model_files
+    from vitcompress.export.openvino import IR_FILE, ir_runner, save_ir
+    from vitcompress.export.verify import verify_runner
+
+    described = save_ir(directory / ONNX_FILE, directory / IR_FILE, job.precision)
+    report = verify_runner(ir_runner(directory / IR_FILE), job.model, job.meta, job.data, job.pixels,
+                           TOLERANCES[job.precision])
+    if not report["passed"]:
+        raise UserError(f"OpenVINO IR verification failed: {report['failure']}; nothing was written",
+                        "re-run with --debug and report it; --format onnx exports the ONNX file")
+    for file in model_files(directory / ONNX_FILE):  # the IR holds the model now
+        file.unlink()
+    return {"openvino": described, "report": report}
+
+
+def _write_openvino(job: ExportJob, staging: Path) -> dict[str, Any]:
+    manifest = write_verified_onnx(job, staging)
+    converted = _convert_to_ir(job, staging)
+    manifest["openvino"] = converted["openvino"]
+    manifest["verify"]["openvino"] = converted["report"]
+    _write_json(staging / VERIFY_FILE, manifest["verify"])
+    manifest["files"] = _file_sizes(staging)
+    return manifest
 
 
 def _write_tensorrt(job: ExportJob, staging: Path) -> dict[str, Any]:
@@ -208,6 +237,13 @@ def _write_triton(job: ExportJob, staging: Path) -> dict[str, Any]:
         manifest["engine"] = built["engine"]
         manifest["verify"]["tensorrt"] = built["report"]
         model_file = work / ENGINE_FILE
+    elif cfg.triton_platform == "openvino":
+        from vitcompress.export.openvino import IR_FILE
+
+        converted = _convert_to_ir(job, work)
+        manifest["openvino"] = converted["openvino"]
+        manifest["verify"]["openvino"] = converted["report"]
+        model_file = work / IR_FILE
     contract = manifest["contract"]["input"]
     model = TritonModel(name=name, platform=cfg.triton_platform, input_name=contract["name"],
                         input_dtype=contract["dtype"], input_dims=_sample_shape(job), output_name=OUTPUT,
@@ -222,6 +258,7 @@ def _write_triton(job: ExportJob, staging: Path) -> dict[str, Any]:
 
 FORMAT_WRITERS: dict[str, Callable[[ExportJob, Path], dict[str, Any]]] = {
     "onnx": _write_onnx,
+    "openvino": _write_openvino,
     "tensorrt": _write_tensorrt,
     "triton": _write_triton,
 }

@@ -1,12 +1,12 @@
-"""Give a model the form its ONNX graph should have for one runtime, before it is traced.
+"""Give a model the form its ONNX graph should have (``--target``), before it is traced.
 
 - ``ort``: timm's attention blocks become one ``Attention`` kernel (``QAttention`` when the QKV
   projection is INT8) and every other INT8 Linear becomes ``MatMulIntegerToFloat``, with the int8
   weights and the scales QAT learned (``ort_ops.py``). This is the graph ONNX Runtime's CPU
   provider runs fastest; it needs ONNX Runtime (contrib ops).
-- ``tensorrt``: the model is traced as it is. Quantized layers export as standard
+- ``standard``: the model is traced as it is. Quantized layers export as standard
   ``QuantizeLinear``/``DequantizeLinear`` pairs (modelopt's own export), the explicit-quantization
-  form TensorRT builds INT8 kernels from; only standard ONNX ops.
+  form TensorRT builds INT8 kernels from and OpenVINO turns into its own INT8 layers; only standard ONNX ops.
 
 Either way the graph can take raw pixels (:class:`PixelInput`).
 """
@@ -125,6 +125,6 @@ def for_onnx_runtime(model: nn.Module) -> nn.Module:
 
 
 def exportable(model: nn.Module, target: str, pixels: bool, mean: list[float], std: list[float]) -> nn.Module:
-    """The module to trace for ``target`` (``ort`` or ``tensorrt``), taking raw pixels when ``pixels``."""
+    """The module to trace for ``target`` (``ort`` or ``standard``), taking raw pixels when ``pixels``."""
     graph_model = for_onnx_runtime(model) if target == "ort" else model
     return PixelInput(graph_model, mean, std).eval() if pixels else ImageInput(graph_model).eval()

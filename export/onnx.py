@@ -55,12 +55,12 @@ def export_onnx(model: nn.Module, meta: ArtifactMeta, path: Path, *, precision: 
     """Write ``model`` to ``path`` as ONNX for ``target``; return a description of the graph.
 
     ``precision`` is ``fp32``, ``fp16`` (weights and activations; inputs and outputs stay as they
-    are) or ``int8`` (the quantized layers of a QAT/PTQ artifact; for TensorRT everything else is FP16).
+    are) or ``int8`` (the quantized layers of a QAT/PTQ artifact; in the standard graph everything else is FP16).
     """
     module = exportable(model, target, pixels, meta.mean, meta.std)
     proto = _trace(module, meta, pixels, opset, scratch=path.parent)
     _blank_qattention_masks(proto)
-    if precision == "fp16" or (precision == "int8" and target == "tensorrt"):
+    if precision == "fp16" or (precision == "int8" and target == "standard"):
         proto = to_fp16(proto)
     if simplify:
         proto = _simplify(proto)
@@ -91,7 +91,10 @@ def external_data_path(onnx_path: Path) -> Path:
 
 
 def model_files(model_path: Path) -> list[Path]:
-    """A model file and, for an ONNX file with external data, its weights file: together, the model's size on disk."""
+    """A model file and, for an ONNX file with external data or an OpenVINO IR, its weights file: together, the
+    model's size on disk."""
+    if model_path.suffix == ".xml":
+        return [model_path, model_path.with_suffix(".bin")]
     data = external_data_path(model_path)
     return [model_path, data] if data.is_file() else [model_path]
 

@@ -77,7 +77,7 @@ def build_engine(spec: EngineSpec) -> dict[str, Any]:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(spec.onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UserError(f"TensorRT cannot parse {spec.onnx_path}: {errors}", "export with --target tensorrt")
+        raise UserError(f"TensorRT cannot parse {spec.onnx_path}: {errors}", "export with --target standard")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_bytes)
     profile = builder.create_optimization_profile()

@@ -1,4 +1,4 @@
-"""A Triton Inference Server model repository: ``NAME/config.pbtxt``, ``NAME/1/model.onnx|model.plan``
+"""A Triton Inference Server model repository: ``NAME/config.pbtxt``, ``NAME/1/model.onnx|model.plan|model.xml``
 and ``NAME/labels.txt`` (so Triton's classification extension can answer with class names)."""
 
 from __future__ import annotations
@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+# config.pbtxt's field and value for each (Triton's `platform`; OpenVINO has none, only a `backend`), and the model file
+PLATFORMS = {"onnxruntime": ("platform", "onnxruntime_onnx", "model.onnx"),
+             "tensorrt": ("platform", "tensorrt_plan", "model.plan"),
+             "openvino": ("backend", "openvino", "model.xml")}
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8"}
 INSTANCE_KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 LABELS_FILE = "labels.txt"
@@ -32,7 +35,7 @@ class TritonModel:
 
     @property
     def model_file(self) -> str:
-        return PLATFORMS[self.platform][1]
+        return PLATFORMS[self.platform][2]
 
 
 def config_pbtxt(model: TritonModel) -> str:
@@ -40,7 +43,7 @@ def config_pbtxt(model: TritonModel) -> str:
     dims = ", ".join(str(d) for d in model.input_dims)
     lines = [
         f'name: "{model.name}"',
-        f'platform: "{PLATFORMS[model.platform][0]}"',
+        '{}: "{}"'.format(*PLATFORMS[model.platform][:2]),
         f"max_batch_size: {model.max_batch_size}",
         "input [",
         "  {",
@@ -74,16 +77,16 @@ def config_pbtxt(model: TritonModel) -> str:
 
 
 def write_model_repository(root: Path, model: TritonModel, model_bytes_path: Path, classes: list[str]) -> Path:
-    """Lay out ``root/NAME/`` around an exported model file (moved into version ``1`` with its external data,
-    if any); return the model dir."""
-    from vitcompress.export.onnx import external_data_path
+    """Lay out ``root/NAME/`` around an exported model file (moved into version ``1`` with the file that holds its
+    weights, if any: an ONNX file's external data, an IR's ``.bin``); return the model dir."""
+    from vitcompress.export.onnx import model_files
 
     model_dir = root / model.name
     version = model_dir / "1"
     version.mkdir(parents=True, exist_ok=True)
-    data = external_data_path(model_bytes_path)
-    model_bytes_path.replace(version / model.model_file)
-    if data.is_file():  # it keeps its name: the ONNX graph refers to it by name
+    main, *weights = model_files(model_bytes_path)
+    main.replace(version / model.model_file)
+    for data in weights:  # it keeps its name: the ONNX graph names it, and an IR's .bin is its .xml's stem
         data.replace(version / data.name)
     (model_dir / "config.pbtxt").write_text(config_pbtxt(model))
     (model_dir / LABELS_FILE).write_text("".join(f"{c}\n" for c in classes))
@@ -96,6 +99,6 @@ def model_name_for(path: Path) -> str:
 
 
 def describe(model: TritonModel) -> dict[str, Any]:
-    return {"name": model.name, "platform": PLATFORMS[model.platform][0], "max_batch_size": model.max_batch_size,
+    return {"name": model.name, "platform": PLATFORMS[model.platform][1], "max_batch_size": model.max_batch_size,
             "dynamic_batching": model.dynamic_batching, "instances": model.instances,
             "instance_kind": INSTANCE_KINDS[model.instance_kind]}

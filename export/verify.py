@@ -7,6 +7,7 @@ same uint8 pixels; the report holds the largest logit difference, top-1 agreemen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -78,17 +79,24 @@ def torch_logits(model: nn.Module, meta: ArtifactMeta, pixels: torch.Tensor, bat
 def verify_onnx(path: Path, model: nn.Module, meta: ArtifactMeta, data: VerificationSet, takes_pixels: bool,
                 tolerance: Tolerance) -> dict[str, Any]:
     """Compare ONNX Runtime on ``path`` with PyTorch on ``data``; raise ``UserError`` when it fails ``tolerance``."""
+    report = verify_runner(ort_runner(ort_session(path)), model, meta, data, takes_pixels, tolerance)
+    if not report["passed"]:
+        raise UserError(f"verification failed: {report['failure']}; nothing was written",
+                        "re-run with --debug and report it; --precision fp32 or --target standard may export it")
+    return report
+
+
+def verify_runner(run: Callable[[np.ndarray], np.ndarray], model: nn.Module, meta: ArtifactMeta, data: VerificationSet,
+                  takes_pixels: bool, tolerance: Tolerance) -> dict[str, Any]:
+    """``run`` (an exported model in its runtime) against PyTorch on ``data``, alone and in batches: the report
+    (:func:`compare`'s, with the images and the batch sizes); ``report["passed"]`` says whether it held."""
     expected = torch_logits(model, meta, data.pixels)
     inputs = BatchTransform(meta.img_size, meta.mean, meta.std).model_input(data.pixels, takes_pixels)
-    run = ort_runner(ort_session(path))
     single = run_in_batches(run, inputs[:1], 1)
     got = run_in_batches(run, inputs, VERIFY_BATCH)
     report = compare(expected, got, data.labels, tolerance)
     report.update(images=len(inputs), source=data.source, batch_sizes=[1, VERIFY_BATCH],
                   batch1_max_abs_error=float(np.abs(single - got[:1]).max()))
-    if not report["passed"]:
-        raise UserError(f"verification failed: {report['failure']}; nothing was written",
-                        "re-run with --debug and report it; --precision fp32 or --target tensorrt may export it")
     return report
 
 

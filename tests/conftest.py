@@ -74,6 +74,17 @@ def shapes_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def int8_artifact(shapes_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``shapes_artifact`` calibrated to INT8 (PTQ on 128 images)."""
+    from vitcompress.compress.qat import qat
+    from vitcompress.config import QatConfig
+
+    out = tmp_path_factory.mktemp("export-src") / "int8"
+    qat(QatConfig(src=str(shapes_artifact), out=str(out), calib_size=128, train=TrainConfig(epochs=0, quiet=True)))
+    return out
+
+
 def write_image_folder(root: Path, per_class: int = 6, classes: int = 3, splits: tuple[str, ...] = ("train", "test"),
                        fmt: str = "png", seed: int = 0) -> Path:
     """An ImageFolder tree of `shapes` images: root/<split>/<class>/<n>.<fmt>."""

@@ -21,7 +21,8 @@ from vitcompress.evaluate import evaluate_artifact
 from vitcompress.export.exporter import export
 from vitcompress.plots import pareto_front
 from vitcompress.predict import Classifier
-from vitcompress.runtimes import RUNTIMES, OrtRuntime
+from vitcompress.runtimes import RUNTIMES
+from vitcompress.runtimes.ort_backend import OrtRuntime
 from vitcompress.sources import ModelSource, open_source
 
 LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_ips", "peak_memory_bytes")

@@ -13,8 +13,7 @@ import torch
 from tests.conftest import run_cli
 from vitcompress.artifact import load_model
 from vitcompress.compress.prune import prune
-from vitcompress.compress.qat import qat
-from vitcompress.config import ExportConfig, PruneConfig, QatConfig, TrainConfig
+from vitcompress.config import ExportConfig, PruneConfig
 from vitcompress.export import exporter
 from vitcompress.export.exporter import export
 from vitcompress.export.onnx_runtime import ort_runner, ort_session
@@ -29,13 +28,6 @@ FP16_TOLERANCE = 3e-2
 # INT8: ONNX Runtime's integer kernels against PyTorch's fake quantization; at least this share of
 # top-1 predictions must agree on the verification images.
 INT8_MIN_AGREEMENT = 0.95
-
-
-@pytest.fixture(scope="module")
-def int8_artifact(shapes_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("export-src") / "int8"
-    qat(QatConfig(src=str(shapes_artifact), out=str(out), calib_size=128, train=TrainConfig(epochs=0, quiet=True)))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +63,7 @@ def assert_close_logits(expected: np.ndarray, got: np.ndarray, tolerance: float)
     assert float(np.abs(expected - got).max()) <= tolerance * scale
 
 
-@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+@pytest.mark.parametrize("target", ["ort", "standard"])
 def test_fp32_onnx_matches_pytorch_at_batch_1_and_7(tmp_path: Path, shapes_artifact: Path, target: str) -> None:
     result = do_export(shapes_artifact, tmp_path / "onnx", target=target)
     path = result.path / "model.onnx"
@@ -82,7 +74,7 @@ def test_fp32_onnx_matches_pytorch_at_batch_1_and_7(tmp_path: Path, shapes_artif
     assert_close_logits(expected[:1], onnx_logits(path, x[:1]), FP32_TOLERANCE)
     ops = result.manifest["graph"]["ops"]
     assert ("Attention" in ops) == (target == "ort")  # ORT's fused attention kernel, or standard ops only
-    if target == "tensorrt":
+    if target == "standard":
         assert result.manifest["graph"]["domains"] == ["ai.onnx"]
 
 
@@ -154,7 +146,7 @@ def test_int8_onnx_holds_integer_weights_and_agrees(tmp_path: Path, int8_artifac
 
 
 def test_int8_for_tensorrt_is_qdq_with_fp16_elsewhere(tmp_path: Path, int8_artifact: Path) -> None:
-    result = do_export(int8_artifact, tmp_path / "trt", target="tensorrt")
+    result = do_export(int8_artifact, tmp_path / "trt", target="standard")
     proto = onnx.load(str(result.path / "model.onnx"))
     ops = result.manifest["graph"]["ops"]
     assert result.manifest["graph"]["domains"] == ["ai.onnx"]
@@ -199,7 +191,7 @@ def test_weights_past_protobufs_limit_go_to_external_data(tmp_path: Path, shapes
     assert predict(str(repo.path), [str(picture)], 1, None, 1) == predict(str(result.path), [str(picture)], 1, None, 1)
 
 
-@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+@pytest.mark.parametrize("target", ["ort", "standard"])
 def test_int8_graphs_take_external_data_too(tmp_path: Path, int8_artifact: Path, target: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from vitcompress.export import onnx as onnx_export

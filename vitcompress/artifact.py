@@ -23,6 +23,7 @@ from torch import nn
 from vitcompress.errors import UserError
 from vitcompress.fsutil import atomic_file, sha256_file, write_safetensors
 from vitcompress.models import create_model
+from vitcompress.runs import refuse_run_as_model
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -128,8 +129,6 @@ def read_meta(path: str | Path) -> ArtifactMeta:
     path = Path(path)
     meta_path = path / META_FILE
     if not path.is_dir() or not meta_path.is_file():
-        from vitcompress.run_report import refuse_run_as_model
-
         refuse_run_as_model(path)
         raise UserError(f"{path} is not a vitcompress artifact (no {META_FILE})",
                         "pass a directory written by `vitcompress finetune` or a later stage")

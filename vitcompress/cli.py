@@ -100,11 +100,12 @@ HELP = {
     "skip": "comma-separated module-name patterns left in full precision (e.g. patch_embed*,head*,blocks.0.mlp*)",
     "quantize_attention": "also quantize Q, K and V where they enter the attention matmuls (Q·Kᵀ, softmax·V) to INT8 per tensor",
     "sensitivity": "score each layer group quantized alone, print the ranking and a --skip suggestion; write nothing",
-    "format": "onnx (a verified .onnx file) | tensorrt (a serialized engine; needs TensorRT and a GPU) | "
-              "triton (a Triton Inference Server model repository)",
+    "format": "onnx (a verified .onnx file) | openvino (OpenVINO IR: model.xml + model.bin, for Intel CPUs) | tensorrt "
+              "(a serialized engine; needs TensorRT and a GPU) | triton (a Triton Inference Server model repository)",
     "precision": "auto (int8 for a quantized artifact, else fp32) | fp32 | fp16 | int8",
-    "target": "auto | ort (ONNX Runtime's fused kernels, contrib ops) | tensorrt (standard ONNX, Q/DQ for INT8, "
-              "FP16 elsewhere); auto picks tensorrt for engines and ort otherwise",
+    "target": "the graph's form: auto | ort (ONNX Runtime's fused kernels, contrib ops) | standard (standard ONNX, Q/DQ "
+              "for INT8, FP16 elsewhere: what TensorRT and OpenVINO take; `tensorrt` is its old name); auto picks standard "
+              "for TensorRT and OpenVINO, ort otherwise",
     "input": "float (normalised N x 3 x H x W) | uint8 (raw N x H x W x 3 pixels; the graph normalises)",
     "opset": "ONNX opset (17 or newer)",
     "simplify": "simplify the graph with onnxslim",
@@ -121,7 +122,8 @@ HELP = {
     "max_queue_delay_us": "Triton dynamic batching: longest wait for a fuller batch, in microseconds",
     "instances": "Triton model instances",
     "instance_kind": "Triton instance kind: auto | cpu | gpu",
-    "triton_platform": "what the Triton repository serves: onnxruntime (model.onnx) | tensorrt (model.plan)",
+    "triton_platform": "what the Triton repository serves: onnxruntime (model.onnx) | tensorrt (model.plan) | "
+                       "openvino (model.xml + model.bin, Triton's OpenVINO backend)",
     "srcs": "models to measure: artifacts, ONNX exports, TensorRT exports, Triton repositories from `vitcompress export`",
     "backends": f"auto (every one that applies) or a comma list of {', '.join(BENCH_BACKENDS)}",
     "eval_size": "test images for accuracy, a seeded sample (0: the whole test split of --data)",
@@ -166,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
         PRUNE_CRITERIA,
         PRUNE_RANKINGS,
         RANDOM_ERASE_MODES,
+        RENAMED_TARGETS,
         TRITON_INSTANCE_KINDS,
         TRITON_PLATFORMS,
         BenchConfig,
@@ -223,8 +226,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="ONNX (FP32/FP16/INT8), TensorRT engine or Triton model repository; verified before it is written",
                        description="Export any artifact (finetuned, pruned or quantized). Every export is checked "
                                    "with ONNX Runtime against PyTorch on real images before it is published.")
-    export_choices = {"format": EXPORT_FORMATS, "precision": EXPORT_PRECISIONS, "target": ("auto", *EXPORT_TARGETS),
-                      "input": EXPORT_INPUTS, "instance_kind": TRITON_INSTANCE_KINDS, "triton_platform": TRITON_PLATFORMS}
+    export_choices = {"format": EXPORT_FORMATS, "precision": EXPORT_PRECISIONS,
+                      "target": ("auto", *EXPORT_TARGETS, *RENAMED_TARGETS), "input": EXPORT_INPUTS,
+                      "instance_kind": TRITON_INSTANCE_KINDS, "triton_platform": TRITON_PLATFORMS}
     add_dataclass_args(p, ExportConfig, {**HELP, "out": "output export directory (a Triton model repository for "
                                                        "--format triton)", "quiet": HELP["quiet_no_training"]},
                        export_choices, positional=("src",))

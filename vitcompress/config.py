@@ -7,6 +7,7 @@ objects. Each config checks its own values (``validate``) and raises ``UserError
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -307,11 +308,13 @@ class QatConfig:
             self.train.validate()
 
 
-EXPORT_FORMATS = ("onnx", "tensorrt", "triton")
+EXPORT_FORMATS = ("onnx", "openvino", "tensorrt", "triton")
 EXPORT_PRECISIONS = ("auto", "fp32", "fp16", "int8")
-EXPORT_TARGETS = ("ort", "tensorrt")
+# The graph forms: ONNX Runtime's fused contrib ops, or standard ONNX (Q/DQ for INT8) that TensorRT and OpenVINO take
+EXPORT_TARGETS = ("ort", "standard")
+RENAMED_TARGETS = {"tensorrt": "standard"}  # the old names, accepted until the next release with a line saying so
 EXPORT_INPUTS = ("float", "uint8")
-TRITON_PLATFORMS = ("onnxruntime", "tensorrt")
+TRITON_PLATFORMS = ("onnxruntime", "tensorrt", "openvino")
 TRITON_INSTANCE_KINDS = ("auto", "cpu", "gpu")
 
 
@@ -349,8 +352,12 @@ class ExportConfig:
                 f"use one of {', '.join(EXPORT_FORMATS)}")
         require(self.precision in EXPORT_PRECISIONS, f"--precision {self.precision!r} is unknown",
                 f"use one of {', '.join(EXPORT_PRECISIONS)}")
+        if self.target in RENAMED_TARGETS:
+            print(f"note: --target {self.target} is now --target {RENAMED_TARGETS[self.target]} (the standard ONNX graph "
+                  "TensorRT and OpenVINO take); the old name goes in the next release", file=sys.stderr)
+            self.target = RENAMED_TARGETS[self.target]
         require(self.target in ("auto", *EXPORT_TARGETS), f"--target {self.target!r} is unknown",
-                "use ort (ONNX Runtime) or tensorrt")
+                "use ort (ONNX Runtime's fused graph) or standard (TensorRT, OpenVINO)")
         require(self.input in EXPORT_INPUTS, f"--input {self.input!r} is unknown", "use float or uint8")
         require(17 <= self.opset <= 21, f"--opset {self.opset} is not supported",
                 "use 17 to 21 (LayerNormalization needs 17)")
@@ -361,18 +368,24 @@ class ExportConfig:
         require(self.instance_kind in TRITON_INSTANCE_KINDS, f"--instance-kind {self.instance_kind!r} is unknown",
                 "use auto, cpu or gpu")
         require(self.triton_platform in TRITON_PLATFORMS, f"--triton-platform {self.triton_platform!r} is unknown",
-                "use onnxruntime or tensorrt")
+                "use onnxruntime, tensorrt or openvino")
         require(self.max_queue_delay_us >= 0, "--max-queue-delay-us must not be negative", "pass e.g. 100")
         parse_batch_profile(self.batch)
         if self.verify_data:
             check_data_spec(self.verify_data, "--verify-data")
 
     def resolved_target(self) -> str:
-        """``auto``: TensorRT's graph for engines (and Triton's tensorrt platform), ONNX Runtime's otherwise."""
+        """``auto``: the standard graph for TensorRT and OpenVINO (engines, IR, Triton's tensorrt and openvino
+        platforms), ONNX Runtime's fused one otherwise."""
         if self.target != "auto":
             return self.target
-        wants_trt = self.format == "tensorrt" or (self.format == "triton" and self.triton_platform == "tensorrt")
-        return "tensorrt" if wants_trt else "ort"
+        return "standard" if self.runtime_family() in ("tensorrt", "openvino") else "ort"
+
+    def runtime_family(self) -> str:
+        """What will run the export: ``tensorrt``, ``openvino`` or ``onnxruntime``."""
+        if self.format == "triton":
+            return self.triton_platform
+        return self.format if self.format in ("tensorrt", "openvino") else "onnxruntime"
 
 
 def parse_batch_profile(text: str) -> tuple[int, int, int]:
@@ -388,8 +401,8 @@ def parse_batch_profile(text: str) -> tuple[int, int, int]:
     return values[0], values[1], values[2]
 
 
-BENCH_BACKENDS = ("torch", "torch-bf16", "torch-compile", "torch-cudagraphs", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt",
-                  "triton")
+BENCH_BACKENDS = ("torch", "torch-bf16", "torch-compile", "torch-cudagraphs", "ort-cpu", "ort-cuda", "ort-trt", "openvino",
+                  "openvino-fp32", "tensorrt", "triton")
 
 
 @dataclass

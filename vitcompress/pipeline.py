@@ -22,8 +22,8 @@ from vitcompress.distributed import DistContext, process_group
 from vitcompress.errors import UserError, require
 from vitcompress.fsutil import atomic_file
 from vitcompress.recipe import STAGES, build_config, load_recipe, section_digest
+from vitcompress.runs import STATE_FILE
 
-STATE_FILE = "pipeline.json"
 TRAINING_STAGES = ("finetune", "prune", "qat")  # --resume (a checkpoint in OUT.tmp-run/); every rank runs them under torchrun
 DEFAULT_RECIPE = "default.yaml"
 

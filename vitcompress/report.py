@@ -47,7 +47,8 @@ def _precision(meta: ArtifactMeta) -> str:
 
 def info_json(path: str | Path) -> dict[str, Any]:
     """What ``vitcompress info --json`` prints: an artifact's metadata, an export's manifest, a run's state."""
-    from vitcompress.run_report import is_pipeline_run, run_json
+    from vitcompress.run_report import run_json
+    from vitcompress.runs import is_pipeline_run
     from vitcompress.sources import open_source, read_manifest
 
     if is_pipeline_run(path):
@@ -58,7 +59,8 @@ def info_json(path: str | Path) -> dict[str, Any]:
 
 def describe(path: str | Path) -> str:
     """What ``vitcompress info`` prints about an artifact, an export or a pipeline's output directory."""
-    from vitcompress.run_report import describe_run, is_pipeline_run
+    from vitcompress.run_report import describe_run
+    from vitcompress.runs import is_pipeline_run
     from vitcompress.sources import open_source
 
     if is_pipeline_run(path):

@@ -9,21 +9,7 @@ from typing import Any
 from tabulate import tabulate
 
 from vitcompress.artifact import read_meta
-from vitcompress.errors import UserError
-
-
-def is_pipeline_run(path: str | Path) -> bool:
-    from vitcompress.pipeline import STATE_FILE
-
-    return (Path(path) / STATE_FILE).is_file()
-
-
-def refuse_run_as_model(path: Path) -> None:
-    """One line for a pipeline's output given where one model is expected; nothing for anything else."""
-    if is_pipeline_run(path):
-        raise UserError(f"{path} is a pipeline's output, which holds several models",
-                        f"pass one of its steps, e.g. {path / 'onnx-int8'} or {path / 'fp32'} "
-                        f"(`vitcompress info {path}` lists them)")
+from vitcompress.runs import STATE_FILE
 
 
 def describe_run(root: str | Path) -> str:
@@ -40,8 +26,6 @@ def describe_run(root: str | Path) -> str:
 
 def run_json(root: str | Path) -> dict[str, Any]:
     """What ``vitcompress info --json`` prints for a run: its state file (the recipe and every step)."""
-    from vitcompress.pipeline import STATE_FILE
-
     return json.loads((Path(root) / STATE_FILE).read_text())
 
 

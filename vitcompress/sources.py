@@ -1,6 +1,6 @@
-"""What a path a user hands to ``bench``, ``serve`` or ``predict`` holds: an artifact, an ONNX export,
-a TensorRT engine, or a Triton model repository made by ``export``, with the facts every runtime needs
-(input contract, classes, size, params)."""
+"""What a path a user hands to ``bench``, ``serve`` or ``predict`` holds: an artifact, an ONNX export, an OpenVINO
+IR, a TensorRT engine, or a Triton model repository made by ``export``, with the facts every runtime needs
+(input contract, classes, size, params, the graph's form)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import torch
 from vitcompress.artifact import META_FILE, WEIGHTS_FILE, read_meta
 from vitcompress.augment import BatchTransform
 from vitcompress.errors import UserError
+from vitcompress.runs import refuse_run_as_model
 
 EXPORT_MANIFEST = "export.json"
+MODEL_FILES = {"model.plan": "engine", "model.xml": "ir", "model.onnx": "onnx"}  # an export's model file, and its kind
 
 
 @dataclass
@@ -24,8 +26,8 @@ class ModelSource:
     """One model on disk and how to talk to it."""
 
     path: Path  # the directory the user named
-    kind: str  # artifact | onnx | engine
-    file: Path  # the weights file, the .onnx, or the .plan
+    kind: str  # artifact | onnx | ir | engine
+    file: Path  # the weights file, the .onnx, the OpenVINO .xml, or the .plan
     precision: str
     classes: list[str]
     img_size: int
@@ -39,6 +41,7 @@ class ModelSource:
     triton: dict[str, Any] = field(default_factory=dict)  # a Triton repository export's model: name, max_batch_size, ...
     max_batch: int | None = None  # the largest batch the model file takes (a TensorRT engine's profile), else None
     trained_on: dict[str, Any] = field(default_factory=dict)  # the artifact's data description (spec, storage_size, ...)
+    graph: str = ""  # an export's graph form: "ort" (ONNX Runtime's fused contrib ops) or "standard" (Q/DQ)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.path.name
@@ -70,8 +73,6 @@ def open_source(path: str | Path) -> ModelSource:
         return _artifact(path)
     if (path / EXPORT_MANIFEST).is_file():
         return _export(path)
-    from vitcompress.run_report import refuse_run_as_model
-
     refuse_run_as_model(path)
     raise UserError(f"{path} is neither an artifact nor an export (no {META_FILE} or {EXPORT_MANIFEST})",
                     "pass a directory written by a vitcompress stage or by `vitcompress export`")
@@ -114,7 +115,13 @@ def _export(path: Path) -> ModelSource:
                        source_metrics.get("params"), source_metrics.get("macs"),
                        triton=manifest["triton"] if manifest["format"] == "triton" else {},
                        max_batch=_engine_max_batch(manifest) if kind == "engine" else None,
-                       trained_on=manifest.get("source_data", {}))
+                       trained_on=manifest.get("source_data", {}), graph=graph_form(manifest.get("target", "")))
+
+
+def graph_form(target: str) -> str:
+    """An export's graph form from its manifest's ``target``; exports before 2026-12-06 named the standard graph
+    after TensorRT."""
+    return "standard" if target == "tensorrt" else target
 
 
 def _engine_max_batch(manifest: dict[str, Any]) -> int | None:
@@ -127,13 +134,12 @@ def _engine_max_batch(manifest: dict[str, Any]) -> int | None:
 
 def _model_file(path: Path, manifest: dict[str, Any]) -> tuple[Path, str]:
     root = path / manifest["triton"]["name"] if manifest["format"] == "triton" else path
-    candidates = [(root / "model.plan", "engine"), (root / "1" / "model.plan", "engine"),
-                  (root / "model.onnx", "onnx"), (root / "1" / "model.onnx", "onnx")]
+    candidates = [(folder / name, kind) for name, kind in MODEL_FILES.items() for folder in (root, root / "1")]
     for file, kind in candidates:
         if file.is_file():
             _require_external_data(file, manifest)
             return file, kind
-    raise UserError(f"{path} has no model.onnx or model.plan", "re-export with `vitcompress export`")
+    raise UserError(f"{path} has no {', '.join(MODEL_FILES)}", "re-export with `vitcompress export`")
 
 
 def _require_external_data(file: Path, manifest: dict[str, Any]) -> None:
