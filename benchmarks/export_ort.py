@@ -32,7 +32,7 @@ from tabulate import tabulate
 
 from vitcompress.artifact import ArtifactMeta, load_model, write_artifact
 from vitcompress.augment import BatchTransform
-from vitcompress.bench import cpu_name
+from vitcompress.bench import cpu_flags, cpu_name
 from vitcompress.compress.qat import qat
 from vitcompress.config import ExportConfig, QatConfig, TrainConfig
 from vitcompress.datasets.shapes import CLASSES
@@ -128,7 +128,7 @@ def main() -> None:
     accuracies = [accuracy(Path(p), work) for p in args.qat.split(",") if p]
     record = {"benchmark": "export_ort", "date": time.strftime("%Y-%m-%d"),
               "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-              "hardware": {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": _cpu_flags(),
+              "hardware": {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(),
                            "cpu_count": os.cpu_count(),
                            "intra_op_threads": args.threads, "onnxruntime": onnxruntime.__version__,
                            "torch": torch.__version__},
@@ -143,15 +143,6 @@ def main() -> None:
     print(tabulate([(a["artifact"], a["top1_qat_torch"], a["top1_int8_onnx"], a["top1_agreement"]) for a in accuracies],
                    headers=("QAT artifact", "PyTorch top-1", "INT8 ONNX top-1", "agreement")))
     print(f"wrote {out}")
-
-
-def _cpu_flags() -> list[str]:
-    """The CPU features ONNX Runtime's integer GEMMs depend on (VNNI doubles their throughput)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma"})
 
 
 if __name__ == "__main__":

@@ -122,7 +122,8 @@ def write_verified_onnx(job: ExportJob, directory: Path) -> dict[str, Any]:
     """``model.onnx``, its input contract and its verification report in ``directory``; the manifest's core."""
     cfg = job.cfg
     graph = export_onnx(job.model, job.meta, directory / ONNX_FILE, precision=job.precision, target=job.target,
-                        pixels=job.pixels, opset=cfg.opset, simplify=cfg.simplify)
+                        pixels=job.pixels, opset=cfg.opset, simplify=cfg.simplify,
+                        int8_fp16_elsewhere=cfg.runtime_family() != "openvino")
     report = verify_onnx(directory / ONNX_FILE, job.model, job.meta, job.data, job.pixels, TOLERANCES[job.precision])
     contract = input_contract(job)
     _write_json(directory / CONTRACT_FILE, contract)

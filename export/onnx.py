@@ -51,16 +51,17 @@ def example_input(meta: ArtifactMeta, pixels: bool, batch: int = 2) -> torch.Ten
 
 
 def export_onnx(model: nn.Module, meta: ArtifactMeta, path: Path, *, precision: str, target: str, pixels: bool,
-                opset: int = 17, simplify: bool = False) -> dict[str, Any]:
+                opset: int = 17, simplify: bool = False, int8_fp16_elsewhere: bool = True) -> dict[str, Any]:
     """Write ``model`` to ``path`` as ONNX for ``target``; return a description of the graph.
 
     ``precision`` is ``fp32``, ``fp16`` (weights and activations; inputs and outputs stay as they
-    are) or ``int8`` (the quantized layers of a QAT/PTQ artifact; in the standard graph everything else is FP16).
+    are) or ``int8`` (the quantized layers of a QAT/PTQ artifact; in the standard graph everything else is FP16
+    for TensorRT, unless ``int8_fp16_elsewhere`` is off: OpenVINO picks its own arithmetic for those layers).
     """
     module = exportable(model, target, pixels, meta.mean, meta.std)
     proto = _trace(module, meta, pixels, opset, scratch=path.parent)
     _blank_qattention_masks(proto)
-    if precision == "fp16" or (precision == "int8" and target == "standard"):
+    if precision == "fp16" or (precision == "int8" and target == "standard" and int8_fp16_elsewhere):
         proto = to_fp16(proto)
     if simplify:
         proto = _simplify(proto)

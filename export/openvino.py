@@ -1,8 +1,9 @@
 """OpenVINO IR (``model.xml`` + ``model.bin``) from the verified standard ONNX graph, and its check against PyTorch.
 
 The conversion keeps what the graph holds: an INT8 export's Q/DQ pairs carry the scales QAT learned, which
-OpenVINO turns into its own INT8 layers (no re-calibration), with those weights stored as int8; FP16 weights stay
-FP16. An FP32 export keeps FP32 weights, so that it verifies against PyTorch at FP32's tolerance.
+OpenVINO turns into its own INT8 layers (no re-calibration), with those weights stored as int8. The other layers are
+traced in FP32 (not FP16, as for TensorRT: OpenVINO picks their arithmetic itself, bf16 on AMX CPUs) and their
+weights stored as FP16. An FP32 export keeps FP32 weights, so that it verifies against PyTorch at FP32's tolerance.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def save_ir(onnx_path: Path, xml_path: Path, precision: str) -> dict[str, Any]:
     """Convert ``onnx_path`` to IR at ``xml_path``; describe what was written."""
     ov = openvino()
     model = ov.convert_model(str(onnx_path))
-    compress = precision != "fp32"  # FP16 and INT8 exports: FP16 weights where they are not int8
+    compress = precision != "fp32"  # FP16 and INT8 exports: FP16 weights (stored; OpenVINO computes in f32 or bf16)
     ov.save_model(model, str(xml_path), compress_to_fp16=compress)
     ops = model.get_ordered_ops()
     int8 = [op for op in ops if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("i8", "u8")]

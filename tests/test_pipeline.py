@@ -256,3 +256,12 @@ def test_bench_streams_finetunes_data_when_finetune_streamed(tmp_path: Path) -> 
         assert _step_config(bench, {**recipe, "bench": section}, tmp_path, resume=False).stream is expected
     unstreamed = {**recipe, "finetune": {**recipe["finetune"], "stream": False}}
     assert _step_config(bench, unstreamed, tmp_path, resume=False).stream is False
+
+
+def test_an_export_section_with_several_formats_exports_each_model_in_each() -> None:
+    """The default recipe's `format: onnx,openvino`: an ONNX file for ONNX Runtime and an IR for OpenVINO of every
+    model, all benched."""
+    steps = plan({"finetune": {}, "qat": {}, "export": {"format": "onnx,openvino"}, "bench": {}})
+    exports = [(s.name, s.overrides["format"]) for s in steps if s.stage == "export"]
+    assert exports == [("onnx-fp32", "onnx"), ("onnx-int8", "onnx"), ("ir-fp32", "openvino"), ("ir-int8", "openvino")]
+    assert steps[-1].inputs == [name for name, _ in exports]

@@ -262,3 +262,17 @@ def test_the_triton_backend_is_sized_for_the_batches_it_is_sent(served) -> None:
                                    atol=TOLERANCE)
     assert server._triton is None  # closed with the classifier, not left to the interpreter's exit
     assert triton_model_copies() == copies_before  # stopped cleanly: a killed server leaves its model copy
+
+
+def test_an_openvino_ir_is_served_through_openvino(served, shapes_artifact: Path, tmp_path: Path) -> None:
+    """serve hosts an IR export as it hosts ONNX: the openvino runtime behind PyTriton's Python backend."""
+    ir = open_source(export(ExportConfig(src=str(shapes_artifact), out=str(tmp_path / "ir"), format="openvino",
+                                         verify_size=16, quiet=True)).path)
+    server = TritonServer(ir, "ir", http_port=0, grpc_port=0, metrics_port=0, max_batch_size=8)
+    server.start()
+    try:
+        x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+        assert server.runtime_name == "openvino"
+        assert float(np.abs(server.client()(x) - RUNTIMES["openvino"](ir).run(x)).max()) <= TOLERANCE
+    finally:
+        server.stop()

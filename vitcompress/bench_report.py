@@ -52,9 +52,24 @@ def report_table(results: dict[str, Any], fmt: str = "simple") -> str:
 
 
 def console_summary(results: dict[str, Any]) -> str:
-    """What the CLI prints after a bench: the table, what "vs baseline" compares, and what was skipped."""
+    """What the CLI prints after a bench: the table, what "vs baseline" compares, the fastest runtime of each
+    variant, and what was skipped."""
     skipped = skipped_table(results)
-    return f"{report_table(results)}\n{SPEEDUP_NOTE}" + (f"\n\n{skipped}" if skipped else "")
+    return (f"{report_table(results)}\n{SPEEDUP_NOTE}\n\n{fastest_table(results)}"
+            + (f"\n\n{skipped}" if skipped else ""))
+
+
+def fastest_table(results: dict[str, Any], fmt: str = "simple") -> str:
+    """For each variant and batch: the backend with the lowest p50, and how much faster it is than the next one."""
+    rows = []
+    batch_records = [r for r in results["records"] if r["mode"] == "batch"]
+    for variant, batch in dict.fromkeys((r["variant"], r["batch"]) for r in batch_records):
+        ranked = sorted((r for r in batch_records if (r["variant"], r["batch"]) == (variant, batch)), key=lambda r: r["p50_ms"])
+        best, runner_up = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+        margin = f"{runner_up['p50_ms'] / best['p50_ms']:.2f}x {runner_up['backend']}" if runner_up else "-"
+        rows.append((variant, batch, f"{best['backend']} ({best['precision']})", f"{best['p50_ms']:.2f}", margin))
+    return tabulate(rows, headers=("variant", "batch", "fastest runtime", "p50 ms", "faster than the next"), tablefmt=fmt,
+                    disable_numparse=True)
 
 
 def skipped_table(results: dict[str, Any], fmt: str = "simple") -> str:
@@ -78,10 +93,14 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         plots.append("![accuracy against latency](accuracy_vs_latency.png)")
     hw = results["hardware"]
     lines = [f"# Benchmark: {len(results['records'])} measurements",
-             "", f"Command: `{results['command']}`  ", f"Hardware: {hw['cpu']}, {hw['cpu_count']} CPUs, GPU: {hw['gpu']}  ",
+             "", f"Command: `{results['command']}`  ",
+             f"Hardware: {hw['cpu']} ({', '.join(hw.get('cpu_flags', [])) or 'flags unknown'}), {hw['cpu_count']} CPUs, "
+             f"GPU: {hw['gpu']}  ",
              f"Baseline: {results['baseline']}; accuracy on {results['data'] or 'nothing (no --data)'}  ",
              f"{SPEEDUP_NOTE}", "",
              report_table(results, "github"), ""]
+    lines += ["## Fastest runtime per variant", "", f"On this machine ({hw['cpu']}): it may differ on another CPU.", "",
+              fastest_table(results, "github"), ""]
     if results["skipped"]:
         lines += ["## Skipped", "", skipped_table(results, "github"), ""]
     lines += [*plots, ""]

@@ -30,11 +30,26 @@ DEFAULT_RECIPE = "default.yaml"
 
 @dataclass
 class Step:
-    """One stage run: ``stage`` with its recipe section, reading ``inputs`` (other steps), writing ``name``."""
+    """One stage run: ``stage`` with its recipe section (and ``overrides`` of it), reading ``inputs`` (other steps),
+    writing ``name``."""
 
     name: str
     stage: str
     inputs: list[str] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+# An export step's name by its format: onnx-int8, ir-int8 (OpenVINO), engine-int8, triton-int8
+EXPORT_PREFIXES = {"onnx": "onnx", "openvino": "ir", "tensorrt": "engine", "triton": "triton"}
+
+
+def export_formats(section: dict[str, Any]) -> list[str]:
+    """The export section's ``format``: one, or a comma list (each artifact is exported in each); ``openvino``
+    only where OpenVINO is installed (it is a dependency, but a user may have removed it)."""
+    from vitcompress.runtimes.openvino_backend import openvino_missing
+
+    formats = [f.strip() for f in str(section.get("format", "onnx")).split(",") if f.strip()]
+    return [f for f in formats if f != "openvino" or openvino_missing() is None]
 
 
 @dataclass
@@ -68,9 +83,11 @@ def plan(recipe: dict[str, dict[str, Any]]) -> list[Step]:
             artifacts.append(name)
     exports = []
     if "export" in recipe:
-        for source in artifacts:
-            steps.append(Step(f"onnx-{source}", "export", [source]))
-            exports.append(f"onnx-{source}")
+        for fmt in export_formats(recipe["export"]):
+            for source in artifacts:
+                name = f"{EXPORT_PREFIXES.get(fmt, fmt)}-{source}"
+                steps.append(Step(name, "export", [source], {"format": fmt}))
+                exports.append(name)
     if "bench" in recipe:
         steps.append(Step("bench", "bench", exports or artifacts))
     return steps
@@ -103,7 +120,7 @@ def _run_steps(recipe: dict[str, dict[str, Any]], steps: list[Step], root: Path,
     digests: dict[str, str] = {}
     ran, skipped, bench_result = [], [], None
     for step in steps:
-        section = recipe[step.stage]
+        section = {**recipe[step.stage], **step.overrides}
         digests[step.name] = section_digest({"step": step.name, **section}, [digests.get(i, i) for i in step.inputs])
         target = root / step.name
         done = state.get(step.name, {})
@@ -182,7 +199,7 @@ def _check_architecture_before_training(stage: str, config: Any, finetune: Any) 
 
 def _step_config(step: Step, recipe: dict[str, dict[str, Any]], root: Path, resume: bool) -> Any:
     """The stage's config for ``step``: its recipe section, reading its inputs under ``root``, writing ``root/name``."""
-    section = recipe[step.stage]
+    section = {**recipe[step.stage], **step.overrides}
     out = str(root / step.name)
     sources = [section["src"] if name == "src" else str(root / name) for name in step.inputs]
     if step.stage == "finetune":
