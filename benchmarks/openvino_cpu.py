@@ -12,7 +12,7 @@ run, in interleaved rounds, each with ``--threads`` threads, against vitcompress
 Accuracy (``--qat ARTIFACT``, optional): a QAT artifact's INT8 IR on OpenVINO, scored on its whole test split
 against the QAT model in PyTorch.
 
-Usage:  python benchmarks/openvino_cpu.py [--threads 2] [--rounds 3] [--qat runs/x-int8]
+Usage:  python benchmarks/openvino_cpu.py [--threads 2] [--rounds 3] [--qat runs/x-int8] [--accuracy-only]
 Needs:  pip install -e '.[compare]' (NNCF)
 Writes: benchmarks/results/openvino_cpu.json, with the hardware (CPU flags included) and the command.
 """
@@ -139,17 +139,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--qat", default="", help="QAT artifacts (comma list) to score on their whole test split")
     parser.add_argument("--work", default="runs/openvino-bench")
+    parser.add_argument("--accuracy-only", action="store_true",
+                        help="score the --qat artifacts only; write results/openvino_cpu_accuracy.json")
     args = parser.parse_args()
     work = Path(args.work)
     import openvino
 
+    # scored first: one full run (2026-12-06) died with a segfault in OpenVINO when scoring came after the timing
+    accuracies = [accuracy(Path(p), work) for p in args.qat.split(",") if p]
+    if args.accuracy_only:
+        record = {"benchmark": "openvino_cpu accuracy", "date": time.strftime("%Y-%m-%d"),
+                  "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+                  "hardware": {"processor": cpu_name(), "cpu_flags": cpu_flags(), "openvino": openvino.__version__},
+                  "accuracy": accuracies}
+        (HERE / "results" / "openvino_cpu_accuracy.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(json.dumps(accuracies, indent=2))
+        return
     paths = exports(speed_artifacts(work), work)
     timing = time_variants(paths, args.threads, args.rounds)
     ratios = {f"{v} vs {BASELINE} b{b}": ratio_per_round(timing, BASELINE, v, str(b)) for v in timing if v != BASELINE
               for b in BATCHES}
     ours_vs = {f"int8-ov vs {v} b{b}": ratio_per_round(timing, v, "int8-ov", str(b)) for v in ("nncf-ov", "fp32-ov")
                for b in BATCHES}
-    accuracies = [accuracy(Path(p), work) for p in args.qat.split(",") if p]
     record = {"benchmark": "openvino_cpu", "date": time.strftime("%Y-%m-%d"),
               "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
               "hardware": {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(),

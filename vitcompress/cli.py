@@ -35,7 +35,7 @@ HELP = {
               "when the source artifact's data was streamed",
     "workers": "decoding processes with --stream (0: one per CPU core, shared by the processes on this machine)",
     "device": "auto | cpu | cuda | cuda:N (under torchrun each rank uses cuda:LOCAL_RANK)",
-    "backend": "runtime (default: torch for artifacts, ort-cpu for ONNX, tensorrt for engines)",
+    "backend": "runtime (default: torch for artifacts, ort-cpu for ONNX, openvino for OpenVINO IR, tensorrt for engines)",
     "force": "replace an existing output directory",
     "resume": "continue an interrupted run from OUT.tmp-run/last.ckpt",
     "epochs": "training epochs (with --time-budget: the most it may run)",
@@ -277,7 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", formatter_class=fmt, parents=[common],
                        help="classify image files with an artifact, ONNX export or TensorRT engine",
                        description="Print the top-k classes of each image, with the preprocessing recorded with the model.")
-    p.add_argument("src", metavar="SRC", help="artifact, export directory (ONNX or TensorRT) or Triton repository")
+    p.add_argument("src", metavar="SRC", help="artifact, export directory (ONNX, OpenVINO IR or TensorRT) or Triton repository")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files (JPEG, PNG, any mode PIL opens), or folders: every image under them")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (at least 1; all of them when the "
@@ -291,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Top-1/top-5 accuracy, macro precision/recall/F1 and per-class accuracy of a model "
                                    "on the test split of --data, with the preprocessing recorded with it: an artifact "
                                    "in PyTorch, an export in the runtime it is deployed with (or --backend).")
-    p.add_argument("src", metavar="SRC", help="artifact, export directory (ONNX or TensorRT) or Triton repository")
+    p.add_argument("src", metavar="SRC", help="artifact, export directory (ONNX, OpenVINO IR or TensorRT) or Triton repository")
     p.add_argument("--data", required=True, help=HELP["data"])
     for name in ("data_dir", "cache_dir"):
         p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=HELP[name])
