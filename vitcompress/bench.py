@@ -146,7 +146,8 @@ def _measure_in_fresh_process(source: ModelSource, backend: str, batches: list[i
     then the server; interrupted together, the server waited a second per check for the client to hang up) and is
     ended once it has, without the second and a half a Python process with torch takes to exit.
     """
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=os.setpgrp) as pool:
+    own_group = getattr(os, "setpgrp", None)  # POSIX; elsewhere the process shares the terminal's Ctrl-C
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=own_group) as pool:
         try:
             pid = pool.submit(os.getpid).result()
             return _result_handing_on_ctrl_c(pool.submit(_measure, source, backend, batches, cfg, images), pid)
@@ -166,7 +167,7 @@ def _result_handing_on_ctrl_c(measuring: Future, pid: int) -> dict[str, Any]:
         os.kill(pid, signal.SIGINT)
         with contextlib.suppress(BaseException):
             measuring.result(timeout=STOP_TIMEOUT_S)
-        os.kill(pid, signal.SIGKILL)  # nothing of it is left to clean up
+        os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # nothing of it is left to clean up
         raise
 
 

@@ -7,6 +7,7 @@ otherwise, and an INT8 model's layers outside the INT8 ones too. ``openvino`` ke
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Any, ClassVar
 
@@ -23,20 +24,27 @@ def openvino_missing() -> str | None:
     return None if importlib.util.find_spec("openvino") else "OpenVINO is not installed (pip install openvino)"
 
 
+@functools.cache
+def openvino_core() -> Any:
+    """One ``openvino.Core`` for the process: a Core made per model and dropped while its compiled model lived on
+    crashed the process (a segfault) once several models had come and gone."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 class OpenVINOModel:
     """``path`` (``.xml`` or ``.onnx``) compiled for the CPU for latency (one stream), with ``threads`` and the
     inference ``precision`` (an OpenVINO hint such as ``f32``; ``None``: OpenVINO's own choice), called a batch at
     a time (any batch size: the graph's batch axis is dynamic)."""
 
     def __init__(self, path: str, threads: int | None = None, precision: str | None = None) -> None:
-        import openvino as ov
-
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
-        self.compiled = ov.Core().compile_model(path, "CPU", config)
+        self.compiled = openvino_core().compile_model(path, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     @property
