@@ -14,6 +14,7 @@ from torch import nn
 
 from vitcompress.artifact import ArtifactMeta, library_versions, now_iso
 from vitcompress.augment import BatchTransform
+from vitcompress.compress.recovery import progress_label
 from vitcompress.config import FinetuneConfig
 from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import DataSplits
@@ -77,7 +78,7 @@ def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, 
         ctx.barrier()
         final.load_state_dict(load_file(str(staging / BEST_WEIGHTS_FILE), device=str(ctx.device)))
     # full precision, as `vitcompress eval` scores the artifact
-    test = evaluate(final, data.test, transform, ctx, progress="" if cfg.train.quiet else "scoring")
+    test = evaluate(final, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring"))
     meta = ArtifactMeta(
         stage="finetune", model_name=cfg.model, model_kwargs=kwargs, classes=data.classes, img_size=transform.img_size,
         mean=transform.mean_rgb, std=transform.std_rgb, heads_per_block=heads_per_block(final),

@@ -86,7 +86,7 @@ class OpenVINORuntime(Runtime):
         """The model's precision and the arithmetic OpenVINO chose around it, e.g. ``int8 + bf16``."""
         if source.precision == "int8":
             return f"int8 + {self.used}"
-        return self.used if self.used != source.precision else source.precision
+        return self.used
 
 
 class OpenVINOFp32Runtime(OpenVINORuntime):
