@@ -1,11 +1,13 @@
-"""OpenVINO: the IR export round-trips and matches PyTorch, the openvino runtime reports the arithmetic it used,
-bench lists its rows, the Triton repository for OpenVINO's backend validates, and what it cannot run is one line."""
+"""OpenVINO: the IR export round-trips and matches PyTorch, INT8 attention is traced in the form OpenVINO fuses, the
+openvino runtime reports the arithmetic it used, bench lists its rows, the Triton repository for OpenVINO's backend
+validates, and what it cannot run is one line."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 
 from tests.conftest import run_cli
@@ -45,6 +47,31 @@ def test_int8_ir_keeps_qat_scales_and_stores_int8_weights(tmp_path: Path, int8_a
     got = open_runtime(source, "openvino-fp32").run(x)
     assert (got.argmax(1) == torch_logits(int8_artifact, x).argmax(1)).mean() >= INT8_MIN_AGREEMENT
     assert open_runtime(source).precision(source).startswith("int8 + ")
+
+
+def test_int8_attention_is_traced_in_the_form_openvino_fuses(tmp_path: Path, int8_artifact: Path) -> None:
+    """q, k and v are three INT8 projections behind one input quantizer (no split of a packed qkv output), and proj's
+    input is quantized before the heads are merged (its DequantizeLinear feeds the transpose)."""
+    result = do_export(int8_artifact, tmp_path / "std", target="standard")
+    graph = onnx.load(str(result.path / "model.onnx")).graph
+    blocks = len(json.loads((int8_artifact / "vitcompress.json").read_text())["model"]["heads_per_block"])
+    produced_by = {out: node.op_type for node in graph.node for out in node.output}
+    weights = {t.name for t in graph.initializer}
+    activation_quantizers = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights
+                             and produced_by.get(n.input[0]) != "Constant"]
+    assert len(activation_quantizers) == 4 * blocks  # q/k/v (one), proj, fc1, fc2
+    assert "Split" not in result.manifest["graph"]["ops"]
+    consumer = {name: node for node in graph.node for name in node.input}
+
+    def next_op(output: str) -> str:  # the op that takes ``output``, past the FP16 casts of TensorRT's graph
+        node = consumer[output]
+        return next_op(node.output[0]) if node.op_type == "Cast" else node.op_type
+
+    quantized = {n.output[0] for n in activation_quantizers}
+    heads_quantized = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in quantized
+                       and next_op(n.output[0]) == "Transpose"]
+    assert len(heads_quantized) == blocks
+    assert result.manifest["verify"]["onnxruntime"]["top1_agreement"] >= INT8_MIN_AGREEMENT  # the same numbers
 
 
 def test_the_fused_onnx_graph_is_refused_in_one_line(tmp_path: Path, shapes_artifact: Path,
