@@ -20,7 +20,7 @@ from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now
 from vitcompress.augment import BatchTransform
 from vitcompress.compress.importance import CRITERIA
 from vitcompress.compress.plan import PrunePlan, choose
-from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher, progress_label
+from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher, measure, progress_label
 from vitcompress.compress.scoring import score_blocks
 from vitcompress.compress.surgery import (
     blocks_of,
@@ -37,13 +37,11 @@ from vitcompress.distributed import DistContext, process_group
 from vitcompress.errors import UserError
 from vitcompress.evaluate import evaluate
 from vitcompress.fsutil import atomic_file
-from vitcompress.latency import torch_latency_ms
 from vitcompress.loader import BatchLoader
 from vitcompress.models import count_macs, count_params, heads_per_block
 from vitcompress.stage import StageResult, prepare_staging, publish_artifact, staging_guard
 from vitcompress.train import seed_everything
 
-LATENCY_BATCHES = (1, 64)
 PROGRESS_FILE = "prune_progress.json"  # in the staging dir: what --resume needs from before a recovery
 
 
@@ -101,6 +99,9 @@ def prune(cfg: PruneConfig) -> StageResult | PrunePreview:
     if meta.quantization:
         raise UserError(f"{cfg.src} is already quantized ({meta.quantization.get('method', 'int8')})",
                         "prune the FP32 artifact it came from, then quantize the pruned one")
+    if meta.merging:
+        raise UserError(f"{cfg.src} merges tokens: head importance would be scored on merged tokens",
+                        "prune the artifact it was merged from, then merge the pruned one")
     with process_group(cfg.device) as ctx:  # under torchrun: one plan (rank 0's), recovery with DDP
         return _prune(cfg, ctx)
 
@@ -134,7 +135,7 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
         before_top1, before, first = progress["top1_before"], progress["before"], progress["step"]
     else:
         before_top1 = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring unpruned"))["top1"]
-        before = _measure(model, ctx, meta.img_size)
+        before = measure(model, ctx, meta.img_size)
         steps, first = [], 1
     for k in range(first, cfg.iterative + 1):
         resuming = cfg.resume and k == first
@@ -152,7 +153,7 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
                                log_name=f"train_log_step{k}.csv" if cfg.iterative > 1 else None, resume=resuming)
             test = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring recovered"))
             steps[-1].top1_after_recovery = test["top1"]
-    after = _measure(model, ctx, meta.img_size)
+    after = measure(model, ctx, meta.img_size)
     pruning = {
         "criterion": cfg.criterion, "ranking": cfg.ranking, "iterative": cfg.iterative,
         "heads_ratio": cfg.heads, "mlp_ratio": cfg.mlp,
@@ -233,12 +234,6 @@ def _epochs_per_step(total: int, steps: int) -> list[int]:
     """Split the recovery epochs over the steps, the later steps taking any remainder."""
     base, extra = divmod(total, steps)
     return [base + (1 if i >= steps - extra else 0) for i in range(steps)]
-
-
-def _measure(model: nn.Module, ctx: DistContext, img_size: int) -> dict[str, Any]:
-    """Size and torch latency of ``model`` on this device."""
-    return {"params": count_params(model), "macs": count_macs(model, img_size),
-            "latency_ms": {str(b): torch_latency_ms(model, img_size, b, ctx.device, max_seconds=0.5) for b in LATENCY_BATCHES}}
 
 
 def _preview(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, ctx: DistContext) -> PrunePreview:

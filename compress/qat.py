@@ -62,6 +62,9 @@ def qat(cfg: QatConfig) -> StageResult | dict[str, Any]:
 
 def _qat(cfg: QatConfig, ctx: DistContext) -> StageResult | dict[str, Any]:
     model, meta = load_model(cfg.src, ctx.device)
+    if meta.merging and cfg.quantize_attention:
+        raise UserError(f"{cfg.src} merges tokens, and merging's attention does not run quantized attention matmuls",
+                        "drop --quantize-attention (the projections are INT8 either way)")
     if not cfg.sensitivity:
         out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main, config=cfg)
     seed_everything(cfg.train.seed + ctx.rank)
@@ -111,7 +114,7 @@ def _quantize_and_publish(cfg: QatConfig, model: nn.Module, meta: ArtifactMeta, 
     new_meta = ArtifactMeta(
         stage="qat", model_name=meta.model_name, model_kwargs=meta.model_kwargs, classes=meta.classes,
         img_size=meta.img_size, mean=meta.mean, std=meta.std, heads_per_block=meta.heads_per_block,
-        mlp_per_block=meta.mlp_per_block, quantization=quantization, parent=parent_ref(cfg.src),
+        mlp_per_block=meta.mlp_per_block, quantization=quantization, merging=meta.merging, parent=parent_ref(cfg.src),
         recipe={**asdict(cfg), "command": "qat"}, data=data.description, versions=library_versions(), created=now_iso(),
         metrics={**test, "params": count_params(model), "macs": count_macs(model, meta.img_size),
                  "qat": {"top1_fp32": top1_fp32, "top1_ptq": top1_ptq,

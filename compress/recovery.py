@@ -1,10 +1,11 @@
-"""What prune and qat share: the source artifact's data, and fine-tuning a compressed model in place
-with the source model as teacher (through the one ``Trainer``)."""
+"""What prune, merge and qat share: the source artifact's data, fine-tuning a compressed model in place
+with the source model as teacher (through the one ``Trainer``), and the model's size and speed before and after."""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load_file
 from torch import nn
@@ -18,6 +19,8 @@ from vitcompress.datasets.imageset import DataSplits
 from vitcompress.datasets.torchvision_catalog import data_dir_for
 from vitcompress.distributed import DistContext
 from vitcompress.errors import require
+from vitcompress.latency import torch_latency_ms
+from vitcompress.models import count_macs, count_params
 from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, FitResult, Trainer
 
 
@@ -83,3 +86,12 @@ def fine_tune_in_place(model: nn.Module, teacher: nn.Module | None, kd: DistillO
             (workdir / LOG_FILE).rename(workdir / log_name)
     model.eval()
     return fit
+
+
+LATENCY_BATCHES = (1, 64)
+
+
+def measure(model: nn.Module, ctx: DistContext, img_size: int) -> dict[str, Any]:
+    """Size and torch latency of ``model`` on this device."""
+    return {"params": count_params(model), "macs": count_macs(model, img_size),
+            "latency_ms": {str(b): torch_latency_ms(model, img_size, b, ctx.device, max_seconds=0.5) for b in LATENCY_BATCHES}}

@@ -1,9 +1,10 @@
 """Give a model the form its ONNX graph should have (``--target``), before it is traced.
 
 - ``ort``: timm's attention blocks become one ``Attention`` kernel (``QAttention`` when the QKV
-  projection is INT8) and every other INT8 Linear becomes ``MatMulIntegerToFloat``, with the int8
-  weights and the scales QAT learned (``ort_ops.py``). This is the graph ONNX Runtime's CPU
-  provider runs fastest; it needs ONNX Runtime (contrib ops).
+  projection is INT8; not with token merging, whose size bias no ORT kernel takes) and every other
+  INT8 Linear becomes ``MatMulIntegerToFloat``, with the int8 weights and the scales QAT learned
+  (``ort_ops.py``). This is the graph ONNX Runtime's CPU provider runs fastest; it needs ONNX Runtime
+  (contrib ops).
 - ``standard``: the model is traced as it is, except INT8 attention (:class:`Int8StandardAttention`).
   Quantized layers export as standard ``QuantizeLinear``/``DequantizeLinear`` pairs (modelopt's own
   export), the explicit-quantization form TensorRT builds INT8 kernels from and OpenVINO turns into
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from vitcompress.compress.quantize import int8_ranges
+from vitcompress.compress.token_merging import merging_of
 from vitcompress.export.ort_ops import FusedAttention, Int8Attention, Int8Linear
 
 INT8_MAX = 127
@@ -151,8 +153,8 @@ def _output_rows(linear: nn.Module, rows: slice) -> nn.Module:
 
 def for_standard_graph(model: nn.Module) -> nn.Module:
     """``model``, or a copy whose INT8 attention traces to the form OpenVINO fuses (:class:`Int8StandardAttention`)."""
-    if not any(_fusable_attention(m) and int8_ranges(m.qkv) is not None for m in model.modules()):
-        return model
+    if merging_of(model) or not any(_fusable_attention(m) and int8_ranges(m.qkv) is not None for m in model.modules()):
+        return model  # a merging model runs its own attention (with the size bias), from the same modules
     model = copy.deepcopy(model).eval()
     for name, module in list(model.named_modules()):
         if _fusable_attention(module) and int8_ranges(module.qkv) is not None:
@@ -177,11 +179,12 @@ def _fusable_attention(module: nn.Module) -> bool:
 def for_onnx_runtime(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose attention and INT8 layers trace to ONNX Runtime's fused kernels."""
     model = copy.deepcopy(model).eval()
+    fuse_attention = merging_of(model) is None  # a merging model's attention adds a size bias no ORT kernel takes
     replaced: list[str] = []
     for name, module in list(model.named_modules()):
         if not name or any(name.startswith(prefix + ".") for prefix in replaced):
             continue  # a layer that moved into its replaced parent (OrtAttention's qkv and proj)
-        if _fusable_attention(module):
+        if fuse_attention and _fusable_attention(module):
             new: nn.Module = OrtAttention(module)
         elif isinstance(module, nn.Linear) and int8_ranges(module) is not None:
             new = OrtInt8Linear(module)

@@ -129,14 +129,19 @@ def describe_graph(proto: onnx.ModelProto) -> dict[str, Any]:
             "nodes": len(proto.graph.node), "ops": dict(ops.most_common()), "int8_initializers": int8_initializers}
 
 
+# Kept in FP32 by the FP16 conversion: Q/DQ pairs, and token merging's sum-scatter (ONNX Runtime's CPU provider has
+# no FP16 ScatterElements with reduction "add"; the summed token sizes are counts, exact in FP32)
+FP32_OPS = (*QDQ_OPS, "ScatterElements")
+
+
 def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """FP16 weights and activations; inputs, outputs and any Q/DQ pair stay as they are (Casts around them)."""
+    """FP16 weights and activations; inputs, outputs and the ``FP32_OPS`` stay as they are (Casts around them)."""
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     wrapped = OnnxModel(proto)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        wrapped.convert_float_to_float16(keep_io_types=True, op_block_list=list(QDQ_OPS))
+        wrapped.convert_float_to_float16(keep_io_types=True, op_block_list=list(FP32_OPS))
     wrapped.topological_sort()  # the converter appends the casts of graph inputs at the end
     return wrapped.model
 

@@ -22,10 +22,12 @@ __version__ = "0.1.0"
 _API = {
     "finetune": "vitcompress.compress.finetune",
     "prune": "vitcompress.compress.prune",
+    "merge": "vitcompress.compress.merge",
     "qat": "vitcompress.compress.qat",
     "ExportConfig": "vitcompress.config",
     "FinetuneConfig": "vitcompress.config",
     "PruneConfig": "vitcompress.config",
+    "MergeConfig": "vitcompress.config",
     "QatConfig": "vitcompress.config",
     "DistillOptions": "vitcompress.config",
     "SourceData": "vitcompress.config",

@@ -44,6 +44,7 @@ class ArtifactMeta:
     heads_per_block: list[int] = field(default_factory=list)
     mlp_per_block: list[int] = field(default_factory=list)  # MLP hidden width per block, after pruning
     quantization: dict[str, Any] | None = None  # set by qat: method, config, skipped layers
+    merging: dict[str, Any] | None = None  # set by merge: tokens merged per block, proportional attention
     parent: dict[str, str] | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -58,7 +59,8 @@ class ArtifactMeta:
             "stage": self.stage,
             "created": self.created,
             "model": {"name": self.model_name, "kwargs": self.model_kwargs, "heads_per_block": self.heads_per_block,
-                      "mlp_per_block": self.mlp_per_block, "quantization": self.quantization},
+                      "mlp_per_block": self.mlp_per_block, "quantization": self.quantization,
+                      **({"merging": self.merging} if self.merging else {})},
             "input": {"size": [3, self.img_size, self.img_size], "mean": self.mean, "std": self.std},
             "classes": self.classes,
             "parent": self.parent,
@@ -79,6 +81,7 @@ class ArtifactMeta:
             heads_per_block=obj["model"].get("heads_per_block", []),
             mlp_per_block=obj["model"].get("mlp_per_block", []),
             quantization=obj["model"].get("quantization"),
+            merging=obj["model"].get("merging"),
             img_size=obj["input"]["size"][-1],
             mean=obj["input"]["mean"],
             std=obj["input"]["std"],
@@ -163,6 +166,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     except RuntimeError as exc:
         raise UserError(f"weights in {path} do not match its metadata ({str(exc).splitlines()[0]})",
                         "re-create the artifact") from None
+    if meta.merging:
+        from vitcompress.compress.token_merging import apply_merging
+
+        apply_merging(model, meta.merging)
     return model.to(device).eval(), meta
 
 

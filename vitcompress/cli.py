@@ -94,6 +94,11 @@ HELP = {
     "kd_alpha": "weight of the distillation loss ((1 - alpha) for the labels)",
     "score_batches": "batches of training data for the data-driven criteria (taylor, attention)",
     "dry_run": "print which heads would go and the params/MACs left; write nothing",
+    "r": "tokens merged in each block (ToMe's r; pass --r or --keep)",
+    "keep": "share of patch tokens left after the last block, in (0, 1), turned into an r per block (0: use --r)",
+    "schedule": "constant (the same r in every block) | decreasing (ToMe's: 1.5 r down to 0.5 r, merging more "
+                "while tokens are many)",
+    "prop_attn": "proportional attention: a merged token's key counts as the patches it holds (log-size bias)",
     "calib_method": "activation range calibration: max | entropy | percentile | mse (modelopt calibrators)",
     "calib_size": "training images used for calibration",
     "percentile": "percentile kept by --calib-method percentile",
@@ -164,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         EXPORT_PRECISIONS,
         EXPORT_TARGETS,
         KD_CHOICES,
+        MERGE_SCHEDULES,
         PREDICT_BATCH_SIZE,
         PRUNE_CRITERIA,
         PRUNE_RANKINGS,
@@ -174,6 +180,7 @@ def _parser() -> argparse.ArgumentParser:
         BenchConfig,
         ExportConfig,
         FinetuneConfig,
+        MergeConfig,
         PruneConfig,
         QatConfig,
         ServeConfig,
@@ -212,6 +219,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="same as --ranking global")
     p.add_argument("--uniform", dest="ranking", action="store_const", const="uniform", default=argparse.SUPPRESS,
                    help="same as --ranking uniform (the default)")
+
+    p = sub.add_parser("merge", formatter_class=fmt, parents=[common],
+                       help="token merging (ToMe): fewer tokens in every block, no training needed; write an artifact",
+                       description="Merge similar tokens inside every block of a ViT/DeiT artifact (finetuned, pruned "
+                                   "or INT8): bipartite soft matching on the attention keys, size-weighted averages, "
+                                   "proportional attention. Training-free; --finetune-epochs recovers with the unmerged "
+                                   "model as teacher. Exports to ONNX and OpenVINO like any artifact.")
+    add_dataclass_args(p, MergeConfig, {**source_help, "out": "output artifact directory",
+                                        "finetune_epochs": "recovery fine-tuning epochs (0: none; merging needs no training)",
+                                        "distill": "recovery distillation from the unmerged model: soft (KL, temperature) "
+                                                   "| hard (teacher top-1) | none"},
+                       {**choices, "schedule": MERGE_SCHEDULES, "distill": KD_CHOICES}, positional=("src",),
+                       skip=("epochs", "time_budget"))
 
     p = sub.add_parser("qat", formatter_class=fmt, parents=[common],
                        help="INT8 quantization: calibrate (PTQ), then quantization-aware training; write an artifact",
@@ -331,6 +351,14 @@ def _run(args: argparse.Namespace) -> None:
 
         result = prune(dataclass_from_args(PruneConfig, args))
         say(prune_preview(result) if isinstance(result, PrunePreview) else prune_summary(result.path, result.meta))
+    elif args.command == "merge":
+        from vitcompress.cliargs import dataclass_from_args
+        from vitcompress.compress.merge import merge
+        from vitcompress.config import MergeConfig
+        from vitcompress.report import merge_summary
+
+        result = merge(dataclass_from_args(MergeConfig, args))
+        say(merge_summary(result.path, result.meta))
     elif args.command == "qat":
         from vitcompress.cliargs import dataclass_from_args
         from vitcompress.compress.qat import qat
@@ -390,7 +418,7 @@ def _run(args: argparse.Namespace) -> None:
 
 def _after_interrupt(command: str) -> str:
     """What a user can do after Ctrl-C (the commands that do not train publish their output by one rename)."""
-    if command in ("finetune", "prune", "qat"):
+    if command in ("finetune", "prune", "merge", "qat"):
         return "continue with the same command and --resume"
     if command == "pipeline":
         return "run the same command again: finished stages are skipped, an interrupted training stage resumes"

@@ -308,6 +308,49 @@ class QatConfig:
             self.train.validate()
 
 
+MERGE_SCHEDULES = ("constant", "decreasing")
+
+
+@dataclass
+class MergeConfig:
+    """Everything ``merge`` needs; the CLI flags are generated from these fields (``--r`` or ``--keep``)."""
+
+    src: str
+    out: str = ""
+    r: int = 0
+    keep: float = 0.0
+    schedule: str = "constant"
+    prop_attn: bool = True
+    finetune_epochs: int = 0
+    device: str = "auto"
+    force: bool = False
+    resume: bool = False
+    kd: DistillOptions = field(default_factory=DistillOptions)
+    source: SourceData = field(default_factory=SourceData)
+    train: TrainConfig = field(default_factory=recovery_train_config)
+
+    def validate(self) -> None:
+        require(self.r >= 0, f"--r {self.r} must not be negative", "pass the tokens to merge per block, e.g. --r 8")
+        require(0 <= self.keep < 1, f"--keep {self.keep:g} is not in (0, 1)",
+                "pass the share of tokens left after the last block, e.g. --keep 0.4")
+        require(not (self.r and self.keep), "--r and --keep both set how many tokens merge", "pass one of them")
+        require(self.schedule in MERGE_SCHEDULES, f"--schedule {self.schedule!r} is unknown",
+                f"use one of {', '.join(MERGE_SCHEDULES)}")
+        require(self.finetune_epochs >= 0, f"--finetune-epochs {self.finetune_epochs} must not be negative",
+                "pass 0 for none (merging needs no training)")
+        require(bool(self.out), "--out is required", "pass --out DIR")
+        self.kd.validate()
+        self.source.validate()
+        self.src = absolute_path(self.src)
+        require(not self.train.time_budget, "merge's recovery runs in epochs, not to a time budget",
+                "pass --finetune-epochs N (train.time_budget=0)")
+        if self.finetune_epochs:
+            self.train.epochs = self.finetune_epochs
+            self.train.validate()
+        require(self.r > 0 or self.keep > 0, "merge was given nothing to merge (neither --r nor --keep)",
+                "pass --r 8 (tokens merged in each block) or --keep 0.4 (share of tokens left at the last block)")
+
+
 EXPORT_FORMATS = ("onnx", "openvino", "tensorrt", "triton")
 EXPORT_PRECISIONS = ("auto", "fp32", "fp16", "int8")
 # The graph forms: ONNX Runtime's fused contrib ops, or standard ONNX (Q/DQ for INT8) that TensorRT and OpenVINO take

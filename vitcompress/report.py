@@ -124,6 +124,7 @@ def _describe_artifact(path: str | Path) -> str:
         ("heads per block", f"{heads} (total {sum(heads)})" if heads else "n/a"),
         ("MLP width per block", str(meta.mlp_per_block) if meta.mlp_per_block else "unpruned"),
         ("precision", _precision(meta)),
+        ("token merging", _merging(meta.merging)),
         ("params", _fmt(meta.metrics.get("params", "?"))),
         ("MACs", _fmt(meta.metrics.get("macs", "?"))),
         ("data", meta.data.get("spec", "?") + (" (streamed: --stream)" if meta.data.get("streamed") else "")),
@@ -133,6 +134,14 @@ def _describe_artifact(path: str | Path) -> str:
     ]
     table = tabulate(rows, tablefmt="plain", disable_numparse=True)
     return f"{table}\n\n{metrics_table(meta.metrics)}" if meta.metrics else table
+
+
+def _merging(merging: dict[str, Any] | None) -> str:
+    if not merging:
+        return "none"
+    attention = "proportional attention" if merging["prop_attn"] else "plain attention"
+    return (f"r per block {merging['per_block']} ({merging['schedule']}, {attention}); tokens per block "
+            f"{merging['tokens_in']} -> {merging['tokens_per_block']}; {100 * merging['keep']:.0f}% of patch tokens left")
 
 
 def _pct(value: float | None) -> str:
@@ -186,6 +195,21 @@ def prune_preview(preview: Any) -> str:
                      _size_row("MACs", preview.macs_before, preview.macs_after)],
                     headers=("", "now", "would remain", "ratio"), tablefmt="simple", disable_numparse=True)
     return f"dry run ({preview.model_name}, criterion {preview.criterion}): nothing written\n\n{blocks}\n\n{size}"
+
+
+def merge_summary(path: Path, meta: ArtifactMeta) -> str:
+    """Printed at the end of ``merge``: accuracy and torch latency unmerged, merged and recovered, tokens per block."""
+    report, merging = meta.metrics["merging"], meta.merging
+    before, after = report["before"], report["after"]
+    rows = [("test top-1", _pct(report["top1_before"]), _pct(report["top1_merged"]), _pct(report["top1_after_recovery"])),
+            ("tokens in the last block", merging["tokens_in"], merging["tokens_per_block"][-1], ""),
+            _size_row("MACs", before["macs"], after["macs"])]
+    for batch, ms in before["latency_ms"].items():
+        new = after["latency_ms"][batch]
+        rows.append((f"latency b{batch} ({report['device']})", f"{ms:.2f} ms", f"{new:.2f} ms", f"{ms / new:.2f}x faster"))
+    table = tabulate(rows, headers=("", "unmerged", "merged", "after recovery / ratio"), tablefmt="simple",
+                     disable_numparse=True)
+    return f"\n{table}\n\ntoken merging: {_merging(merging)}\n\nartifact: {path}"
 
 
 def qat_summary(path: Path, meta: ArtifactMeta) -> str:

@@ -1,0 +1,172 @@
+"""Token Merging (ToMe; Bolya et al., ICLR 2023, facebookresearch/ToMe) for timm's ViT and DeiT, in ops that export.
+
+Inside every block, after attention, ``r`` pairs of similar patch tokens become one: the patch tokens are split
+into two alternating sets A and B, each A token is matched to its most similar B token (cosine similarity of the
+attention keys, averaged over heads), and the ``r`` best-matched A tokens are averaged into their B partners,
+weighted by how many original patches each already holds (its *size*). Attention then adds ``log(size)`` to each
+key's score (*proportional attention*), so a merged token counts as the patches it stands for. The class and
+distillation tokens (timm's prefix tokens) are never merged.
+
+ToMe merges with ``scatter_reduce(mean)``, which neither exporter handles (ToMe #10, PyTorch #101535). Here the
+merge is a sum-scatter (``scatter_add``: ONNX ``ScatterElements`` with ``reduction="add"``) of size-weighted tokens,
+then a divide by the summed sizes, and the matching is ``ArgMax``/``TopK``/``GatherElements``: standard ONNX ops
+that ONNX Runtime and OpenVINO run. With a fixed image size every token count is fixed, so the batch stays dynamic.
+
+Merging needs no weights: :class:`MergingBlocks` takes the place of the model's ``blocks`` with the same children
+(the state dict's names do not change), and an artifact records only the schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vitcompress.errors import UserError
+
+
+def schedule(blocks: int, r: int, kind: str = "constant") -> list[int]:
+    """Tokens merged in each of ``blocks`` blocks: ``r`` in each (``constant``), or ToMe's decreasing schedule
+    (from 1.5 ``r`` down to 0.5 ``r``, about ``r * blocks`` in all), which merges more while tokens are many."""
+    if kind == "constant" or blocks == 1:
+        return [r] * blocks
+    first, last = 1.5 * r, 0.5 * r
+    return [int(first + (last - first) * i / (blocks - 1)) for i in range(blocks)]
+
+
+def feasible(per_block: list[int], patch_tokens: int) -> list[int]:
+    """``per_block`` with each block's count cut to what it can merge: half of the patch tokens it receives."""
+    done, tokens = [], patch_tokens
+    for r in per_block:
+        r = max(0, min(r, tokens // 2))
+        done.append(r)
+        tokens -= r
+    return done
+
+
+def r_for_keep(keep: float, blocks: int, patch_tokens: int, kind: str = "constant") -> list[int]:
+    """The schedule that leaves closest to ``keep`` of the patch tokens after the last block."""
+    target = keep * patch_tokens
+    candidates = [feasible(schedule(blocks, r, kind), patch_tokens) for r in range(patch_tokens // 2 + 1)]
+    return min(candidates, key=lambda per_block: abs(patch_tokens - sum(per_block) - target))
+
+
+def tokens_per_block(per_block: list[int], patch_tokens: int, prefix_tokens: int) -> list[int]:
+    """The tokens each block's MLP sees (the merge comes between its attention and its MLP)."""
+    left, out = patch_tokens, []
+    for r in per_block:
+        left -= r
+        out.append(left + prefix_tokens)
+    return out
+
+
+def bipartite_merge(metric: Tensor, r: int) -> Callable[[Tensor], Tensor]:
+    """ToMe's bipartite soft matching on ``metric`` (``[B, T, C]``, patch tokens only): a function that merges the
+    ``r`` best-matched tokens of set A (even positions) into their partners in B (odd positions) by summing."""
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    a, b = metric[:, ::2], metric[:, 1::2]
+    best_score, best_partner = (a @ b.transpose(-1, -2)).max(dim=-1)
+    order = best_score.argsort(dim=-1, descending=True)  # TopK over all of A in ONNX
+    merged, kept = order[:, :r], order[:, r:]
+    partner = best_partner.gather(1, merged)
+
+    def merge(x: Tensor) -> Tensor:
+        channels = x.shape[-1]
+        src, dst = x[:, ::2], x[:, 1::2]
+        unmerged = src.gather(1, kept.unsqueeze(-1).expand(-1, -1, channels))
+        moving = src.gather(1, merged.unsqueeze(-1).expand(-1, -1, channels))
+        dst = dst.scatter_add(1, partner.unsqueeze(-1).expand(-1, -1, channels), moving)
+        return torch.cat([unmerged, dst], dim=1)
+
+    return merge
+
+
+def merge_tokens(x: Tensor, size: Tensor, metric: Tensor, r: int, prefix: int) -> tuple[Tensor, Tensor]:
+    """Merge ``r`` patch tokens of ``x`` (sizes ``size``, ``[B, T, 1]``) by ``metric``; prefix tokens stay first."""
+    merge = bipartite_merge(metric[:, prefix:], r)
+    patches = merge(x[:, prefix:] * size[:, prefix:])
+    sizes = merge(size[:, prefix:])
+    return torch.cat([x[:, :prefix], patches / sizes], dim=1), torch.cat([size[:, :prefix], sizes], dim=1)
+
+
+def attention(attn: nn.Module, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
+    """timm's attention on ``x``, with ``log(size)`` added to every key's score when ``size`` is given; also the
+    keys averaged over heads (the merge metric). Works with any number of heads (pruned) and INT8 projections."""
+    batch, tokens, _ = x.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    q, k, v = attn.qkv(x).reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    scores = (q * attn.scale) @ k.transpose(-2, -1)
+    if size is not None:
+        scores = scores + size.log().transpose(1, 2).unsqueeze(1)  # [B, 1, 1, T]: per key
+    out = (attn.attn_drop(scores.softmax(dim=-1)) @ v).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+    return attn.proj_drop(attn.proj(attn.norm(out))), k.mean(dim=1)
+
+
+class MergingBlocks(nn.Sequential):
+    """A ViT's ``blocks`` with token merging between each block's attention and its MLP.
+
+    The same children under the same names as the ``nn.Sequential`` it replaces, so weights load unchanged.
+    ``merge[i]`` tokens are merged in block ``i``; ``prefix`` tokens (class, distillation) are never merged.
+    """
+
+    def __init__(self, blocks: nn.Sequential, merge: list[int], prefix: int, prop_attn: bool = True) -> None:
+        super().__init__(*blocks)
+        self.merge, self.prefix, self.prop_attn = list(merge), prefix, prop_attn
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = torch.ones_like(x[..., :1])
+        for block, r in zip(self, self.merge, strict=True):
+            y, metric = attention(block.attn, block.norm1(x), size if self.prop_attn else None)
+            x = x + block.drop_path1(block.ls1(y))
+            if r:
+                x, size = merge_tokens(x, size, metric, r, self.prefix)
+            x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        return x
+
+
+def check_mergeable(model: nn.Module, name: str) -> None:
+    """One line naming why ``model`` cannot merge tokens, if it cannot."""
+    from timm.layers.attention import Attention
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    if not isinstance(model, VisionTransformer) or not isinstance(model.blocks, nn.Sequential):
+        raise UserError(f"{name} is not a plain ViT/DeiT (token merging needs timm's VisionTransformer blocks)",
+                        "merge a vit_* or deit_* model; BEiT's relative position bias and EVA's rotary embedding tie "
+                        "attention to each token's position, which merging removes")
+    odd = [type(b.attn).__name__ for b in model.blocks if not isinstance(b, Block) or type(b.attn) is not Attention]
+    if odd:
+        raise UserError(f"{name}'s blocks use {odd[0]}, which token merging does not handle",
+                        "merge a plain ViT/DeiT (vit_*, deit_*)")
+    if any(getattr(b.attn, "gate", None) is not None for b in model.blocks):
+        raise UserError(f"{name} has gated attention, which token merging does not handle", "merge a plain ViT/DeiT")
+
+
+def patch_tokens(model: nn.Module) -> int:
+    return int(model.patch_embed.num_patches)
+
+
+def apply_merging(model: nn.Module, merging: dict[str, Any]) -> None:
+    """Give ``model`` (a ViT/DeiT) the token merging ``merging`` records (``per_block``, ``prop_attn``)."""
+    blocks = model.blocks
+    if isinstance(blocks, MergingBlocks):
+        blocks = nn.Sequential(*blocks)
+    model.blocks = MergingBlocks(blocks, merging["per_block"], int(model.num_prefix_tokens),
+                                 bool(merging.get("prop_attn", True)))
+
+
+def merging_of(model: nn.Module) -> MergingBlocks | None:
+    blocks = getattr(model, "blocks", None)
+    return blocks if isinstance(blocks, MergingBlocks) else None
+
+
+def describe(per_block: list[int], patch_count: int, prefix: int, prop_attn: bool, kind: str) -> dict[str, Any]:
+    """What ``vitcompress.json`` records about the merging (and ``info`` shows)."""
+    tokens = tokens_per_block(per_block, patch_count, prefix)
+    return {"method": "tome (bipartite soft matching)", "per_block": per_block, "schedule": kind,
+            "prop_attn": prop_attn, "prefix_tokens": prefix, "tokens_in": patch_count + prefix,
+            "tokens_per_block": tokens, "keep": round((tokens[-1] - prefix) / patch_count, 4) if patch_count else 1.0,
+            "token_share_mean": round(sum(tokens) / (len(tokens) * (patch_count + prefix)), 4) if tokens else 1.0}
+
