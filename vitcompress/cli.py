@@ -231,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
                                         "distill": "recovery distillation from the unmerged model: soft (KL, temperature) "
                                                    "| hard (teacher top-1) | none"},
                        {**choices, "schedule": MERGE_SCHEDULES, "distill": KD_CHOICES}, positional=("src",),
-                       skip=("epochs", "time_budget"))
+                       required=("out",), skip=("epochs", "time_budget"))
 
     p = sub.add_parser("qat", formatter_class=fmt, parents=[common],
                        help="INT8 quantization: calibrate (PTQ), then quantization-aware training; write an artifact",
@@ -281,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
                        positional=("src",))
 
     p = sub.add_parser("pipeline", formatter_class=fmt, parents=[common],
-                       help="finetune -> prune -> qat -> export -> bench from one YAML recipe; re-run to resume",
+                       help="finetune -> prune -> merge -> qat -> export -> bench from one YAML recipe; re-run to resume",
                        description="Run every stage from a recipe (default: the built-in one: no network, about 8 "
                                    "minutes on a 2-core CPU). Complete stages made from the same recipe section are "
                                    "skipped on a re-run, and an interrupted finetune, prune or qat resumes.")

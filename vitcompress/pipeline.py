@@ -1,6 +1,6 @@
-"""``vitcompress pipeline``: finetune -> prune -> qat -> export -> bench from one recipe, resumable.
+"""``vitcompress pipeline``: finetune -> prune -> merge -> qat -> export -> bench from one recipe, resumable.
 
-Every step writes one directory under ``OUT`` (``fp32``, ``pruned``, ``int8``, ``pruned-int8``,
+Every step writes one directory under ``OUT`` (``fp32``, ``pruned``, ``pruned-merged``, ``int8``, ``pruned-int8``,
 ``onnx-*``, ``bench``) through its stage's own atomic publish. ``OUT/pipeline.json`` records, per
 step, a digest of the recipe section and of the steps it read from. A re-run skips a step whose
 directory is complete and whose digest matches, resumes an interrupted finetune, prune recovery or
@@ -24,7 +24,7 @@ from vitcompress.fsutil import atomic_file
 from vitcompress.recipe import STAGES, build_config, load_recipe, section_digest
 from vitcompress.runs import STATE_FILE
 
-TRAINING_STAGES = ("finetune", "prune", "qat")  # --resume (a checkpoint in OUT.tmp-run/); every rank runs them under torchrun
+TRAINING_STAGES = ("finetune", "prune", "merge", "qat")  # --resume (a checkpoint in OUT.tmp-run/); every rank runs them under torchrun
 DEFAULT_RECIPE = "default.yaml"
 
 
@@ -65,7 +65,8 @@ def default_recipe() -> Path:
 
 
 def plan(recipe: dict[str, dict[str, Any]]) -> list[Step]:
-    """The steps a recipe makes: FP32, pruned, INT8 of both, an export of each, and one bench of all."""
+    """The steps a recipe makes: FP32, pruned, merged (the pruned model's tokens, if it prunes), INT8 of each, an
+    export of each, and one bench of all."""
     steps: list[Step] = []
     artifacts: list[str] = []
     if "finetune" in recipe:
@@ -76,6 +77,11 @@ def plan(recipe: dict[str, dict[str, Any]]) -> list[Step]:
     if "prune" in recipe:
         steps.append(Step("pruned", "prune", [artifacts[0]]))
         artifacts.append("pruned")
+    if "merge" in recipe:
+        source = artifacts[-1]
+        name = "merged" if source in ("fp32", "src") else f"{source}-merged"
+        steps.append(Step(name, "merge", [source]))
+        artifacts.append(name)
     if "qat" in recipe:
         for source in list(artifacts):
             name = "int8" if source in ("fp32", "src") else f"{source}-int8"
@@ -184,15 +190,19 @@ def check_options(steps: list[Step], recipe: dict[str, dict[str, Any]], root: Pa
 
 
 def _check_architecture_before_training(stage: str, config: Any, finetune: Any) -> None:
-    """What prune or ``qat --quantize-attention`` would refuse about the model is refused now, not after
+    """What prune, merge or ``qat --quantize-attention`` would refuse about the model is refused now, not after
     finetune has trained it (the model is built on the meta device)."""
     from vitcompress.compress.quantize import check_attention_quantizable
     from vitcompress.compress.surgery import check_prunable
+    from vitcompress.compress.token_merging import check_mergeable
     from vitcompress.models import meta_model
 
     if stage == "prune":
         model = meta_model(finetune.model, finetune.model_kwargs, finetune.img_size, finetune.patch_size)
         check_prunable(model, finetune.model, mlp=config.mlp > 0)
+    elif stage == "merge":
+        check_mergeable(meta_model(finetune.model, finetune.model_kwargs, finetune.img_size, finetune.patch_size),
+                        finetune.model)
     elif stage == "qat" and config.quantize_attention:
         check_attention_quantizable(meta_model(finetune.model, finetune.model_kwargs, finetune.img_size, finetune.patch_size))
 
@@ -218,6 +228,7 @@ def _step_config(step: Step, recipe: dict[str, dict[str, Any]], root: Path, resu
 def _run_step(step: Step, config: Any, quiet: bool) -> Any:
     from vitcompress.bench import bench
     from vitcompress.compress.finetune import finetune
+    from vitcompress.compress.merge import merge
     from vitcompress.compress.prune import prune
     from vitcompress.compress.qat import qat
     from vitcompress.export.exporter import export
@@ -226,7 +237,8 @@ def _run_step(step: Step, config: Any, quiet: bool) -> Any:
         config.train.quiet = config.train.quiet or quiet
     else:
         config.quiet = config.quiet or quiet
-    return {"finetune": finetune, "prune": prune, "qat": qat, "export": export, "bench": bench}[step.stage](config)
+    stages = {"finetune": finetune, "prune": prune, "merge": merge, "qat": qat, "export": export, "bench": bench}
+    return stages[step.stage](config)
 
 
 def _load_bench(target: Path) -> Any:

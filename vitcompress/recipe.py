@@ -24,11 +24,11 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from vitcompress.config import BenchConfig, ExportConfig, FinetuneConfig, PruneConfig, QatConfig
+from vitcompress.config import BenchConfig, ExportConfig, FinetuneConfig, MergeConfig, PruneConfig, QatConfig
 from vitcompress.errors import UserError, require
 
-STAGES = ("finetune", "prune", "qat", "export", "bench")
-CONFIGS: dict[str, type] = {"finetune": FinetuneConfig, "prune": PruneConfig, "qat": QatConfig,
+STAGES = ("finetune", "prune", "merge", "qat", "export", "bench")
+CONFIGS: dict[str, type] = {"finetune": FinetuneConfig, "prune": PruneConfig, "merge": MergeConfig, "qat": QatConfig,
                             "export": ExportConfig, "bench": BenchConfig}
 # Set by the pipeline itself (paths between stages), or not an option of the stage's command.
 MANAGED = {"src", "srcs", "out", "force", "resume", "dry_run", "sensitivity"}

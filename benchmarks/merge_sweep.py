@@ -1,0 +1,170 @@
+"""Token merging (``vitcompress merge``): speed of merged, merged + INT8 and pruned + merged + INT8 models against the
+unmerged FP32 model on the same runtime, in one run; and accuracy and latency for each r in a list.
+
+Speed (``--speed``): vit_small_patch16_224 at 224 px, random weights (speed does not depend on them), every variant
+made by the stages themselves (merge --keep, prune --heads 0.5 --mlp 0.25 without recovery, qat --epochs 0), exported
+as ONNX Runtime's graph and as OpenVINO IR, timed in interleaved rounds with ``--threads`` threads on ONNX Runtime and
+on OpenVINO (its default arithmetic), each against the unmerged FP32 export on the same runtime.
+
+Sweep (``--artifact A --r 0,2,4,8``): ``merge A --r R`` for each R: test top-1 on the artifact's whole test split
+(the merge stage's own score), tokens left, and the latency of its ONNX export on ONNX Runtime at batch 1 and 32.
+
+Usage:  python benchmarks/merge_sweep.py --speed [--keep 0.4] [--rounds 3]
+        python benchmarks/merge_sweep.py --artifact runs/cifar-fp32 --r 0,2,4,6,8 [--schedule decreasing]
+Writes: benchmarks/results/merge_speed_cpu.json, benchmarks/results/merge_sweep_cpu.json (hardware and command inside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+from export_ort import ratio_per_round, speed_artifacts
+from openvino_cpu import runner
+from tabulate import tabulate
+
+from vitcompress.artifact import read_meta
+from vitcompress.bench import cpu_flags, cpu_name
+from vitcompress.compress.merge import merge
+from vitcompress.compress.prune import prune
+from vitcompress.compress.qat import qat
+from vitcompress.config import ExportConfig, MergeConfig, PruneConfig, QatConfig, TrainConfig
+from vitcompress.export.exporter import export
+from vitcompress.export.onnx import model_files
+from vitcompress.latency import median_ms
+
+HERE = Path(__file__).resolve().parent
+BATCHES = (1, 32)
+RUNTIMES = {"ort": ("onnx", "model.onnx"), "ov": ("openvino", "model.xml")}
+
+
+def speed_variants(work: Path, keep: float, schedule: str) -> dict[str, Path]:
+    """The artifacts to time: FP32, merged, INT8, merged + INT8, pruned + merged + INT8 (each made by its stage)."""
+    made = speed_artifacts(work)  # fp32, int8
+    quiet = TrainConfig(epochs=0, quiet=True, batch_size=32)
+
+    def merged(src: Path, name: str) -> Path:
+        return merge(MergeConfig(src=str(src), out=str(work / name), keep=keep, schedule=schedule, force=True,
+                                 train=quiet)).path
+
+    def int8(src: Path, name: str) -> Path:
+        return qat(QatConfig(src=str(src), out=str(work / name), calib_size=64, force=True, train=quiet)).path
+
+    made["merged"] = merged(made["fp32"], "merged")
+    made["merged-int8"] = int8(made["merged"], "merged-int8")
+    pruned = prune(PruneConfig(src=str(made["fp32"]), out=str(work / "pruned"), heads=0.5, mlp=0.25, finetune_epochs=0,
+                               force=True, train=quiet)).path
+    made["pruned-merged-int8"] = int8(merged(pruned, "pruned-merged"), "pruned-merged-int8")
+    return made
+
+
+def export_all(artifacts: dict[str, Path], work: Path) -> dict[str, Path]:
+    """Each artifact as ONNX Runtime's graph (``NAME@ort``) and as OpenVINO IR (``NAME@ov``)."""
+    paths = {}
+    for name, artifact in artifacts.items():
+        for runtime, (fmt, file) in RUNTIMES.items():
+            out = work / f"{fmt}-{name}"
+            export(ExportConfig(src=str(artifact), out=str(out), format=fmt, verify_size=32, force=True, quiet=True))
+            paths[f"{name}@{runtime}"] = out / file
+    return paths
+
+
+def time_all(paths: dict[str, Path], threads: int, rounds: int, size: int) -> dict[str, dict]:
+    """Median latency per variant and batch, interleaved over ``rounds`` so load on the machine hits all alike."""
+    runners = {name: runner(path, threads) for name, path in paths.items()}
+    inputs = {b: np.random.default_rng(0).standard_normal((b, 3, size, size)).astype(np.float32) for b in BATCHES}
+    per_round: dict[str, dict[int, list[float]]] = {n: {b: [] for b in BATCHES} for n in paths}
+    for _ in range(rounds):
+        for name, (run, _) in runners.items():
+            per_round[name][1].append(median_ms(lambda run=run: run(inputs[1]), warmup=3, min_iters=10, max_seconds=3))
+            per_round[name][32].append(median_ms(lambda run=run: run(inputs[32]), warmup=1, min_iters=3, max_seconds=6))
+    return {name: {"arithmetic": runners[name][1], "rounds_ms": {str(b): v for b, v in times.items()},
+                   "latency_ms": {str(b): statistics.median(v) for b, v in times.items()},
+                   "size_bytes": sum(f.stat().st_size for f in model_files(paths[name]))}
+            for name, times in per_round.items()}
+
+
+def hardware(threads: int) -> dict:
+    import openvino
+
+    return {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
+            "threads": threads, "onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__}
+
+
+def speed(args: argparse.Namespace) -> dict:
+    work = Path(args.work) / "speed"
+    artifacts = speed_variants(work, args.keep, args.schedule)
+    timing = time_all(export_all(artifacts, work), args.threads, args.rounds, 224)
+    ratios = {f"{name} b{b}": ratio_per_round(timing, f"fp32@{name.split('@')[1]}", name, str(b))
+              for name in timing for b in BATCHES if not name.startswith("fp32@")}
+    merging = read_meta(artifacts["merged"]).merging
+    rows = [(name, t["arithmetic"], t["latency_ms"]["1"], t["latency_ms"]["32"],
+             statistics.median(ratios[f"{name} b1"]) if not name.startswith("fp32@") else 1.0,
+             statistics.median(ratios[f"{name} b32"]) if not name.startswith("fp32@") else 1.0,
+             round(t["size_bytes"] / timing[f"fp32@{name.split('@')[1]}"]["size_bytes"], 3)) for name, t in timing.items()]
+    print(tabulate(rows, headers=("variant@runtime", "arithmetic", "b1 ms", "b32 ms", "b1 x", "b32 x", "size x")))
+    return {"model": "vit_small_patch16_224 at 224 px, random weights, 10 classes", "merging": merging,
+            "timing": timing, "speedup_per_round_vs_unmerged_fp32_same_runtime": ratios}
+
+
+def sweep(args: argparse.Namespace) -> dict:
+    work = Path(args.work) / "sweep"
+    meta = read_meta(args.artifact)
+    rows, paths = [], {}
+    for r in [int(v) for v in args.r.split(",")]:
+        name = f"r{r}"
+        if r:
+            result = merge(MergeConfig(src=args.artifact, out=str(work / name), r=r, schedule=args.schedule, force=True,
+                                       train=TrainConfig(epochs=0, quiet=True)))
+            top1, merging = result.meta.metrics["top1"], result.meta.merging
+        else:
+            top1, merging = meta.metrics["top1"], None
+        artifact = work / name if r else Path(args.artifact)
+        export(ExportConfig(src=str(artifact), out=str(work / f"onnx-{name}"), verify_size=32, force=True, quiet=True))
+        paths[name] = work / f"onnx-{name}" / "model.onnx"
+        rows.append({"r": r, "top1": top1, "tokens_last_block": merging["tokens_per_block"][-1] if merging else None,
+                     "per_block": merging["per_block"] if merging else None})
+    timing = time_all(paths, args.threads, args.rounds, meta.img_size)
+    for row in rows:
+        row["latency_ms"] = timing[f"r{row['r']}"]["latency_ms"]
+    print(tabulate([(r["r"], f"{100 * r['top1']:.2f}", r["tokens_last_block"], r["latency_ms"]["1"], r["latency_ms"]["32"])
+                    for r in rows], headers=("r", "top-1 %", "tokens at last block", "ORT b1 ms", "ORT b32 ms")))
+    return {"artifact": args.artifact, "model": meta.model_name, "data": meta.data.get("spec"), "img_size": meta.img_size,
+            "schedule": args.schedule, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--speed", action="store_true", help="time the merged variants of vit_small at 224 px")
+    parser.add_argument("--artifact", default="", help="sweep r on this artifact (accuracy on its test split)")
+    parser.add_argument("--r", default="0,2,4,8", help="tokens merged per block, a comma list (0: unmerged)")
+    parser.add_argument("--keep", type=float, default=0.4, help="--speed: share of patch tokens left at the last block")
+    parser.add_argument("--schedule", default="constant", choices=("constant", "decreasing"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--work", default="runs/merge-bench")
+    args = parser.parse_args()
+    if not args.speed and not args.artifact:
+        parser.error("pass --speed, --artifact A, or both")
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    for kind, run in (("speed", speed if args.speed else None), ("sweep", sweep if args.artifact else None)):
+        if run is None:
+            continue
+        record = {"benchmark": f"merge_{kind}", "date": time.strftime("%Y-%m-%d"), "command": command,
+                  "hardware": hardware(args.threads), **run(args)}
+        out = HERE / "results" / f"merge_{kind}_cpu.json"
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
