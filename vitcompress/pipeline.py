@@ -24,7 +24,8 @@ from vitcompress.fsutil import atomic_file
 from vitcompress.recipe import STAGES, build_config, load_recipe, section_digest
 from vitcompress.runs import STATE_FILE
 
-TRAINING_STAGES = ("finetune", "prune", "merge", "qat")  # --resume (a checkpoint in OUT.tmp-run/); every rank runs them under torchrun
+# --resume (a checkpoint in OUT.tmp-run/); every rank runs them under torchrun
+TRAINING_STAGES = ("finetune", "prune", "merge", "qat")
 DEFAULT_RECIPE = "default.yaml"
 
 
