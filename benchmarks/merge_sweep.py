@@ -27,10 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime
 from export_ort import ratio_per_round, speed_artifacts
-from openvino_cpu import runner
+from openvino_cpu import BATCHES, time_variants
 from tabulate import tabulate
 
 from vitcompress.artifact import load_model, parent_ref, read_meta, write_artifact
@@ -42,13 +41,11 @@ from vitcompress.compress.token_merging import describe, patch_tokens
 from vitcompress.config import ExportConfig, MergeConfig, QatConfig, TrainConfig
 from vitcompress.errors import UserError
 from vitcompress.export.exporter import export
-from vitcompress.export.onnx import export_onnx, model_files
+from vitcompress.export.onnx import export_onnx
 from vitcompress.export.openvino import save_ir
-from vitcompress.latency import median_ms
 from vitcompress.models import heads_per_block
 
 HERE = Path(__file__).resolve().parent
-BATCHES = (1, 32)
 RUNTIMES = {"ort": ("onnx", "model.onnx"), "ov": ("openvino", "model.xml")}
 
 
@@ -116,21 +113,6 @@ def export_all(artifacts: dict[str, Path], work: Path) -> tuple[dict[str, Path],
     return paths, unverified
 
 
-def time_all(paths: dict[str, Path], threads: int, rounds: int, size: int) -> dict[str, dict]:
-    """Median latency per variant and batch, interleaved over ``rounds`` so load on the machine hits all alike."""
-    runners = {name: runner(path, threads) for name, path in paths.items()}
-    inputs = {b: np.random.default_rng(0).standard_normal((b, 3, size, size)).astype(np.float32) for b in BATCHES}
-    per_round: dict[str, dict[int, list[float]]] = {n: {b: [] for b in BATCHES} for n in paths}
-    for _ in range(rounds):
-        for name, (run, _) in runners.items():
-            per_round[name][1].append(median_ms(lambda run=run: run(inputs[1]), warmup=3, min_iters=10, max_seconds=3))
-            per_round[name][32].append(median_ms(lambda run=run: run(inputs[32]), warmup=1, min_iters=3, max_seconds=6))
-    return {name: {"arithmetic": runners[name][1], "rounds_ms": {str(b): v for b, v in times.items()},
-                   "latency_ms": {str(b): statistics.median(v) for b, v in times.items()},
-                   "size_bytes": sum(f.stat().st_size for f in model_files(paths[name]))}
-            for name, times in per_round.items()}
-
-
 def hardware(threads: int) -> dict:
     import openvino
 
@@ -142,7 +124,7 @@ def speed(args: argparse.Namespace) -> dict:
     work = Path(args.work) / "speed"
     artifacts = speed_variants(work, args.keep, args.schedule)
     paths, unverified = export_all(artifacts, work)
-    timing = time_all(paths, args.threads, args.rounds, 224)
+    timing = time_variants(paths, args.threads, args.rounds, 224)
     ratios = {f"{name} b{b}": ratio_per_round(timing, f"fp32@{name.split('@')[1]}", name, str(b))
               for name in timing for b in BATCHES if not name.startswith("fp32@")}
     merging = read_meta(artifacts["merged"]).merging
@@ -173,7 +155,7 @@ def sweep(args: argparse.Namespace) -> dict:
         paths[name] = work / f"onnx-{name}" / "model.onnx"
         rows.append({"r": r, "top1": top1, "tokens_last_block": merging["tokens_per_block"][-1] if merging else None,
                      "per_block": merging["per_block"] if merging else None})
-    timing = time_all(paths, args.threads, args.rounds, meta.img_size)
+    timing = time_variants(paths, args.threads, args.rounds, meta.img_size)
     for row in rows:
         row["latency_ms"] = timing[f"r{row['r']}"]["latency_ms"]
     print(tabulate([(r["r"], f"{100 * r['top1']:.2f}", r["tokens_last_block"], r["latency_ms"]["1"], r["latency_ms"]["32"])

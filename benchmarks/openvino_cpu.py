@@ -101,10 +101,10 @@ def runner(path: Path, threads: int) -> tuple[Callable[[np.ndarray], np.ndarray]
     return ort_runner(ort_session(path, threads=threads)), "as the graph says (fp32, int8)"
 
 
-def time_variants(paths: dict[str, Path], threads: int, rounds: int) -> dict[str, dict]:
+def time_variants(paths: dict[str, Path], threads: int, rounds: int, size: int = 224) -> dict[str, dict]:
     """Median latency per variant and batch, interleaved over ``rounds`` so load on the machine hits all alike."""
     runners = {name: runner(path, threads) for name, path in paths.items()}
-    inputs = {b: np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32) for b in BATCHES}
+    inputs = {b: np.random.default_rng(0).standard_normal((b, 3, size, size)).astype(np.float32) for b in BATCHES}
     per_round: dict[str, dict[int, list[float]]] = {n: {b: [] for b in BATCHES} for n in paths}
     for _ in range(rounds):
         for name, (run, _) in runners.items():

@@ -65,22 +65,32 @@ def tokens_per_block(per_block: list[int], patch_tokens: int, prefix_tokens: int
 def bipartite_merge(metric: Tensor, r: int) -> Callable[[Tensor], Tensor]:
     """ToMe's bipartite soft matching on ``metric`` (``[B, T, C]``, patch tokens only): a function that merges the
     ``r`` best-matched tokens of set A (even positions) into their partners in B (odd positions) by summing."""
+    tokens = metric.shape[1]
+    even = torch.arange(0, tokens, 2, device=metric.device)
+    odd = torch.arange(1, tokens, 2, device=metric.device)
     metric = metric / metric.norm(dim=-1, keepdim=True)
-    a, b = metric[:, ::2], metric[:, 1::2]
+    a, b = metric.index_select(1, even), metric.index_select(1, odd)
     best_score, best_partner = (a @ b.transpose(-1, -2)).max(dim=-1)
     order = best_score.argsort(dim=-1, descending=True)  # TopK over all of A in ONNX
     merged, kept = order[:, :r], order[:, r:]
     partner = best_partner.gather(1, merged)
 
     def merge(x: Tensor) -> Tensor:
-        channels = x.shape[-1]
-        src, dst = x[:, ::2], x[:, 1::2]
-        unmerged = src.gather(1, kept.unsqueeze(-1).expand(-1, -1, channels))
-        moving = src.gather(1, merged.unsqueeze(-1).expand(-1, -1, channels))
-        dst = dst.scatter_add(1, partner.unsqueeze(-1).expand(-1, -1, channels), moving)
-        return torch.cat([unmerged, dst], dim=1)
+        src, dst = x.index_select(1, even), x.index_select(1, odd)
+        moving = _rows(src, merged)
+        dst = dst.scatter_add(1, partner.unsqueeze(-1).expand(-1, -1, x.shape[-1]), moving)
+        return torch.cat([_rows(src, kept), dst], dim=1)
 
     return merge
+
+
+def _rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x[i, index[i]]`` for each batch row ``i`` (``[B, T, C]``, ``[B, K]`` -> ``[B, K, C]``), as one ``Gather`` on
+    the flattened batch: ONNX's ``GatherElements`` with an index expanded over channels ran as OpenVINO's reference
+    kernel, and A/B by strided slices likewise, which made a merged model slower than the unmerged one there."""
+    batch, tokens, channels = x.shape
+    flat = index + torch.arange(batch, device=x.device).unsqueeze(1) * tokens
+    return x.reshape(batch * tokens, channels).index_select(0, flat.reshape(-1)).reshape(batch, -1, channels)
 
 
 def merge_tokens(x: Tensor, size: Tensor, metric: Tensor, r: int, prefix: int) -> tuple[Tensor, Tensor]:

@@ -88,6 +88,19 @@ def test_merge_writes_an_artifact_that_rebuilds_and_keeps_accuracy(merged_artifa
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(meta.metrics["top1"])
 
 
+def test_recovery_trains_the_merged_model_from_the_unmerged_teacher(tmp_path: Path, shapes_artifact: Path) -> None:
+    from vitcompress.config import TrainConfig
+
+    result = merge(MergeConfig(src=str(shapes_artifact), out=str(tmp_path / "ft"), r=4, finetune_epochs=1,
+                               train=TrainConfig(quiet=True, batch_size=64)))
+    report = result.meta.metrics["merging"]
+    assert report["finetune_epochs"] == 1 and report["top1_after_recovery"] is not None
+    assert report["top1_after_recovery"] > 0.2 and result.meta.merging["per_block"] == [4, 4]
+    source, _ = load_model(shapes_artifact)
+    recovered, _ = load_model(result.path)
+    assert not torch.equal(recovered.head.weight, source.head.weight)  # it trained
+
+
 @pytest.mark.parametrize("target", ["ort", "standard"])
 def test_a_merged_model_exports_to_onnx_and_matches_pytorch(tmp_path: Path, merged_artifact: Path, target: str) -> None:
     result = do_export(merged_artifact, tmp_path / target, target=target)

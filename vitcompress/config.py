@@ -230,6 +230,18 @@ class SourceData:
         self.data_dir, self.cache_dir = absolute_path(self.data_dir), absolute_path(self.cache_dir)
 
 
+def validate_recovery(cfg: PruneConfig | MergeConfig, stage: str) -> None:
+    """What prune and merge check alike: distillation, data, the source's path, and a recovery in epochs."""
+    cfg.kd.validate()
+    cfg.source.validate()
+    cfg.src = absolute_path(cfg.src)
+    require(not cfg.train.time_budget, f"{stage}'s recovery runs in epochs, not to a time budget",
+            "pass --finetune-epochs N (train.time_budget=0)")
+    if cfg.finetune_epochs:
+        cfg.train.epochs = cfg.finetune_epochs
+        cfg.train.validate()
+
+
 @dataclass
 class PruneConfig:
     """Everything ``prune`` needs; the CLI flags are generated from these fields."""
@@ -262,14 +274,7 @@ class PruneConfig:
                 "pass 0 for no recovery")
         require(self.score_batches >= 1, f"--score-batches {self.score_batches} must be at least 1", "pass e.g. 4")
         require(bool(self.out) or self.dry_run, "--out is required", "pass --out DIR (or --dry-run to only look)")
-        self.kd.validate()
-        self.source.validate()
-        self.src = absolute_path(self.src)
-        require(not self.train.time_budget, "prune's recovery runs in epochs, not to a time budget",
-                "pass --finetune-epochs N (train.time_budget=0)")
-        if self.finetune_epochs:
-            self.train.epochs = self.finetune_epochs
-            self.train.validate()
+        validate_recovery(self, "prune")
         require(self.heads > 0 or self.mlp > 0, "prune was given nothing to remove (neither --heads nor --mlp)",
                 "pass --heads 0.5 (the share of attention heads to remove), --mlp 0.25 (of MLP channels), or both")
 
@@ -339,14 +344,7 @@ class MergeConfig:
         require(self.finetune_epochs >= 0, f"--finetune-epochs {self.finetune_epochs} must not be negative",
                 "pass 0 for none (merging needs no training)")
         require(bool(self.out), "--out is required", "pass --out DIR")
-        self.kd.validate()
-        self.source.validate()
-        self.src = absolute_path(self.src)
-        require(not self.train.time_budget, "merge's recovery runs in epochs, not to a time budget",
-                "pass --finetune-epochs N (train.time_budget=0)")
-        if self.finetune_epochs:
-            self.train.epochs = self.finetune_epochs
-            self.train.validate()
+        validate_recovery(self, "merge")
         require(self.r > 0 or self.keep > 0, "merge was given nothing to merge (neither --r nor --keep)",
                 "pass --r 8 (tokens merged in each block) or --keep 0.4 (share of tokens left at the last block)")
 
