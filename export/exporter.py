@@ -21,7 +21,7 @@ from vitcompress.config import ExportConfig, parse_batch_profile
 from vitcompress.data import default_cache_dir
 from vitcompress.errors import UserError, require
 from vitcompress.export.onnx import OUTPUT, export_onnx, input_name
-from vitcompress.export.verify import TOLERANCES, Tolerance, VerificationSet, verification_set, verify_onnx
+from vitcompress.export.verify import TOLERANCES, Tolerance, VerificationSet, tolerance_for, verification_set, verify_onnx
 from vitcompress.fsutil import atomic_file, check_output_dir, staged_directory
 from vitcompress.locks import LOCK_FILE
 
@@ -124,7 +124,8 @@ def write_verified_onnx(job: ExportJob, directory: Path) -> dict[str, Any]:
     graph = export_onnx(job.model, job.meta, directory / ONNX_FILE, precision=job.precision, target=job.target,
                         pixels=job.pixels, opset=cfg.opset, simplify=cfg.simplify,
                         int8_fp16_elsewhere=cfg.runtime_family() != "openvino")
-    report = verify_onnx(directory / ONNX_FILE, job.model, job.meta, job.data, job.pixels, TOLERANCES[job.precision])
+    report = verify_onnx(directory / ONNX_FILE, job.model, job.meta, job.data, job.pixels,
+                         tolerance_for(job.precision, job.meta))
     contract = input_contract(job)
     _write_json(directory / CONTRACT_FILE, contract)
     _write_json(directory / VERIFY_FILE, {"onnxruntime": report})
@@ -194,7 +195,7 @@ def _convert_to_ir(job: ExportJob, directory: Path) -> dict[str, Any]:
 
     described = save_ir(directory / ONNX_FILE, directory / IR_FILE, job.precision)
     report = verify_runner(ir_runner(directory / IR_FILE), job.model, job.meta, job.data, job.pixels,
-                           TOLERANCES[job.precision])
+                           tolerance_for(job.precision, job.meta))
     if not report["passed"]:
         raise UserError(f"OpenVINO IR verification failed: {report['failure']}; nothing was written",
                         "re-run with --debug and report it; --format onnx exports the ONNX file")

@@ -39,6 +39,15 @@ class Tolerance:
 # INT8: ONNX Runtime's integer kernels round differently from PyTorch's fake quantization, and its
 # attention matmuls stay in full precision, so only the predictions are compared.
 TOLERANCES = {"fp32": Tolerance(1e-3, 0.99), "fp16": Tolerance(3e-2, 0.98), "int8": Tolerance(None, 0.95)}
+# Token merging picks which tokens merge by comparing similarities: where two candidates tie within rounding, the
+# export may merge the other one and move that image's logits past FP32's tolerance (seen: 2.3e-3 of the largest
+# logit, a CIFAR-10 model merging 4 tokens a block). A merged FP32 export is held to FP16's error, FP32's agreement.
+MERGED_FP32 = Tolerance(3e-2, 0.99)
+
+
+def tolerance_for(precision: str, meta: ArtifactMeta) -> Tolerance:
+    """What an export of ``meta``'s model in ``precision`` must meet against PyTorch."""
+    return MERGED_FP32 if precision == "fp32" and meta.merging else TOLERANCES[precision]
 
 
 @dataclass
