@@ -10,7 +10,8 @@ distillation tokens (timm's prefix tokens) are never merged.
 ToMe merges with ``scatter_reduce(mean)``, which neither exporter handles (ToMe #10, PyTorch #101535). Here the
 merge is a sum-scatter (``scatter_add``: ONNX ``ScatterElements`` with ``reduction="add"``) of size-weighted tokens,
 then a divide by the summed sizes; the matching is ``ArgMax`` and ``TopK``, and tokens are picked by one ``Gather``
-on the flattened batch: standard ONNX ops that ONNX Runtime and OpenVINO run. With a fixed image size every token count is fixed, so the batch stays dynamic.
+on the flattened batch: standard ONNX ops that ONNX Runtime and OpenVINO run. With a fixed image size every token
+count is fixed, so the batch stays dynamic.
 
 Merging needs no weights: :class:`MergingBlocks` takes the place of the model's ``blocks`` with the same children
 (the state dict's names do not change), and an artifact records only the schedule.
