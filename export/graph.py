@@ -153,14 +153,23 @@ def _output_rows(linear: nn.Module, rows: slice) -> nn.Module:
 
 def for_standard_graph(model: nn.Module) -> nn.Module:
     """``model``, or a copy whose INT8 attention traces to the form OpenVINO fuses (:class:`Int8StandardAttention`)."""
-    if merging_of(model) or not any(_fusable_attention(m) and int8_ranges(m.qkv) is not None for m in model.modules()):
+    if merging_of(model) or not any(_int8_attention(m) for m in model.modules()):
         return model  # a merging model runs its own attention (with the size bias), from the same modules
     model = copy.deepcopy(model).eval()
     for name, module in list(model.named_modules()):
-        if _fusable_attention(module) and int8_ranges(module.qkv) is not None:
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, Int8StandardAttention(module))
+        if _int8_attention(module):
+            _replace(model, name, Int8StandardAttention(module))
     return model
+
+
+def _int8_attention(module: nn.Module) -> bool:
+    return _fusable_attention(module) and int8_ranges(module.qkv) is not None
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where ``model``'s submodule ``name`` is."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def _ort_linear(linear: nn.Module) -> nn.Module:
@@ -190,8 +199,7 @@ def for_onnx_runtime(model: nn.Module) -> nn.Module:
             new = OrtInt8Linear(module)
         else:
             continue
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        _replace(model, name, new)
         replaced.append(name)
     return model
 

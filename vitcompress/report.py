@@ -158,14 +158,21 @@ def prune_table(pruning: dict[str, Any]) -> str:
         _size_row("params", before["params"], after["params"]),
         _size_row("MACs", before["macs"], after["macs"]),
     ]
-    for batch, ms in before["latency_ms"].items():
-        new = after["latency_ms"][batch]
-        rows.append((f"latency b{batch} ({pruning['device']})", f"{ms:.2f} ms", f"{new:.2f} ms", f"{ms / new:.2f}x faster"))
+    rows += _latency_rows(before, after, pruning["device"])
     table = tabulate(rows, headers=("", "before", "after surgery", "after recovery / ratio"), tablefmt="simple",
                      disable_numparse=True)
     per_block = _per_block_table(pruning["heads_before"], pruning["heads_after"], pruning["removed_heads"],
                                  pruning["mlp_before"], pruning["mlp_after"], "removed heads")
     return f"{table}\n\n{per_block}"
+
+
+def _latency_rows(before: dict[str, Any], after: dict[str, Any], device: str) -> list[tuple[str, str, str, str]]:
+    """Torch latency before and after a stage (``recovery.measure``'s), one row per batch size."""
+    rows = []
+    for batch, ms in before["latency_ms"].items():
+        new = after["latency_ms"][batch]
+        rows.append((f"latency b{batch} ({device})", f"{ms:.2f} ms", f"{new:.2f} ms", f"{ms / new:.2f}x faster"))
+    return rows
 
 
 def _size_row(name: str, before: int, after: int) -> tuple[str, str, str, str]:
@@ -204,9 +211,7 @@ def merge_summary(path: Path, meta: ArtifactMeta) -> str:
     rows = [("test top-1", _pct(report["top1_before"]), _pct(report["top1_merged"]), _pct(report["top1_after_recovery"])),
             ("tokens in the last block", merging["tokens_in"], merging["tokens_per_block"][-1], ""),
             _size_row("MACs", before["macs"], after["macs"])]
-    for batch, ms in before["latency_ms"].items():
-        new = after["latency_ms"][batch]
-        rows.append((f"latency b{batch} ({report['device']})", f"{ms:.2f} ms", f"{new:.2f} ms", f"{ms / new:.2f}x faster"))
+    rows += _latency_rows(before, after, report["device"])
     table = tabulate(rows, headers=("", "unmerged", "merged", "after recovery / ratio"), tablefmt="simple",
                      disable_numparse=True)
     return f"\n{table}\n\ntoken merging: {_merging(merging)}\n\nartifact: {path}"
