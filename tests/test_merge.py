@@ -24,7 +24,7 @@ from vitcompress.compress.token_merging import (
 )
 from vitcompress.config import MergeConfig
 from vitcompress.errors import UserError
-from vitcompress.models import create_model
+from vitcompress.models import count_macs, create_model
 from vitcompress.pipeline import plan
 
 
@@ -62,9 +62,11 @@ def test_no_merging_is_the_unmerged_model_and_merging_follows_the_schedule() -> 
     for name, prefix in (("vit_tiny_patch16_224", 1), ("deit_tiny_distilled_patch16_224", 2)):
         model = create_model(name, kwargs).eval()
         x = torch.randn(2, 3, 32, 32)
-        expected = model(x)
+        expected, unmerged_macs = model(x), count_macs(model, 32)  # timm's fused attention
         apply_merging(model, {"per_block": [0, 0, 0]})
         assert torch.allclose(model(x), expected, atol=1e-6)
+        apply_merging(model, {"per_block": [1, 1, 1], "prop_attn": True})
+        assert count_macs(model, 32) < unmerged_macs  # attention counted in both, as it runs
         apply_merging(model, {"per_block": [10, 8, 4], "prop_attn": True})
         tokens = model.forward_features(x)
         assert tokens.shape[1] == prefix + 64 - 22

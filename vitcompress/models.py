@@ -12,6 +12,7 @@ from typing import Any
 import timm
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitcompress.checkpoints import read_state_dict
@@ -234,7 +235,9 @@ def count_macs(model: nn.Module, img_size: int) -> int:
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.eval().requires_grad_(False)
     try:
-        with FlopCounterMode(display=False) as counter:
+        # PyTorch's math attention, whose matmuls the counter sees: it counts nothing for the fused CPU kernel, which
+        # left attention out of unmerged models' MACs and in merged ones' (token_merging.py writes its own matmuls)
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
         model.train(was_training)
