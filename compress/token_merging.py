@@ -66,7 +66,7 @@ def tokens_per_block(per_block: list[int], patch_tokens: int, prefix_tokens: int
 def bipartite_merge(metric: Tensor, r: int) -> Callable[[Tensor], Tensor]:
     """ToMe's bipartite soft matching on ``metric`` (``[B, T, C]``, patch tokens only): a function that merges the
     ``r`` best-matched tokens of set A (even positions) into their partners in B (odd positions) by summing."""
-    tokens = metric.shape[1]
+    tokens = int(metric.shape[1])  # fixed for a model (its image size); a constant in the exported graph
     even = torch.arange(0, tokens, 2, device=metric.device)
     odd = torch.arange(1, tokens, 2, device=metric.device)
     metric = metric / metric.norm(dim=-1, keepdim=True)
@@ -79,7 +79,7 @@ def bipartite_merge(metric: Tensor, r: int) -> Callable[[Tensor], Tensor]:
     def merge(x: Tensor) -> Tensor:
         src, dst = x.index_select(1, even), x.index_select(1, odd)
         moving = _rows(src, merged)
-        dst = dst.scatter_add(1, partner.unsqueeze(-1).expand(-1, -1, x.shape[-1]), moving)
+        dst = dst.scatter_add(1, partner.unsqueeze(-1).repeat(1, 1, int(x.shape[-1])), moving)
         return torch.cat([_rows(src, kept), dst], dim=1)
 
     return merge
@@ -88,10 +88,14 @@ def bipartite_merge(metric: Tensor, r: int) -> Callable[[Tensor], Tensor]:
 def _rows(x: Tensor, index: Tensor) -> Tensor:
     """``x[i, index[i]]`` for each batch row ``i`` (``[B, T, C]``, ``[B, K]`` -> ``[B, K, C]``), as one ``Gather`` on
     the flattened batch: ONNX's ``GatherElements`` with an index expanded over channels ran as OpenVINO's reference
-    kernel, and A/B by strided slices likewise, which made a merged model slower than the unmerged one there."""
-    batch, tokens, channels = x.shape
-    flat = index + torch.arange(batch, device=x.device).unsqueeze(1) * tokens
-    return x.reshape(batch * tokens, channels).index_select(0, flat.reshape(-1)).reshape(batch, -1, channels)
+    kernel, and A/B by strided slices likewise, which made a merged model slower than the unmerged one there.
+    Token and channel counts are taken as constants and only the batch stays dynamic (``-1``): shape arithmetic
+    traced from ``x.shape`` added hundreds of small ops, which cost ONNX Runtime a tenth of a merged model's time at
+    batch 1."""
+    tokens, channels, picked = int(x.shape[1]), int(x.shape[2]), int(index.shape[1])
+    first_rows = torch.arange(0, x.shape[0] * tokens, tokens, device=x.device).unsqueeze(1)  # each row's offset
+    flat = (index + first_rows).reshape(-1)
+    return x.reshape(-1, channels).index_select(0, flat).reshape(-1, picked, channels)
 
 
 def merge_tokens(x: Tensor, size: Tensor, metric: Tensor, r: int, prefix: int) -> tuple[Tensor, Tensor]:
@@ -104,16 +108,23 @@ def merge_tokens(x: Tensor, size: Tensor, metric: Tensor, r: int, prefix: int) -
 
 def attention(attn: nn.Module, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
     """timm's attention on ``x``, with ``log(size)`` added to every key's score when ``size`` is given; also the
-    keys averaged over heads (the merge metric). Works with any number of heads (pruned) and INT8 projections."""
-    batch, tokens, _ = x.shape
-    heads, head_dim = attn.num_heads, attn.head_dim
-    q, k, v = attn.qkv(x).reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    keys averaged over heads (the merge metric). Works with any number of heads (pruned) and INT8 projections.
+    An attention module with its own ``attend_sized`` (the same computation, in an exporter's kernel) runs that."""
+    if hasattr(attn, "attend_sized"):
+        return attn.attend_sized(x, size)
+    tokens, heads, head_dim = int(x.shape[1]), attn.num_heads, attn.head_dim  # constants when exported
+    q, k, v = attn.qkv(x).reshape(-1, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     scores = (q * attn.scale) @ k.transpose(-2, -1)
     if size is not None:
-        scores = scores + size.log().transpose(1, 2).unsqueeze(1)  # [B, 1, 1, T]: per key
-    out = (attn.attn_drop(scores.softmax(dim=-1)) @ v).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+        scores = scores + size_bias(size)
+    out = (attn.attn_drop(scores.softmax(dim=-1)) @ v).transpose(1, 2).reshape(-1, tokens, heads * head_dim)
     return attn.proj_drop(attn.proj(attn.norm(out))), k.mean(dim=1)
+
+
+def size_bias(size: Tensor) -> Tensor:
+    """Proportional attention's bias for sizes ``[B, T, 1]``: ``log(size)`` of each key, ``[B, 1, 1, T]``."""
+    return size.log().transpose(1, 2).unsqueeze(1)
 
 
 class MergingBlocks(nn.Sequential):

@@ -1,7 +1,8 @@
 """Give a model the form its ONNX graph should have (``--target``), before it is traced.
 
 - ``ort``: timm's attention blocks become one ``Attention`` kernel (``QAttention`` when the QKV
-  projection is INT8; not with token merging, whose size bias no ORT kernel takes) and every other
+  projection is INT8; ``MultiHeadAttention`` after the projection with token merging, whose size bias the
+  other two have no input for) and every other
   INT8 Linear becomes ``MatMulIntegerToFloat``, with the int8 weights and the scales QAT learned
   (``ort_ops.py``). This is the graph ONNX Runtime's CPU provider runs fastest; it needs ONNX Runtime
   (contrib ops).
@@ -21,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from vitcompress.compress.quantize import int8_ranges
-from vitcompress.compress.token_merging import merging_of
-from vitcompress.export.ort_ops import FusedAttention, Int8Attention, Int8Linear
+from vitcompress.compress.token_merging import merging_of, size_bias
+from vitcompress.export.ort_ops import BiasedAttention, FusedAttention, Int8Attention, Int8Linear
 
 INT8_MAX = 127
 
@@ -94,6 +95,28 @@ class OrtAttention(nn.Module):
         else:
             out = FusedAttention.apply(x, self.qkv_weight, self.qkv_bias, self.num_heads)
         return self.proj(out)
+
+
+class OrtMergingAttention(nn.Module):
+    """timm's attention inside a token-merging block, for ONNX Runtime: q, k and v as three projections (INT8 or
+    not; one packed projection's output would be sliced in three, copies that cost more than the three MatMuls
+    save), then ``MultiHeadAttention`` with the size bias (:class:`BiasedAttention`); also the merge metric (keys
+    averaged over heads). Without it, a merged model's attention ran as separate MatMul/Softmax ops."""
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.scale = int(attn.num_heads), int(attn.head_dim), float(attn.scale)
+        width = self.num_heads * self.head_dim
+        self.q, self.k, self.v = (_ort_linear(_output_rows(attn.qkv, slice(i * width, (i + 1) * width)))
+                                  for i in range(3))
+        self.proj = _ort_linear(attn.proj)
+
+    def attend_sized(self, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
+        tokens = int(x.shape[1])  # a constant in the graph: only the batch is dynamic
+        k = self.k(x)
+        bias = None if size is None else size_bias(size).repeat(1, 1, tokens, 1)  # the kernel wants [B, 1, T, T]
+        out = BiasedAttention.apply(self.q(x), k, self.v(x), bias, self.num_heads, self.scale)
+        return self.proj(out), k.reshape(-1, tokens, self.num_heads, self.head_dim).mean(dim=2)
 
 
 class Int8StandardAttention(nn.Module):
@@ -188,13 +211,13 @@ def _fusable_attention(module: nn.Module) -> bool:
 def for_onnx_runtime(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose attention and INT8 layers trace to ONNX Runtime's fused kernels."""
     model = copy.deepcopy(model).eval()
-    fuse_attention = merging_of(model) is None  # a merging model's attention adds a size bias no ORT kernel takes
+    merging = merging_of(model) is not None  # its attention adds a size bias: MultiHeadAttention takes one
     replaced: list[str] = []
     for name, module in list(model.named_modules()):
         if not name or any(name.startswith(prefix + ".") for prefix in replaced):
             continue  # a layer that moved into its replaced parent (OrtAttention's qkv and proj)
-        if fuse_attention and _fusable_attention(module):
-            new: nn.Module = OrtAttention(module)
+        if _fusable_attention(module):
+            new: nn.Module = OrtMergingAttention(module) if merging else OrtAttention(module)
         elif isinstance(module, nn.Linear) and int8_ranges(module) is not None:
             new = OrtInt8Linear(module)
         else:

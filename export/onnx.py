@@ -27,7 +27,7 @@ from torch import nn
 from vitcompress.artifact import ArtifactMeta
 from vitcompress.errors import UserError
 from vitcompress.export.graph import exportable
-from vitcompress.export.ort_ops import QATTENTION_MASK_INPUT
+from vitcompress.export.ort_ops import EMPTY_INPUTS
 from vitcompress.fsutil import atomic_file, give_default_mode
 
 FLOAT_INPUT = "input"
@@ -60,7 +60,7 @@ def export_onnx(model: nn.Module, meta: ArtifactMeta, path: Path, *, precision: 
     """
     module = exportable(model, target, pixels, meta.mean, meta.std)
     proto = _trace(module, meta, pixels, opset, scratch=path.parent)
-    _blank_qattention_masks(proto)
+    _blank_placeholders(proto)
     if precision == "fp16" or (precision == "int8" and target == "standard" and int8_fp16_elsewhere):
         proto = to_fp16(proto)
     if simplify:
@@ -155,11 +155,12 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
         return onnxslim.slim(proto)
 
 
-def _blank_qattention_masks(proto: onnx.ModelProto) -> None:
-    """QAttention's mask is optional, but the exporter cannot leave an input empty: blank it here."""
+def _blank_placeholders(proto: onnx.ModelProto) -> None:
+    """Leave empty the optional inputs of ONNX Runtime's kernels that the exporter had to fill (``EMPTY_INPUTS``)."""
     for node in proto.graph.node:
-        if node.op_type == "QAttention":
-            node.input[QATTENTION_MASK_INPUT] = ""
+        for index in EMPTY_INPUTS.get(node.op_type, ()):
+            if index < len(node.input):
+                node.input[index] = ""
 
 
 def _remove_unused(proto: onnx.ModelProto) -> None:

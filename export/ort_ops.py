@@ -6,6 +6,8 @@ Each is an ``autograd.Function`` whose ``forward`` computes in PyTorch what the 
 - :class:`FusedAttention`: ``com.microsoft::Attention`` (QKV projection, softmax attention, heads).
 - :class:`Int8Linear`: ``QuantizeLinear`` + ``com.microsoft::MatMulIntegerToFloat`` (bias fused).
 - :class:`Int8Attention`: ``QuantizeLinear`` + ``com.microsoft::QAttention`` (INT8 QKV projection).
+- :class:`BiasedAttention`: ``com.microsoft::MultiHeadAttention`` on projected q, k, v with an additive score bias
+  (token merging's ``log(size)``, which ``Attention`` and ``QAttention`` have no input for).
 
 INT8 activations are written as uint8 with zero point 128: the same 256 levels as symmetric int8
 (``[-128, 127] * scale``), and the operand type ORT's x86 integer GEMMs and ``QAttention`` take.
@@ -22,7 +24,8 @@ from torch import Tensor
 from torch.autograd import Function
 
 ACTIVATION_ZERO_POINT = 128
-QATTENTION_MASK_INPUT = 5  # optional, but torch's exporter cannot leave an input empty: onnx.py blanks it
+# Optional inputs torch's exporter cannot leave empty: traced as placeholders, blanked by onnx.py after export.
+EMPTY_INPUTS = {"QAttention": (5,), "MultiHeadAttention": (3, 4)}  # QAttention's mask; MHA's qkv bias, padding mask
 
 
 def fake_quantize_activation(x: Tensor, scale: Tensor) -> Tensor:
@@ -47,6 +50,11 @@ def _like(out: Any, x: Any) -> Any:
 
 def _uint8_zero_point(g: Any) -> Any:
     return g.op("Constant", value_t=torch.tensor(ACTIVATION_ZERO_POINT, dtype=torch.uint8))
+
+
+def _placeholder(g: Any) -> Any:
+    """An input to be left empty (see ``EMPTY_INPUTS``)."""
+    return g.op("Constant", value_t=torch.zeros(0, dtype=torch.int32))
 
 
 def _int8_zero(g: Any) -> Any:
@@ -92,6 +100,26 @@ class Int8Attention(Function):
     def symbolic(g: Any, x: Any, weight_q: Any, weight_scale: Any, bias: Any, input_scale: Any, num_heads: int) -> Any:
         zero_point = _uint8_zero_point(g)
         x_q = g.op("QuantizeLinear", x, input_scale, zero_point)
-        mask = g.op("Constant", value_t=torch.zeros(0, dtype=torch.int32))  # replaced by "" after export
+        mask = _placeholder(g)
         return _like(g.op("com.microsoft::QAttention", x_q, weight_q, bias, input_scale, weight_scale, mask, zero_point,
                           _int8_zero(g), num_heads_i=num_heads), x)
+
+
+class BiasedAttention(Function):
+    """Multi-head attention of ``q``, ``k``, ``v`` (``[B, T, heads * head_dim]``, heads not split) with ``bias``
+    (``[B, 1, T, T]``, added to every head's scores) or none; the output's heads are merged again."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, num_heads: int,
+                scale: float) -> Tensor:
+        batch, tokens, width = q.shape
+        q, k, v = (t.reshape(batch, tokens, num_heads, -1).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        return out.transpose(1, 2).reshape(batch, tokens, width)
+
+    @staticmethod
+    def symbolic(g: Any, q: Any, k: Any, v: Any, bias: Any, num_heads: int, scale: float) -> Any:
+        inputs = [q, k, v]
+        if bias is not None and not bias.node().mustBeNone():
+            inputs += [_placeholder(g), _placeholder(g), bias]
+        return _like(g.op("com.microsoft::MultiHeadAttention", *inputs, num_heads_i=num_heads, scale_f=scale), q)
