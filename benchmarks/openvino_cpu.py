@@ -102,14 +102,19 @@ def runner(path: Path, threads: int) -> tuple[Callable[[np.ndarray], np.ndarray]
 
 
 def time_variants(paths: dict[str, Path], threads: int, rounds: int, size: int = 224) -> dict[str, dict]:
-    """Median latency per variant and batch, interleaved over ``rounds`` so load on the machine hits all alike."""
+    """Median latency per variant and batch, interleaved over ``rounds`` so load on the machine hits all alike.
+
+    Rounds are short (about a second a variant and batch): this shared VM's speed drifts up to 2x within minutes,
+    and a ratio is only fair between timings taken close together, so many short rounds beat a few long ones."""
     runners = {name: runner(path, threads) for name, path in paths.items()}
     inputs = {b: np.random.default_rng(0).standard_normal((b, 3, size, size)).astype(np.float32) for b in BATCHES}
     per_round: dict[str, dict[int, list[float]]] = {n: {b: [] for b in BATCHES} for n in paths}
+    for run, _ in runners.values():  # warm every runner up before the first round
+        run(inputs[1]), run(inputs[32])
     for _ in range(rounds):
         for name, (run, _) in runners.items():
-            per_round[name][1].append(median_ms(lambda run=run: run(inputs[1]), warmup=3, min_iters=10, max_seconds=4))
-            per_round[name][32].append(median_ms(lambda run=run: run(inputs[32]), warmup=1, min_iters=3, max_seconds=8))
+            per_round[name][1].append(median_ms(lambda run=run: run(inputs[1]), warmup=1, min_iters=5, max_seconds=1))
+            per_round[name][32].append(median_ms(lambda run=run: run(inputs[32]), warmup=0, min_iters=1, max_seconds=1))
     return {name: {"arithmetic": runners[name][1], "rounds_ms": {str(b): v for b, v in times.items()},
                    "latency_ms": {str(b): statistics.median(v) for b, v in times.items()},
                    "size_bytes": sum(f.stat().st_size for f in model_files(paths[name]))}
