@@ -14,7 +14,9 @@ from torch import nn
 
 from vitcompress.artifact import ArtifactMeta, library_versions, now_iso
 from vitcompress.augment import BatchTransform
+from vitcompress.compress.distill import DistillationLoss
 from vitcompress.compress.recovery import progress_label
+from vitcompress.compress.teacher import load_teacher
 from vitcompress.config import FinetuneConfig
 from vitcompress.data import DataOptions, load_data
 from vitcompress.datasets.imageset import DataSplits
@@ -54,7 +56,7 @@ def _finetune(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> StageResu
     out, staging = prepare_staging(cfg.out, cfg.force, cfg.resume, ctx.is_main, config=cfg)
     seed_everything(cfg.train.seed + ctx.rank)
     data = ctx.main_first(lambda: load_data(_data_options(cfg, img_size, ctx)))  # rank 0 builds any decode cache
-    kwargs = build_kwargs(data.num_classes, img_size, cfg.patch_size, parse_model_kwargs(cfg.model_kwargs))
+    kwargs = build_kwargs(data.num_classes, img_size, cfg.patch_size, parse_model_kwargs(cfg.model_kwargs), cfg.model)
     if cfg.drop_path:
         kwargs.setdefault("drop_path_rate", cfg.drop_path)
     model = create_model(cfg.model, kwargs, pretrained=cfg.pretrained)
@@ -68,7 +70,7 @@ def _finetune(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> StageResu
 
 def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, data: DataSplits,
                        transform: BatchTransform, kwargs: dict[str, Any], out: Path, staging: Path) -> StageResult:
-    trainer = Trainer(model, data, cfg.train, transform, ctx, staging)
+    trainer = Trainer(model, data, cfg.train, transform, ctx, staging, distill=_distillation(cfg, model, data, transform))
     if cfg.resume:
         trainer.load_checkpoint()
     started = time.time()
@@ -94,6 +96,18 @@ def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, 
                      also=lambda folder: save_confusion_png(test["confusion_matrix"], data.classes, folder / "confusion.png",
                                                             title=f"{cfg.model} on {cfg.data}: top-1 {test['top1']:.3f}"))
     return StageResult(out, meta)
+
+
+def _distillation(cfg: FinetuneConfig, model: nn.Module, data: DataSplits,
+                  transform: BatchTransform) -> DistillationLoss | None:
+    """``--teacher``'s loss, as DeiT trains: a distilled student (``deit_*_distilled_*``) learns the labels through
+    its class token and the teacher through its distillation token; any other student mixes both on its one head."""
+    if not cfg.teacher:
+        return None
+    teacher = load_teacher(cfg.teacher, cfg.teacher_checkpoint, data.classes, transform)
+    if hasattr(model, "set_distilled_training"):
+        model.set_distilled_training(True)  # training returns (class, distillation) logits; eval their mean
+    return DistillationLoss(teacher, cfg.kd.distill, cfg.kd.kd_temperature, cfg.kd.kd_alpha)
 
 
 def _data_options(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> DataOptions:

@@ -1,4 +1,4 @@
-"""Which heads and MLP channels go: uniform (the same share of every block) or global ranking.
+"""Which heads and MLP channels go: uniform (the same share of every block) or global ranking (within a stage).
 
 Counts round to the nearest unit and are measured against the *original* model, so an iterative
 run (``--iterative K``) reaches exactly the same sizes as a one-shot run. Every block keeps at least
@@ -63,6 +63,17 @@ def choose(scores: list[torch.Tensor], original: list[int], ratio: float, rankin
     for _, b, i in candidates[: max(n, 0)]:
         drops[b].append(i)
     return [sorted(d) for d in drops]
+
+
+def choose_per_stage(scores: list[torch.Tensor], original: list[int], ratio: float, ranking: str, what: str,
+                     stage_sizes: list[int]) -> list[list[int]]:
+    """:func:`choose` within each stage of ``stage_sizes`` blocks: a hierarchical model (Swin) ranks globally only
+    among blocks of one width, whose scores compare; a plain ViT is one stage."""
+    drops, start = [], 0
+    for size in stage_sizes:
+        drops += choose(scores[start:start + size], original[start:start + size], ratio, ranking, what)
+        start += size
+    return drops
 
 
 def _lowest(scores: torch.Tensor, n: int) -> list[int]:

@@ -19,7 +19,7 @@ from torch import nn
 from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now_iso, parent_ref, read_meta
 from vitcompress.augment import BatchTransform
 from vitcompress.compress.importance import CRITERIA
-from vitcompress.compress.plan import PrunePlan, choose
+from vitcompress.compress.plan import PrunePlan, choose_per_stage
 from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher, measure, progress_label
 from vitcompress.compress.scoring import score_blocks
 from vitcompress.compress.surgery import (
@@ -38,7 +38,7 @@ from vitcompress.errors import UserError
 from vitcompress.evaluate import evaluate
 from vitcompress.fsutil import atomic_file
 from vitcompress.loader import BatchLoader
-from vitcompress.models import count_macs, count_params, heads_per_block
+from vitcompress.models import block_stages, count_macs, count_params, heads_per_block
 from vitcompress.stage import StageResult, prepare_staging, publish_artifact, staging_guard
 from vitcompress.train import seed_everything
 
@@ -212,8 +212,10 @@ def _plan(cfg: PruneConfig, model: nn.Module, data: DataSplits | None, transform
     criterion = CRITERIA[cfg.criterion]()
     batches = _score_batches(cfg, data, transform, ctx) if criterion.needs_data else []
     scores = score_blocks(model, criterion, batches, seed=seed, mlp=cfg.mlp > 0)
-    heads = choose(scores.heads, heads0, ratio_heads, cfg.ranking, "heads")
-    mlp = choose(scores.mlp, mlp0, ratio_mlp, cfg.ranking, "MLP channels") if cfg.mlp else [[] for _ in heads]
+    stages = [len(stage) for stage in block_stages(model)]
+    heads = choose_per_stage(scores.heads, heads0, ratio_heads, cfg.ranking, "heads", stages)
+    mlp = (choose_per_stage(scores.mlp, mlp0, ratio_mlp, cfg.ranking, "MLP channels", stages) if cfg.mlp
+           else [[] for _ in heads])
     return ctx.broadcast_object(PrunePlan(heads, mlp))  # every rank cuts the same: scores can round apart across GPUs
 
 

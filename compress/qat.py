@@ -36,7 +36,7 @@ from vitcompress.errors import UserError, require
 from vitcompress.evaluate import evaluate
 from vitcompress.fsutil import atomic_file
 from vitcompress.loader import BatchLoader
-from vitcompress.models import count_macs, count_params
+from vitcompress.models import count_macs, count_params, require_transformer
 from vitcompress.progress import progress_bar
 from vitcompress.stage import StageResult, prepare_staging, publish_artifact, staging_guard
 from vitcompress.train import CHECKPOINT_FILE, seed_everything
@@ -62,6 +62,7 @@ def qat(cfg: QatConfig) -> StageResult | dict[str, Any]:
 
 def _qat(cfg: QatConfig, ctx: DistContext) -> StageResult | dict[str, Any]:
     model, meta = load_model(cfg.src, ctx.device)
+    require_transformer(model, meta.model_name, "qat")
     if meta.merging and cfg.quantize_attention:
         raise UserError(f"{cfg.src} merges tokens, and merging's attention does not run quantized attention matmuls",
                         "drop --quantize-attention (the projections are INT8 either way)")

@@ -21,9 +21,15 @@ from vitcompress.evaluate import evaluate
 
 
 def group_of(quantizer_name: str) -> str:
-    """``blocks.3.attn.qkv.input_quantizer`` -> ``blocks.3.attn``; ``head.weight_quantizer`` -> ``head``."""
+    """``blocks.3.attn.qkv.input_quantizer`` -> ``blocks.3.attn``; Swin's ``layers.1.blocks.0.mlp.fc1...`` ->
+    ``layers.1.blocks.0.mlp`` and ``layers.1.downsample.reduction...`` -> ``layers.1.downsample``;
+    ``head.weight_quantizer`` -> ``head``."""
     parts = quantizer_name.split(".")
-    return ".".join(parts[:3]) if parts[0] == "blocks" else parts[0]
+    if parts[0] == "blocks":
+        return ".".join(parts[:3])
+    if parts[0] == "layers" and len(parts) > 2:
+        return ".".join(parts[:5] if parts[2] == "blocks" else parts[:3])
+    return parts[0]
 
 
 def sensitivity(model: nn.Module, cfg: QatConfig, data: DataSplits, transform: BatchTransform,

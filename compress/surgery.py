@@ -19,11 +19,12 @@ import torch_pruning as tp
 from torch import nn
 
 from vitcompress.errors import UserError
+from vitcompress.models import attention_blocks
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks whose attention can lose heads (empty for models without them)."""
-    return [b for b in getattr(model, "blocks", []) if hasattr(getattr(b, "attn", None), "num_heads")]
+    """The transformer blocks whose attention can lose heads, over all stages (empty for models without them)."""
+    return attention_blocks(model)
 
 
 def prunable_attention_classes() -> tuple[type[nn.Module], ...]:
@@ -31,12 +32,20 @@ def prunable_attention_classes() -> tuple[type[nn.Module], ...]:
     from timm.layers.attention import Attention
     from timm.models.beit import Attention as BeitAttention
     from timm.models.eva import EvaAttention
+    from timm.models.swin_transformer import WindowAttention
     from timm.models.vision_transformer_relpos import RelPosAttention
 
-    return Attention, BeitAttention, RelPosAttention, EvaAttention
+    return Attention, BeitAttention, RelPosAttention, EvaAttention, WindowAttention
 
 
-SUPPORTED_FAMILIES = "timm's ViT family (ViT, DeiT, DeiT III, DINOv2, CLIP, SigLIP), vit_relpos_*, BEiT or EVA"
+SUPPORTED_FAMILIES = "timm's ViT family (ViT, DeiT, DeiT III, DINOv2, CLIP, SigLIP), vit_relpos_*, BEiT, EVA or Swin"
+
+
+# Attention classes close to prunable ones, and what their heads hold that remove_heads does not cut
+NOT_PRUNABLE_WHY = {
+    "timm.models.swin_transformer_v2.WindowAttention": " (SwinV2: its continuous position bias MLP and per-head "
+                                                        "logit scales are per-head weights prune does not cut yet)",
+}
 
 
 def check_prunable(model: nn.Module, name: str, mlp: bool = False) -> None:
@@ -52,7 +61,8 @@ def check_prunable(model: nn.Module, name: str, mlp: bool = False) -> None:
         attn = block.attn
         if not isinstance(attn, prunable_attention_classes()):
             kind = f"{type(attn).__module__}.{type(attn).__name__}"
-            raise UserError(f"block {i} of {name} uses {kind}, whose heads prune cannot remove",
+            why = NOT_PRUNABLE_WHY.get(kind, "")
+            raise UserError(f"block {i} of {name} uses {kind}, whose heads prune cannot remove{why}",
                             f"prune an artifact of {SUPPORTED_FAMILIES}")
         if not isinstance(getattr(attn, "qkv", None), nn.Linear) or not isinstance(getattr(attn, "proj", None), nn.Linear):
             raise UserError(f"block {i} of {name} has no fused qkv/proj Linear layers",
@@ -102,7 +112,7 @@ def remove_heads(attn: nn.Module, heads: Sequence[int]) -> None:
             setattr(attn, name, _keep(getattr(attn, name), channels, dim=0))
     if isinstance(getattr(attn, "k_bias", None), torch.Tensor):  # BEiT: a zero buffer
         attn.k_bias = _keep(attn.k_bias, channels, dim=0, parameter=False)
-    if isinstance(getattr(attn, "relative_position_bias_table", None), nn.Parameter):  # BEiT
+    if isinstance(getattr(attn, "relative_position_bias_table", None), nn.Parameter):  # BEiT, Swin: a column a head
         attn.relative_position_bias_table = _keep(attn.relative_position_bias_table, heads, dim=1)
     if getattr(attn, "rel_pos", None) is not None:  # vit_relpos_*
         _remove_rel_pos_heads(attn.rel_pos, heads)

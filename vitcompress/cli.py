@@ -147,6 +147,15 @@ HELP = {
     "sensitivity_threshold": "top-1 drop (as a fraction) above which --sensitivity suggests skipping a group",
 }
 
+TEACHER_HELP = {
+    "teacher": "teacher to distil from (DeiT-style): an artifact directory (e.g. a CNN trained by finetune --model "
+               "resnet18) or a timm model name with --teacher-checkpoint",
+    "teacher_checkpoint": "weights of a --teacher given as a timm name (.safetensors or .pth, the data's classes)",
+    "distill": "with --teacher: hard (the teacher's top-1, DeiT's choice) | soft (KL at --kd-temperature); a "
+               "deit_*_distilled_* student learns it through its distillation token",
+    "kd_alpha": "weight of the teacher's loss ((1 - alpha) for the labels)",
+}
+
 
 class _OneLineErrors(argparse.ArgumentParser):
     """Usage mistakes end like every other user error: one line naming the problem and the fix, exit 2."""
@@ -199,11 +208,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", formatter_class=fmt, parents=[common],
                        help="train a timm ViT on a dataset; write an artifact",
-                       description="Fine-tune (or train from scratch) a timm Vision Transformer. "
-                                   "Run under torchrun for several GPUs or machines.")
+                       description="Fine-tune (or train from scratch) a timm Vision Transformer, optionally taught by "
+                                   "a teacher as DeiT trains (--teacher). A timm CNN (e.g. resnet18) trains too, to "
+                                   "serve as a teacher. Run under torchrun for several GPUs or machines.")
     choices = {"amp": AMP_CHOICES, "compile_mode": COMPILE_MODES, "crop": CROP_CHOICES, "auto_augment": AUTO_AUGMENT_CHOICES,
                "random_erase_mode": RANDOM_ERASE_MODES}
-    add_dataclass_args(p, FinetuneConfig, HELP, choices, required=("epochs",))
+    add_dataclass_args(p, FinetuneConfig, {**HELP, **TEACHER_HELP}, {**choices, "distill": KD_CHOICES},
+                       required=("epochs",))
 
     p = sub.add_parser("prune", formatter_class=fmt, parents=[common],
                        help="remove attention heads (and MLP channels); recover by distillation; write an artifact",

@@ -142,6 +142,24 @@ class TrainConfig:
                 "crop padding must be in [0, 1), rrc min scale in (0, 1], colour jitter >= 0", "fix the augmentation options")
 
 
+KD_CHOICES = ("soft", "hard", "none")
+
+
+@dataclass
+class DistillOptions:
+    """Distillation from a teacher: the source (unpruned / FP32) model while a compressed model trains, or
+    finetune's ``--teacher``."""
+
+    distill: str = "soft"
+    kd_temperature: float = 2.0
+    kd_alpha: float = 0.5
+
+    def validate(self) -> None:
+        require(self.distill in KD_CHOICES, f"--distill {self.distill!r} is unknown", "use soft, hard or none")
+        require(self.kd_temperature > 0, f"--kd-temperature {self.kd_temperature} must be positive", "pass e.g. 2")
+        require(0 <= self.kd_alpha <= 1, f"--kd-alpha {self.kd_alpha} is not in [0, 1]", "pass e.g. 0.5")
+
+
 @dataclass
 class FinetuneConfig:
     """Everything ``finetune`` needs; the CLI flags are generated from these fields."""
@@ -165,11 +183,23 @@ class FinetuneConfig:
     device: str = "auto"
     force: bool = False
     resume: bool = False
+    teacher: str | None = None
+    teacher_checkpoint: str | None = None
+    # DeiT's recipe: hard distillation (the teacher's top-1), or soft at temperature 3
+    kd: DistillOptions = field(default_factory=lambda: DistillOptions(distill="hard", kd_temperature=3.0))
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
         """Check every value, and make the paths absolute (the artifact records them; see docs/artifact.md)."""
         self.train.validate()
+        self.kd.validate()
+        require(self.kd.distill != "none" or not self.teacher, "--distill none leaves --teacher nothing to teach",
+                "pass --distill hard or soft, or leave --teacher out")
+        require(self.teacher or not self.teacher_checkpoint, "--teacher-checkpoint needs --teacher",
+                "add --teacher MODEL_NAME (the architecture the checkpoint holds)")
+        if self.teacher and Path(self.teacher).expanduser().exists():  # an artifact (else a timm model name)
+            self.teacher = absolute_path(self.teacher)
+        self.teacher_checkpoint = absolute_path(self.teacher_checkpoint)
         require(0 <= self.drop_path < 1, f"--drop-path {self.drop_path} is not in [0, 1)", "pass e.g. 0.1")
         check_data_spec(self.data)
         check_workers(self.workers)
@@ -180,7 +210,6 @@ class FinetuneConfig:
 
 PRUNE_CRITERIA = ("l1", "l2", "taylor", "attention", "random")
 PRUNE_RANKINGS = ("uniform", "global")
-KD_CHOICES = ("soft", "hard", "none")
 CALIBRATION_METHODS = ("max", "entropy", "percentile", "mse")
 
 
@@ -192,20 +221,6 @@ def recovery_train_config() -> TrainConfig:
 def qat_train_config() -> TrainConfig:
     """QAT defaults: a few epochs at a small LR, so the calibrated ranges stay valid."""
     return TrainConfig(epochs=2, lr=2e-5, min_lr=1e-7, warmup_epochs=0.0)
-
-
-@dataclass
-class DistillOptions:
-    """Distillation from the source (unpruned / FP32) model while a compressed model trains."""
-
-    distill: str = "soft"
-    kd_temperature: float = 2.0
-    kd_alpha: float = 0.5
-
-    def validate(self) -> None:
-        require(self.distill in KD_CHOICES, f"--distill {self.distill!r} is unknown", "use soft, hard or none")
-        require(self.kd_temperature > 0, f"--kd-temperature {self.kd_temperature} must be positive", "pass e.g. 2")
-        require(0 <= self.kd_alpha <= 1, f"--kd-alpha {self.kd_alpha} is not in [0, 1]", "pass e.g. 0.5")
 
 
 @dataclass

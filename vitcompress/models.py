@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import re
 import sys
 from pathlib import Path
@@ -107,16 +108,46 @@ def _patch_size_from_name(model_name: str) -> int:
     return int(match.group(1)) if match else 16
 
 
-def build_kwargs(num_classes: int, img_size: int, patch_size: int | None, extra: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments given to ``timm.create_model`` (stored in the artifact as they are)."""
+@functools.lru_cache(maxsize=64)
+def takes_image_size(name: str) -> bool:
+    """Whether timm's ``name`` is built for an image size (its transformers) or adapts to any (its CNNs): tried on
+    the meta device, which takes no memory and well under a second."""
+    check_model_name(name)
+    try:
+        with torch.device("meta"):
+            timm.create_model(name, img_size=224, num_classes=10)
+    except TypeError as exc:
+        if "img_size" in str(exc):
+            return False
+    except Exception:  # noqa: BLE001 - a model that fails at 224 px for another reason is still a transformer here
+        pass
+    return True
+
+
+def build_kwargs(num_classes: int, img_size: int, patch_size: int | None, extra: dict[str, Any],
+                 name: str | None = None) -> dict[str, Any]:
+    """The keyword arguments given to ``timm.create_model`` (stored in the artifact as they are). A CNN (``name``
+    takes no image size: timm's ResNets, ConvNeXts...) gets none: it runs at any size, and learns at the data's."""
     for key, flag in (("num_classes", "the dataset's classes"), ("img_size", "--img-size"), ("patch_size", "--patch-size")):
         if key in extra:
             raise UserError(f"--model-kwargs sets {key}, which comes from {flag}", f"drop {key} from --model-kwargs")
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "img_size": img_size}
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if name is None or takes_image_size(name):
+        kwargs["img_size"] = img_size
+    elif patch_size:
+        raise UserError(f"--patch-size {patch_size}: {name} is a CNN, it has no patches",
+                        "leave --patch-size out (or pick a transformer)")
     if patch_size:
         kwargs["patch_size"] = patch_size
     kwargs.update(extra)
     return kwargs
+
+
+def require_transformer(model: nn.Module, name: str, stage: str) -> None:
+    """One line for a stage that works on transformer blocks (prune, merge, qat) handed a CNN (a teacher model)."""
+    require(any(hasattr(module, "num_heads") for module in model.modules()),
+            f"{name} is not a transformer: {stage} works on a ViT's attention blocks",
+            f"{stage} a transformer artifact; a CNN trained by finetune serves as --teacher, eval, export and bench")
 
 
 def create_model(name: str, kwargs: dict[str, Any], pretrained: bool = False) -> nn.Module:
@@ -145,13 +176,14 @@ def create_model(name: str, kwargs: dict[str, Any], pretrained: bool = False) ->
 def meta_model(name: str, model_kwargs: str | dict | None, img_size: int | None, patch_size: int | None) -> nn.Module:
     """The architecture finetune would build, on the meta device: no weights, no memory, well under a second
     (``pipeline`` checks a recipe's later stages against it before anything trains)."""
-    kwargs = build_kwargs(10, img_size or default_img_size(name), patch_size, parse_model_kwargs(model_kwargs))
+    kwargs = build_kwargs(10, img_size or default_img_size(name), patch_size, parse_model_kwargs(model_kwargs), name)
     with torch.device("meta"):
         return create_model(name, kwargs)
 
 
-def load_init_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load local weights into ``model``; the classifier is re-initialised if its class count differs.
+def load_init_checkpoint(model: nn.Module, path: str | Path, same_classes: bool = False) -> None:
+    """Load local weights into ``model``; the classifier is re-initialised if its class count differs (refused when
+    ``same_classes``: a teacher's classifier is what it is for).
 
     The weights first go through the converter timm applies to the model's own pretrained weights
     (:func:`_timm_checkpoint_filter`): original DINOv2, OpenAI CLIP or OpenCLIP layouts, and patch
@@ -165,6 +197,9 @@ def load_init_checkpoint(model: nn.Module, path: str | Path) -> None:
     for key in list(state):
         if key in own and state[key].shape != own[key].shape:
             if key in head_keys:
+                require(not same_classes, f"checkpoint {path}'s classifier {key} has shape {tuple(state[key].shape)}, "
+                        f"the data's classes need {tuple(own[key].shape)}",
+                        "pass a checkpoint trained on the same classes as the data")
                 del state[key]
                 resized.append(key)
             elif key == "pos_embed":
@@ -213,9 +248,25 @@ def _resample_pos_embed(model: nn.Module, pos_embed: torch.Tensor) -> torch.Tens
     return resample_abs_pos_embed(pos_embed, new_size=list(grid), num_prefix_tokens=prefix)
 
 
+def block_stages(model: nn.Module) -> list[list[nn.Module]]:
+    """The transformer blocks with multi-head attention, by stage: a ViT's ``blocks`` (one stage), or each stage's
+    blocks of a hierarchical model (Swin's ``layers[i].blocks``). Empty for models without them (CNNs)."""
+    if hasattr(model, "blocks"):
+        stages = [model.blocks]
+    else:
+        stages = [getattr(layer, "blocks", []) for layer in getattr(model, "layers", [])]
+    found = [[b for b in stage if hasattr(getattr(b, "attn", None), "num_heads")] for stage in stages]
+    return [stage for stage in found if stage]
+
+
+def attention_blocks(model: nn.Module) -> list[nn.Module]:
+    """Every block of :func:`block_stages`, in order."""
+    return [block for stage in block_stages(model) for block in stage]
+
+
 def heads_per_block(model: nn.Module) -> list[int]:
-    """Attention heads in each transformer block (empty for models without ``blocks[i].attn``)."""
-    return [int(b.attn.num_heads) for b in getattr(model, "blocks", []) if hasattr(getattr(b, "attn", None), "num_heads")]
+    """Attention heads in each transformer block (empty for models without any)."""
+    return [int(b.attn.num_heads) for b in attention_blocks(model)]
 
 
 def count_params(model: nn.Module) -> int:

@@ -124,6 +124,14 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def class_and_distillation_logits(outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head the labels train and the head the teacher trains: a DeiT-distilled model in distilled training
+    returns both (class token, distillation token); any other model's one head is both."""
+    if isinstance(outputs, tuple):
+        return outputs
+    return outputs, outputs
+
+
 class Trainer:
     """Trains ``model`` on ``data.train``, selecting the best epoch on ``data.val``.
 
@@ -304,10 +312,11 @@ class Trainer:
             sync = nullcontext() if (last_micro or not self.ctx.distributed) else model.no_sync()
             with sync:
                 with torch.autocast(self.ctx.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-                    logits = self.step_model(x)
+                    logits, distill_logits = class_and_distillation_logits(self.step_model(x))
                     loss = self.criterion(logits.float(), targets)
                     if self.distill is not None:
-                        loss = self.distill(x, logits.float(), loss)
+                        loss = self.distill(x, distill_logits.float(), loss)
+                    logits = (logits + distill_logits) / 2  # what the model predicts in eval (one head: itself)
                 self.scaler.scale(loss / cfg.accum_steps).backward()
             if last_micro:
                 if cfg.clip_grad > 0:
