@@ -9,8 +9,11 @@ interleaved rounds, each session with ``--threads`` intra-op threads:
 Accuracy: the QAT artifacts of benchmarks/qat_cifar.py (CIFAR-10), exported to INT8 and scored by
 ONNX Runtime on the whole test split, against the QAT model's own top-1 in PyTorch.
 
-Usage:  python benchmarks/export_ort.py [--threads 2] [--rounds 3] [--qat runs/qat-bench/base-qat-max,...]
-Writes: benchmarks/results/export_ort_cpu.json, with the hardware and the command.
+``--model`` times another timm transformer the same way (Swin: its window attention has no fused kernel, so fp32-ort
+and fp32-std are the same graph but for the Linear layers ORT fuses).
+
+Usage:  python benchmarks/export_ort.py [--threads 2] [--rounds 12] [--qat runs/qat-bench/base-qat-max,...] [--model M]
+Writes: benchmarks/results/export_ort_cpu[_MODEL].json, with the hardware and the command.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime
 import torch
 from tabulate import tabulate
+from timing import ratio_per_round, time_variants
 
 from vitcompress.artifact import ArtifactMeta, load_model, write_artifact
 from vitcompress.augment import BatchTransform
@@ -39,7 +42,6 @@ from vitcompress.datasets.shapes import CLASSES
 from vitcompress.export.exporter import export
 from vitcompress.export.onnx_runtime import ort_runner, ort_session, run_in_batches
 from vitcompress.export.verify import torch_logits, verification_set
-from vitcompress.latency import median_ms
 from vitcompress.models import build_kwargs, create_model, heads_per_block
 
 HERE = Path(__file__).resolve().parent
@@ -49,12 +51,12 @@ VARIANTS = {"fp32-ort": ("fp32", "fp32", "ort"), "fp32-std": ("fp32", "fp32", "s
             "int8-ort": ("int8", "int8", "ort")}
 
 
-def speed_artifacts(work: Path) -> dict[str, Path]:
-    """An FP32 vit_small artifact (random weights) and its INT8 PTQ child, made by the qat stage."""
+def speed_artifacts(work: Path, model_name: str = MODEL) -> dict[str, Path]:
+    """An FP32 artifact of ``model_name`` at 224 px (random weights) and its INT8 PTQ child, made by the qat stage."""
     torch.manual_seed(0)
-    kwargs = build_kwargs(len(CLASSES), 224, None, {})
-    model = create_model(MODEL, kwargs)
-    meta = ArtifactMeta(stage="finetune", model_name=MODEL, model_kwargs=kwargs, classes=list(CLASSES), img_size=224,
+    kwargs = build_kwargs(len(CLASSES), 224, None, {}, model_name)
+    model = create_model(model_name, kwargs)
+    meta = ArtifactMeta(stage="finetune", model_name=model_name, model_kwargs=kwargs, classes=list(CLASSES), img_size=224,
                         mean=IMAGENET_MEAN, std=IMAGENET_STD, heads_per_block=heads_per_block(model),
                         data={"spec": "shapes"})
     write_artifact(work / "fp32", model, meta)
@@ -71,25 +73,6 @@ def export_variants(sources: dict[str, Path], work: Path) -> dict[str, Path]:
                             force=True, quiet=True))
         paths[name] = out / "model.onnx"
     return paths
-
-
-def time_variants(paths: dict[str, Path], threads: int, rounds: int) -> dict[str, dict]:
-    """Median latency per variant and batch, interleaved over ``rounds`` so load on the machine hits all alike."""
-    runners = {name: ort_runner(ort_session(path, threads=threads)) for name, path in paths.items()}
-    inputs = {b: np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32) for b in (1, 32)}
-    per_round: dict[str, dict[int, list[float]]] = {n: {1: [], 32: []} for n in paths}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            per_round[name][1].append(median_ms(lambda run=run: run(inputs[1]), warmup=3, min_iters=10, max_seconds=4))
-            per_round[name][32].append(median_ms(lambda run=run: run(inputs[32]), warmup=1, min_iters=3, max_seconds=8))
-    return {name: {"rounds_ms": {str(b): v for b, v in times.items()},
-                   "latency_ms": {str(b): statistics.median(v) for b, v in times.items()},
-                   "size_bytes": paths[name].stat().st_size} for name, times in per_round.items()}
-
-
-def ratio_per_round(timing: dict[str, dict], baseline: str, variant: str, batch: str) -> list[float]:
-    return [round(b / v, 3) for b, v in zip(timing[baseline]["rounds_ms"][batch], timing[variant]["rounds_ms"][batch],
-                                             strict=True)]
 
 
 def accuracy(qat_artifact: Path, work: Path) -> dict:
@@ -112,16 +95,17 @@ def accuracy(qat_artifact: Path, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--qat", default="runs/qat-bench/base-qat-max,runs/qat-bench/l1-h0.5-m0.0-qat-max",
                         help="QAT artifacts to score (from benchmarks/qat_cifar.py); empty to skip")
     parser.add_argument("--work", default="runs/export-bench")
+    parser.add_argument("--model", default=MODEL, help="any timm transformer at 224 px (e.g. swin_tiny_patch4_window7_224)")
     args = parser.parse_args()
     work = Path(args.work)
     missing = [p for p in args.qat.split(",") if p and not Path(p).is_dir()]
     if missing:
         raise SystemExit(f"missing QAT artifacts {missing}: run `make bench-prune bench-qat` first, or pass --qat ''")
-    timing = time_variants(export_variants(speed_artifacts(work), work), args.threads, args.rounds)
+    timing = time_variants(export_variants(speed_artifacts(work, args.model), work), args.threads, args.rounds)
     ratios = {f"{v} vs fp32-ort b{b}": ratio_per_round(timing, "fp32-ort", v, b) for v in ("int8-ort", "fp32-std")
               for b in ("1", "32")}
     size_ratio = timing["int8-ort"]["size_bytes"] / timing["fp32-ort"]["size_bytes"]
@@ -132,9 +116,9 @@ def main() -> None:
                            "cpu_count": os.cpu_count(),
                            "intra_op_threads": args.threads, "onnxruntime": onnxruntime.__version__,
                            "torch": torch.__version__},
-              "model": f"{MODEL} at 224 px, random weights, 10 classes", "timing": timing,
+              "model": f"{args.model} at 224 px, random weights, 10 classes", "timing": timing,
               "speedup_per_round": ratios, "int8_size_ratio": round(size_ratio, 4), "accuracy": accuracies}
-    out = HERE / "results" / "export_ort_cpu.json"
+    out = HERE / "results" / ("export_ort_cpu.json" if args.model == MODEL else f"export_ort_cpu_{args.model}.json")
     out.write_text(json.dumps(record, indent=2) + "\n")
     rows = [(name, t["latency_ms"]["1"], t["latency_ms"]["32"], f"{t['size_bytes'] / 1e6:.1f}") for name, t in timing.items()]
     print(tabulate(rows, headers=("variant", "b1 ms", "b32 ms", "MB")))

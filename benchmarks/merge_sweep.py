@@ -10,7 +10,7 @@ on OpenVINO (its default arithmetic), each against the unmerged FP32 export on t
 Sweep (``--artifact A --r 0,2,4,8``): ``merge A --r R`` for each R: test top-1 on the artifact's whole test split
 (the merge stage's own score), tokens left, and the latency of its ONNX export on ONNX Runtime at batch 1 and 32.
 
-Usage:  python benchmarks/merge_sweep.py --speed [--keep 0.4] [--rounds 3]
+Usage:  python benchmarks/merge_sweep.py --speed [--keep 0.4] [--rounds 12]
         python benchmarks/merge_sweep.py --artifact runs/cifar-fp32 --r 0,2,4,6,8 [--schedule decreasing]
 Writes: benchmarks/results/merge_speed_cpu.json, benchmarks/results/merge_sweep_cpu.json (hardware and command inside).
 """
@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import onnxruntime
-from export_ort import ratio_per_round, speed_artifacts
-from openvino_cpu import BATCHES, time_variants
+from export_ort import speed_artifacts
 from tabulate import tabulate
+from timing import BATCHES, ratio_per_round, time_variants
 
 from vitcompress.artifact import load_model, parent_ref, read_meta, write_artifact
 from vitcompress.bench import cpu_flags, cpu_name
@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--keep", type=float, default=0.4, help="--speed: share of patch tokens left at the last block")
     parser.add_argument("--schedule", default="constant", choices=("constant", "decreasing"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--work", default="runs/merge-bench")
     args = parser.parse_args()
     if not args.speed and not args.artifact:

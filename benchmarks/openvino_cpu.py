@@ -12,7 +12,7 @@ run, in interleaved rounds, each with ``--threads`` threads, against vitcompress
 Accuracy (``--qat ARTIFACT``, optional): a QAT artifact's INT8 IR on OpenVINO, scored on its whole test split
 against the QAT model in PyTorch.
 
-Usage:  python benchmarks/openvino_cpu.py [--threads 2] [--rounds 3] [--qat runs/x-int8] [--accuracy-only]
+Usage:  python benchmarks/openvino_cpu.py [--threads 2] [--rounds 12] [--qat runs/x-int8] [--accuracy-only]
 Needs:  pip install -e '.[compare]' (NNCF)
 Writes: benchmarks/results/openvino_cpu.json, with the hardware (CPU flags included) and the command.
 """
@@ -27,28 +27,24 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import onnxruntime
-from export_ort import ratio_per_round, speed_artifacts
+from export_ort import speed_artifacts
 from tabulate import tabulate
+from timing import BATCHES, ratio_per_round, time_variants
 
 from vitcompress.artifact import load_model
 from vitcompress.augment import BatchTransform
 from vitcompress.bench import cpu_flags, cpu_name
 from vitcompress.config import ExportConfig
 from vitcompress.export.exporter import export
-from vitcompress.export.onnx import model_files
-from vitcompress.export.onnx_runtime import ort_runner, ort_session, run_in_batches
+from vitcompress.export.onnx_runtime import run_in_batches
 from vitcompress.export.verify import torch_logits, verification_set
-from vitcompress.latency import median_ms
 from vitcompress.runtimes.openvino_backend import OpenVINOModel
 
 HERE = Path(__file__).resolve().parent
 BASELINE = "fp32-ort"
-BATCHES = (1, 32)
 CALIBRATION_IMAGES = 300
 
 
@@ -93,34 +89,6 @@ def nncf_ptq(fp32_ir: Path, work: Path) -> Path:
     return out
 
 
-def runner(path: Path, threads: int) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
-    """A call of the model file in the runtime its variant names, and the arithmetic it runs in."""
-    if path.suffix == ".xml":
-        model = OpenVINOModel(str(path), threads)
-        return model.run, model.arithmetic
-    return ort_runner(ort_session(path, threads=threads)), "as the graph says (fp32, int8)"
-
-
-def time_variants(paths: dict[str, Path], threads: int, rounds: int, size: int = 224) -> dict[str, dict]:
-    """Median latency per variant and batch, interleaved over ``rounds`` so load on the machine hits all alike.
-
-    Rounds are short (about a second a variant and batch): this shared VM's speed drifts up to 2x within minutes,
-    and a ratio is only fair between timings taken close together, so many short rounds beat a few long ones."""
-    runners = {name: runner(path, threads) for name, path in paths.items()}
-    inputs = {b: np.random.default_rng(0).standard_normal((b, 3, size, size)).astype(np.float32) for b in BATCHES}
-    per_round: dict[str, dict[int, list[float]]] = {n: {b: [] for b in BATCHES} for n in paths}
-    for run, _ in runners.values():  # warm every runner up before the first round
-        run(inputs[1]), run(inputs[32])
-    for _ in range(rounds):
-        for name, (run, _) in runners.items():
-            per_round[name][1].append(median_ms(lambda run=run: run(inputs[1]), warmup=1, min_iters=5, max_seconds=1))
-            per_round[name][32].append(median_ms(lambda run=run: run(inputs[32]), warmup=0, min_iters=1, max_seconds=1))
-    return {name: {"arithmetic": runners[name][1], "rounds_ms": {str(b): v for b, v in times.items()},
-                   "latency_ms": {str(b): statistics.median(v) for b, v in times.items()},
-                   "size_bytes": sum(f.stat().st_size for f in model_files(paths[name]))}
-            for name, times in per_round.items()}
-
-
 def accuracy(qat_artifact: Path, work: Path) -> dict:
     """The QAT artifact's INT8 IR on OpenVINO (its default arithmetic) on the whole test split, against PyTorch."""
     out = work / f"ir-{qat_artifact.name}"
@@ -141,7 +109,7 @@ def accuracy(qat_artifact: Path, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--qat", default="", help="QAT artifacts (comma list) to score on their whole test split")
     parser.add_argument("--work", default="runs/openvino-bench")
     parser.add_argument("--accuracy-only", action="store_true",

@@ -1,6 +1,6 @@
 """Attention modules that work with any number of heads, for attention classes whose forward does not.
 
-timm's ``beit.Attention``, ``RelPosAttention`` and ``EvaAttention`` end with ``reshape(B, N, C)``,
+timm's ``beit.Attention``, ``RelPosAttention``, ``EvaAttention`` and SwinV2's window attention end with ``reshape(B, N, C)``,
 where ``C`` is the *input* width; that only holds while ``num_heads * head_dim == C``. After head
 pruning it does not, so their pruned blocks use these subclasses: the same computation (timm 1.0's,
 checked against it by the tests), reshaped to the attention width.
@@ -8,11 +8,14 @@ checked against it by the tests), reshaped to the attention width.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from timm.layers import apply_rot_embed_cat
 from timm.models import beit
 from timm.models.eva import EvaAttention
+from timm.models.swin_transformer_v2 import WindowAttention as SwinV2WindowAttention
 from timm.models.vision_transformer_relpos import RelPosAttention
 from torch import nn
 
@@ -76,7 +79,35 @@ class PrunedEvaAttention(EvaAttention):
         return self.proj_drop(self.proj(x))
 
 
+class PrunedSwinV2Attention(SwinV2WindowAttention):
+    """SwinV2's window attention (cosine attention, per-head logit scale, continuous position bias from an MLP),
+    reshaped to the attention width."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B_, N, _ = x.shape
+        if self.q_bias is None:
+            qkv = self.qkv(x)
+        elif self.qkv_bias_separate:
+            qkv = self.qkv(x) + torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        else:
+            qkv = F.linear(x, weight=self.qkv.weight, bias=torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+        q, k, v = qkv.reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = attn * torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
+        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+        area = self.window_size[0] * self.window_size[1]
+        bias = table[self.relative_position_index.view(-1)].view(area, area, -1).permute(2, 0, 1).contiguous()
+        attn = attn + 16 * torch.sigmoid(bias).unsqueeze(0)
+        if mask is not None:
+            num_win = mask.shape[0]
+            attn = attn.view(-1, num_win, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, N, N)
+        x = (self.attn_drop(self.softmax(attn)) @ v).transpose(1, 2).reshape(B_, N, -1)
+        return self.proj_drop(self.proj(x))
+
+
 # the subclass a pruned block's attention becomes (attention classes whose own forward already works are absent)
 WIDTH_SAFE: dict[type[nn.Module], type[nn.Module]] = {beit.Attention: PrunedBeitAttention,
                                                       RelPosAttention: PrunedRelPosAttention,
-                                                      EvaAttention: PrunedEvaAttention}
+                                                      EvaAttention: PrunedEvaAttention,
+                                                      SwinV2WindowAttention: PrunedSwinV2Attention}

@@ -33,18 +33,19 @@ def prunable_attention_classes() -> tuple[type[nn.Module], ...]:
     from timm.models.beit import Attention as BeitAttention
     from timm.models.eva import EvaAttention
     from timm.models.swin_transformer import WindowAttention
+    from timm.models.swin_transformer_v2 import WindowAttention as SwinV2WindowAttention
     from timm.models.vision_transformer_relpos import RelPosAttention
 
-    return Attention, BeitAttention, RelPosAttention, EvaAttention, WindowAttention
+    return Attention, BeitAttention, RelPosAttention, EvaAttention, WindowAttention, SwinV2WindowAttention
 
 
-SUPPORTED_FAMILIES = "timm's ViT family (ViT, DeiT, DeiT III, DINOv2, CLIP, SigLIP), vit_relpos_*, BEiT, EVA or Swin"
+SUPPORTED_FAMILIES = "timm's ViT family (ViT, DeiT, DeiT III, DINOv2, CLIP, SigLIP), vit_relpos_*, BEiT, EVA, Swin or SwinV2"
 
 
 # Attention classes close to prunable ones, and what their heads hold that remove_heads does not cut
 NOT_PRUNABLE_WHY = {
-    "timm.models.swin_transformer_v2.WindowAttention": " (SwinV2: its continuous position bias MLP and per-head "
-                                                        "logit scales are per-head weights prune does not cut yet)",
+    "timm.models.swin_transformer_v2_cr.WindowMultiHeadAttention": " (SwinV2-CR: its meta network's position bias "
+                                                                   "and per-head scales are not cut per head)",
 }
 
 
@@ -116,6 +117,10 @@ def remove_heads(attn: nn.Module, heads: Sequence[int]) -> None:
         attn.relative_position_bias_table = _keep(attn.relative_position_bias_table, heads, dim=1)
     if getattr(attn, "rel_pos", None) is not None:  # vit_relpos_*
         _remove_rel_pos_heads(attn.rel_pos, heads)
+    if isinstance(getattr(attn, "logit_scale", None), nn.Parameter):  # SwinV2: a cosine-attention scale per head
+        attn.logit_scale = _keep(attn.logit_scale, heads, dim=0)
+    if isinstance(getattr(attn, "cpb_mlp", None), nn.Sequential):  # SwinV2: the position bias MLP's output per head
+        tp.prune_linear_out_channels(attn.cpb_mlp[-1], list(heads))
     if isinstance(getattr(attn, "norm", None), nn.LayerNorm):  # timm's scale_norm over the attention width
         tp.prune_layernorm_out_channels(attn.norm, channels)
     attn.num_heads -= len(heads)

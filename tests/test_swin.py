@@ -24,10 +24,10 @@ SWIN = ["--model", "swin_tiny_patch4_window7_224", "--img-size", "32", "--model-
         "--drop-path", "0", "--lr", "1e-3", "--batch-size", "64", "--quiet"]
 
 
-def tiny_swin() -> torch.nn.Module:
+def tiny_swin(name: str = "swin_tiny_patch4_window7_224") -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model("swin_tiny_patch4_window7_224", {"num_classes": 10, "img_size": 32, "depths": (2, 2),
-                                                         "num_heads": (2, 4), "embed_dim": 32, "window_size": 4}).eval()
+    return create_model(name, {"num_classes": 10, "img_size": 32, "depths": (2, 2), "num_heads": (2, 4),
+                               "embed_dim": 32, "window_size": 4}).eval()
 
 
 @pytest.fixture(scope="module")
@@ -43,25 +43,37 @@ def test_swin_trains_and_records_heads_per_block(swin_artifact: Path) -> None:
     assert meta["metrics"]["top1"] > 0.3  # chance is 0.1
 
 
-def test_removing_a_silent_head_leaves_the_output_unchanged() -> None:
-    """A head whose proj columns are zero adds nothing: cutting it (its q/k/v rows, proj columns and relative
-    position bias column) must leave every other head's output, bias and shift mask as they were."""
-    model = tiny_swin()
+@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256"])
+def test_removing_a_silent_head_leaves_the_output_unchanged(name: str) -> None:
+    """A head whose proj columns are zero adds nothing: cutting it (its q/k/v rows, proj columns, relative position
+    bias column; SwinV2: its logit scale and position-bias MLP output) must leave every other head's output, bias
+    and the shift mask as they were. Per-head weights are made to differ, so a cut of the wrong one shows."""
+    model = tiny_swin(name)
     block = blocks_of(model)[1]  # a shifted-window block
-    d = block.attn.qkv.out_features // (3 * block.attn.num_heads)
+    attn = block.attn
+    d = attn.qkv.out_features // (3 * attn.num_heads)
     with torch.no_grad():
-        block.attn.proj.weight[:, :d] = 0  # head 0 is silent
-        torch.nn.init.normal_(block.attn.relative_position_bias_table, std=1.0)  # a bias that tells heads apart
+        attn.proj.weight[:, :d] = 0  # head 0 is silent
+        for norm in (block.norm1, block.norm2):  # SwinV2 starts its post-norms at 0, which would hide attention
+            norm.weight.fill_(1.0)
+        for per_head in ("relative_position_bias_table", "logit_scale"):
+            if hasattr(attn, per_head):
+                torch.nn.init.normal_(getattr(attn, per_head), mean=1.0, std=1.0)
+        if hasattr(attn, "cpb_mlp"):
+            torch.nn.init.normal_(attn.cpb_mlp[-1].weight, std=1.0)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         before = model(x)
         unchanged = copy.deepcopy(model)
         remove_heads(blocks_of(unchanged)[1].attn, [])  # a plan that removes nothing
         torch.testing.assert_close(unchanged(x), before, atol=0, rtol=0)
-        remove_heads(block.attn, [0])
+        wrong = copy.deepcopy(model)
+        remove_heads(blocks_of(wrong)[1].attn, [1])  # the head that speaks: the output must change
+        assert (wrong(x) - before).abs().max() > 1e-4
+        remove_heads(attn, [0])
         after = model(x)
-    assert block.attn.num_heads == 1 and block.attn.relative_position_bias_table.shape[1] == 1
-    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    assert attn.num_heads == 1
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-6)
 
 
 def test_prune_halves_the_heads_of_every_stage_and_reloads(swin_artifact: Path, tmp_path: Path) -> None:

@@ -98,17 +98,38 @@ def test_teacher_sees_its_own_size_and_normalisation() -> None:
     torch.testing.assert_close(seen[0], F.interpolate(pixels, size=(64, 64), mode="bilinear"), atol=1e-5, rtol=0)
 
 
-def test_finetune_with_a_cnn_teacher_artifact(cnn_teacher: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def taught_student(cnn_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("student") / "deit"
+    assert run_cli("finetune", *DISTILLED, "--data", "shapes", "--epochs", "2", "--teacher", cnn_teacher,
+                   "--distill", "soft", "--out", out) == 0
+    return out
+
+
+def assert_two_heads_averaged(artifact: Path) -> None:
+    model, meta = load_model(artifact)
+    x = torch.randn(4, 3, meta.img_size, meta.img_size)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        both = (model.head(tokens[:, 0]) + model.head_dist(tokens[:, 1])) / 2
+        torch.testing.assert_close(model(x), both)
+
+
+def test_finetune_with_a_cnn_teacher_artifact(cnn_teacher: Path, taught_student: Path) -> None:
     meta = json.loads((cnn_teacher / "vitcompress.json").read_text())
     assert "img_size" not in meta["model"]["kwargs"]  # a CNN runs at any size
     assert meta["metrics"]["top1"] > 0.2  # well above chance (0.1)
-    out = tmp_path / "student"
-    assert run_cli("finetune", *DISTILLED, "--data", "shapes", "--epochs", "2", "--teacher", cnn_teacher,
-                   "--distill", "soft", "--out", out) == 0
-    recipe = json.loads((out / "vitcompress.json").read_text())["recipe"]
+    recipe = json.loads((taught_student / "vitcompress.json").read_text())["recipe"]
     assert recipe["teacher"] == str(cnn_teacher) and recipe["kd"]["distill"] == "soft"
-    model, _ = load_model(out)
-    assert model.head_dist.out_features == 10  # both heads survive the artifact
+    assert_two_heads_averaged(taught_student)
+
+
+def test_prune_and_qat_of_a_distilled_student_keep_both_heads(taught_student: Path, tmp_path: Path) -> None:
+    pruned, int8 = tmp_path / "pruned", tmp_path / "int8"
+    assert run_cli("prune", taught_student, "--heads", "0.5", "--finetune-epochs", "1", "--quiet", "--out", pruned) == 0
+    assert run_cli("qat", pruned, "--epochs", "0", "--calib-size", "64", "--quiet", "--out", int8) == 0
+    for artifact in (pruned, int8):
+        assert_two_heads_averaged(artifact)
 
 
 def test_cnn_is_refused_where_a_transformer_is_needed(cnn_teacher: Path, tmp_path: Path,
