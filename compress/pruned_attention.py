@@ -20,16 +20,23 @@ from timm.models.vision_transformer_relpos import RelPosAttention
 from torch import nn
 
 
+def _packed_qkv(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The packed q/k/v projection of attention that keeps q and v biases apart from its Linear (BEiT, EVA, SwinV2;
+    k has none): added after the Linear where timm does (``qkv_bias_separate``), else inside it."""
+    if attn.q_bias is None:
+        return attn.qkv(x)
+    bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+    if getattr(attn, "qkv_bias_separate", False):
+        return attn.qkv(x) + bias
+    return F.linear(x, weight=attn.qkv.weight, bias=bias)
+
+
 class PrunedBeitAttention(beit.Attention):
     """``beit.Attention`` whose output reshape follows the attention width, not the input width."""
 
     def forward(self, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
         B, N, _ = x.shape
-        if self.q_bias is None:
-            qkv = self.qkv(x)
-        else:
-            qkv = F.linear(x, weight=self.qkv.weight, bias=torch.cat((self.q_bias, self.k_bias, self.v_bias)))
-        q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = _packed_qkv(self, x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         bias = self._get_rel_pos_bias() if self.relative_position_bias_table is not None else None
         if shared_rel_pos_bias is not None:
             bias = shared_rel_pos_bias if bias is None else bias + shared_rel_pos_bias
@@ -61,13 +68,7 @@ class PrunedEvaAttention(EvaAttention):
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
         B, N, _ = x.shape
-        if self.q_bias is None:
-            qkv = self.qkv(x)
-        elif self.qkv_bias_separate:
-            qkv = self.qkv(x) + torch.cat((self.q_bias, self.k_bias, self.v_bias))
-        else:
-            qkv = F.linear(x, weight=self.qkv.weight, bias=torch.cat((self.q_bias, self.k_bias, self.v_bias)))
-        q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = _packed_qkv(self, x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             npt, half = self.num_prefix_tokens, getattr(self, "rotate_half", False)
@@ -85,13 +86,7 @@ class PrunedSwinV2Attention(SwinV2WindowAttention):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B_, N, _ = x.shape
-        if self.q_bias is None:
-            qkv = self.qkv(x)
-        elif self.qkv_bias_separate:
-            qkv = self.qkv(x) + torch.cat((self.q_bias, self.k_bias, self.v_bias))
-        else:
-            qkv = F.linear(x, weight=self.qkv.weight, bias=torch.cat((self.q_bias, self.k_bias, self.v_bias)))
-        q, k, v = qkv.reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = _packed_qkv(self, x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
         attn = attn * torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
         table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
