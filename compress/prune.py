@@ -34,13 +34,13 @@ from vitcompress.compress.surgery import (
 from vitcompress.config import PruneConfig
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext, process_group
-from vitcompress.errors import UserError
+from vitcompress.errors import UserError, require
 from vitcompress.evaluate import evaluate
 from vitcompress.fsutil import atomic_file
 from vitcompress.loader import BatchLoader
 from vitcompress.models import block_stages, count_macs, count_params, heads_per_block
 from vitcompress.stage import StageResult, prepare_staging, publish_artifact, staging_guard
-from vitcompress.train import seed_everything
+from vitcompress.train import FitResult, seed_everything
 
 PROGRESS_FILE = "prune_progress.json"  # in the staging dir: what --resume needs from before a recovery
 
@@ -133,10 +133,14 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
         alive.heads = progress["alive"]
         steps = [PruneStep(**s) for s in progress["steps"]]
         before_top1, before, first = progress["top1_before"], progress["before"], progress["step"]
+        parent_val = progress.get("parent_val_top1")
     else:
         before_top1 = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring unpruned"))["top1"]
+        parent_val = _parent_val_top1(cfg, model, data, transform, ctx)
         before = measure(model, ctx, meta.img_size)
         steps, first = [], 1
+    stop_at = parent_val - cfg.recover_until / 100 if parent_val is not None else None
+    fits: list[FitResult] = []
     for k in range(first, cfg.iterative + 1):
         resuming = cfg.resume and k == first
         if not resuming:
@@ -146,11 +150,12 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
             steps[-1].top1_after_surgery = test["top1"]
         if epochs[k - 1]:
             if not resuming and ctx.is_main:
-                _save_progress(progress_file, k, steps, alive, model, before_top1, before)
+                _save_progress(progress_file, k, steps, alive, model, before_top1, before, parent_val)
             train = copy.deepcopy(cfg.train)
             train.epochs = epochs[k - 1]
-            fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, train,
-                               log_name=f"train_log_step{k}.csv" if cfg.iterative > 1 else None, resume=resuming)
+            fits.append(fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, train,
+                                           log_name=f"train_log_step{k}.csv" if cfg.iterative > 1 else None,
+                                           resume=resuming, stop_at_val_top1=stop_at))
             test = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring recovered"))
             steps[-1].top1_after_recovery = test["top1"]
     after = measure(model, ctx, meta.img_size)
@@ -164,6 +169,7 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
         "top1_after_recovery": steps[-1].top1_after_recovery,
         "steps": [asdict(s) for s in steps], "before": before, "after": after,
         "device": str(ctx.device), "world_size": ctx.world_size,
+        "recovery": _recovery_report(cfg, parent_val, fits),
     }
     new_meta = ArtifactMeta(
         stage="prune", model_name=meta.model_name, model_kwargs=meta.model_kwargs, classes=meta.classes,
@@ -176,11 +182,34 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
     return StageResult(out, new_meta, model)
 
 
+def _parent_val_top1(cfg: PruneConfig, model: nn.Module, data: DataSplits, transform: BatchTransform,
+                     ctx: DistContext) -> float | None:
+    """The unpruned model's validation top-1, which ``--recover-until`` measures the recovery against (on the same
+    split the recovery validates on)."""
+    if not cfg.recover_until:
+        return None
+    require(data.val is not None, "--recover-until compares validation scores, and this data has no validation split",
+            "pass --val-split 0.1 (or leave --recover-until out)")
+    return evaluate(model, data.val, transform, ctx, progress=progress_label(cfg.train, "validating unpruned"))["top1"]
+
+
+def _recovery_report(cfg: PruneConfig, parent_val: float | None, fits: list[FitResult]) -> dict[str, Any]:
+    """How the recovery went: its epochs against the cap and, with ``--recover-until``, whether it got there."""
+    report: dict[str, Any] = {"epochs_cap": cfg.finetune_epochs, "epochs_run": sum(len(f.history) for f in fits),
+                              "lr": cfg.train.lr, "recover_until_points": cfg.recover_until or None}
+    if parent_val is not None and fits:
+        best = fits[-1].best_val_top1 or 0.0
+        report.update(parent_val_top1=parent_val, val_top1=best,
+                      reached=100 * (parent_val - best) <= cfg.recover_until + 1e-9,
+                      points_below_parent=round(100 * (parent_val - best), 2))
+    return report
+
+
 def _save_progress(path: Path, step: int, steps: list[PruneStep], alive: _Alive, model: nn.Module,
-                   top1_before: float, before: dict[str, Any]) -> None:
+                   top1_before: float, before: dict[str, Any], parent_val: float | None) -> None:
     """What ``--resume`` needs before step ``step``'s recovery: the shape, the head mapping, the report so far."""
     progress = {"step": step, "steps": [asdict(s) for s in steps], "alive": alive.heads, "heads": heads_per_block(model),
-                "mlp": mlp_widths(model), "top1_before": top1_before, "before": before}
+                "mlp": mlp_widths(model), "top1_before": top1_before, "before": before, "parent_val_top1": parent_val}
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(progress))
 

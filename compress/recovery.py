@@ -62,14 +62,16 @@ def make_teacher(model: nn.Module, kd: DistillOptions, epochs: int) -> nn.Module
 
 def fine_tune_in_place(model: nn.Module, teacher: nn.Module | None, kd: DistillOptions, data: DataSplits,
                        transform: BatchTransform, ctx: DistContext, workdir: Path, train: TrainConfig,
-                       log_name: str | None = None, resume: bool = False) -> FitResult:
+                       log_name: str | None = None, resume: bool = False,
+                       stop_at_val_top1: float | None = None) -> FitResult:
     """Train ``model`` for ``train.epochs`` (distilling from ``teacher``), keep its best validation weights,
     and return how training went.
 
-    ``resume`` continues from ``workdir/last.ckpt`` (the model must already have the checkpoint's shape).
+    ``resume`` continues from ``workdir/last.ckpt`` (the model must already have the checkpoint's shape);
+    ``stop_at_val_top1`` ends training after the first epoch whose validation top-1 reaches it.
     """
     distill = DistillationLoss(teacher, kd.distill, kd.kd_temperature, kd.kd_alpha) if teacher is not None else None
-    trainer = Trainer(model, data, train, transform, ctx, workdir, distill=distill)
+    trainer = Trainer(model, data, train, transform, ctx, workdir, distill=distill, stop_at_val_top1=stop_at_val_top1)
     if resume:
         trainer.load_checkpoint()
     fit = trainer.fit()

@@ -284,3 +284,38 @@ def test_an_interrupted_iterative_prune_resumes(tmp_path: Path, shapes_artifact:
     assert sorted(pruning["removed_heads"][0] + [h for h in range(2) if h not in pruning["removed_heads"][0]]) == [0, 1]
     assert len((out / "train_log_step2.csv").read_text().splitlines()) == 1 + 2  # each epoch of step 2 once
     load_model(out)
+
+
+def test_recover_until_stops_as_soon_as_the_parent_is_within_reach(shapes_artifact: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """A generous target (50 points): the first recovery epoch reaches it, and the other two of the cap never run."""
+    out = tmp_path / "close"
+    assert run_cli("prune", shapes_artifact, "--heads", "0.5", "--finetune-epochs", "3", "--recover-until", "50",
+                   "--quiet", "--out", out) == 0
+    recovery = json.loads((out / "vitcompress.json").read_text())["metrics"]["pruning"]["recovery"]
+    assert recovery["epochs_run"] == 1 and recovery["reached"] and recovery["epochs_cap"] == 3
+    assert "after 1 of at most 3 epochs" in capsys.readouterr().out
+
+
+def test_recover_until_runs_to_the_cap_and_says_by_how_much_it_missed(shapes_artifact: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """A recovery that cannot learn (a vanishing LR) after half the heads went: it runs every epoch of the cap."""
+    out = tmp_path / "far"
+    assert run_cli("prune", shapes_artifact, "--heads", "0.5", "--finetune-epochs", "2", "--recover-until", "0.1",
+                   "--lr", "1e-12", "--min-lr", "0", "--quiet", "--out", out) == 0
+    pruning = json.loads((out / "vitcompress.json").read_text())["metrics"]["pruning"]
+    recovery = pruning["recovery"]
+    assert recovery["epochs_run"] == 2 and not recovery["reached"]
+    assert recovery["points_below_parent"] > 0.1
+    printed = capsys.readouterr().out
+    assert "the cap of 2 epochs was reached" in printed and f"{recovery['points_below_parent']:.2f} points" in printed
+
+
+@pytest.mark.parametrize("extra, needle", [(["--recover-until", "1", "--finetune-epochs", "0"], "needs recovery epochs"),
+                                           (["--recover-until", "-1"], "not in [0, 100)")])
+def test_recover_until_mistakes_are_one_line(shapes_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                             extra: list[str], needle: str) -> None:
+    from tests.test_bad_input import assert_clean_failure
+
+    assert_clean_failure(capsys, ["prune", shapes_artifact, "--heads", "0.5", *extra, "--out", tmp_path / "p"], needle)
+    assert not (tmp_path / "p").exists()

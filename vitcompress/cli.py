@@ -88,7 +88,9 @@ HELP = {
                  "attention (per-head output norm on data) | random (control)",
     "ranking": "uniform: the same share from every block; global: rank across blocks (see --global/--uniform)",
     "iterative": "prune in K steps towards the ratio, recovering after each",
-    "finetune_epochs": "recovery fine-tuning epochs in total (0: none)",
+    "finetune_epochs": "recovery fine-tuning epochs in total (0: none; with --recover-until: the most it may take)",
+    "recover_until": "stop the recovery once validation top-1 is within this many points of the unpruned model's "
+                     "(0: run every --finetune-epochs)",
     "distill": "recovery distillation from the unpruned model: soft (KL, temperature) | hard (teacher top-1) | none",
     "kd_temperature": "softmax temperature of soft distillation",
     "kd_alpha": "weight of the distillation loss ((1 - alpha) for the labels)",

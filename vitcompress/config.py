@@ -269,6 +269,7 @@ class PruneConfig:
     ranking: str = "uniform"
     iterative: int = 1
     finetune_epochs: int = 5
+    recover_until: float = 0.0
     score_batches: int = 4
     device: str = "auto"
     dry_run: bool = False
@@ -287,6 +288,10 @@ class PruneConfig:
         require(self.iterative >= 1, f"--iterative {self.iterative} must be at least 1", "pass 1 for one-shot pruning")
         require(self.finetune_epochs >= 0, f"--finetune-epochs {self.finetune_epochs} must not be negative",
                 "pass 0 for no recovery")
+        require(0 <= self.recover_until < 100, f"--recover-until {self.recover_until:g} is not in [0, 100) points",
+                "pass the points of validation top-1 the pruned model may stay under its parent, e.g. 1.0")
+        require(not self.recover_until or self.finetune_epochs > 0, "--recover-until needs recovery epochs to stop in",
+                "pass --finetune-epochs N as the most it may take")
         require(self.score_batches >= 1, f"--score-batches {self.score_batches} must be at least 1", "pass e.g. 4")
         require(bool(self.out) or self.dry_run, "--out is required", "pass --out DIR (or --dry-run to only look)")
         validate_recovery(self, "prune")

@@ -191,7 +191,22 @@ def _per_block_table(heads_before: list[int], heads_after: list[int], removed: l
 
 def prune_summary(path: Path, meta: ArtifactMeta) -> str:
     """Printed at the end of ``prune``."""
-    return f"\n{prune_table(meta.metrics['pruning'])}\n\nartifact: {path}"
+    pruning = meta.metrics["pruning"]
+    return f"\n{prune_table(pruning)}\n\n{recovery_line(pruning.get('recovery', {}))}artifact: {path}"
+
+
+def recovery_line(recovery: dict[str, Any]) -> str:
+    """What the recovery did, with ``--recover-until`` whether it got within reach of the parent (else nothing)."""
+    if not recovery.get("recover_until_points") or "reached" not in recovery:
+        return ""
+    run, cap, target = recovery["epochs_run"], recovery["epochs_cap"], recovery["recover_until_points"]
+    below = recovery["points_below_parent"]
+    if recovery["reached"]:
+        return (f"recovery: validation top-1 within {target:g} points of the unpruned model ({below:+.2f} below) "
+                f"after {run} of at most {cap} epochs\n")
+    return (f"recovery: the cap of {cap} epochs was reached {below:.2f} points below the unpruned model's validation "
+            f"top-1, {below - target:.2f} more than --recover-until {target:g}: pass more --finetune-epochs or a "
+            f"higher --lr\n")
 
 
 def prune_preview(preview: Any) -> str:

@@ -140,8 +140,10 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, data: DataSplits, cfg: TrainConfig, transform: BatchTransform,
-                 ctx: DistContext, workdir: Path, distill: nn.Module | None = None) -> None:
+                 ctx: DistContext, workdir: Path, distill: nn.Module | None = None,
+                 stop_at_val_top1: float | None = None) -> None:
         self.cfg, self.data, self.ctx, self.workdir, self.transform = cfg, data, ctx, workdir, transform
+        self.stop_at_val_top1 = stop_at_val_top1  # training ends after the first epoch whose validation reaches it
         # distill(inputs, logits, task_loss) -> loss, e.g. compress.distill.DistillationLoss
         self.distill = distill.to(ctx.device) if distill is not None else None
         self.model = model.to(ctx.device)
@@ -261,6 +263,11 @@ class Trainer:
                 stopped_early = True
                 if self.ctx.is_main and not self.cfg.quiet:
                     print(f"early stopping: no val improvement for {self.cfg.patience} epochs", flush=True)
+                break
+            if self.stop_at_val_top1 is not None and (row.get("val_top1") or 0.0) >= self.stop_at_val_top1:
+                stopped_early = True
+                if self.ctx.is_main and not self.cfg.quiet:
+                    print(f"target reached: val top-1 {row['val_top1']:.4f} >= {self.stop_at_val_top1:.4f}", flush=True)
                 break
             epoch += 1
         ips = self.train_images / self.train_seconds if self.train_seconds else 0.0
