@@ -20,7 +20,14 @@ from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now
 from vitcompress.augment import BatchTransform
 from vitcompress.compress.importance import CRITERIA
 from vitcompress.compress.plan import PrunePlan, choose_per_stage
-from vitcompress.compress.recovery import fine_tune_in_place, load_source_data, make_teacher, measure, progress_label
+from vitcompress.compress.recovery import (
+    derive_recovery,
+    fine_tune_in_place,
+    load_source_data,
+    make_teacher,
+    measure,
+    progress_label,
+)
 from vitcompress.compress.scoring import score_blocks
 from vitcompress.compress.surgery import (
     blocks_of,
@@ -102,7 +109,13 @@ def prune(cfg: PruneConfig) -> StageResult | PrunePreview:
     if meta.merging:
         raise UserError(f"{cfg.src} merges tokens: head importance would be scored on merged tokens",
                         "prune the artifact it was merged from, then merge the pruned one")
+    cfg.finetune_epochs, derived = derive_recovery(cfg.train, cfg.finetune_epochs, meta)
+    if cfg.finetune_epochs:
+        cfg.train.epochs = cfg.finetune_epochs
+        cfg.train.validate()
     with process_group(cfg.device) as ctx:  # under torchrun: one plan (rank 0's), recovery with DDP
+        if derived and ctx.is_main and not cfg.train.quiet and not cfg.dry_run:
+            print(derived, flush=True)
         return _prune(cfg, ctx)
 
 
@@ -196,7 +209,8 @@ def _parent_val_top1(cfg: PruneConfig, model: nn.Module, data: DataSplits, trans
 def _recovery_report(cfg: PruneConfig, parent_val: float | None, fits: list[FitResult]) -> dict[str, Any]:
     """How the recovery went: its epochs against the cap and, with ``--recover-until``, whether it got there."""
     report: dict[str, Any] = {"epochs_cap": cfg.finetune_epochs, "epochs_run": sum(len(f.history) for f in fits),
-                              "lr": cfg.train.lr, "recover_until_points": cfg.recover_until or None}
+                              "lr": cfg.train.lr, "batch_size": cfg.train.batch_size,
+                              "recover_until_points": cfg.recover_until or None}
     if parent_val is not None and fits:
         best = fits[-1].best_val_top1 or 0.0
         report.update(parent_val_top1=parent_val, val_top1=best,

@@ -4,6 +4,7 @@ with the source model as teacher (through the one ``Trainer``), and the model's 
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,47 @@ def fine_tune_in_place(model: nn.Module, teacher: nn.Module | None, kd: DistillO
             (workdir / LOG_FILE).rename(workdir / log_name)
     model.eval()
     return fit
+
+
+FIXED_RECOVERY = {"lr": 2e-4, "epochs": 5, "batch_size": 128}  # for a source whose training is not recorded
+SCRATCH_LR_SHARE = 0.5  # a from-scratch model recovers best near half its peak LR (docs/results.md, converged model)
+EPOCH_SHARE = 0.1  # the recovery budget: a tenth of the source's training
+
+
+def derive_recovery(train: TrainConfig, finetune_epochs: int | None, meta: ArtifactMeta) -> tuple[int, str]:
+    """Fill what the user left unset of the recovery (``train.lr``, ``train.batch_size``, the epochs) from the
+    source's own training; return the epochs and a line saying what was chosen and why.
+
+    From scratch: half the source's peak LR; fine-tuned from pretrained weights: its own (already small) LR; both
+    scaled linearly by the batch-size ratio; at most a tenth of its epochs. A source whose training is not recorded
+    (not made by ``finetune``) gets fixed defaults (lr 2e-4, 5 epochs, batch 128), suited to fine-tuned models.
+    """
+    recipe = meta.recipe if meta.recipe.get("command") == "finetune" else {}
+    parent = recipe.get("train", {})
+    chosen = []
+    if train.batch_size is None:
+        train.batch_size = int(parent.get("batch_size", FIXED_RECOVERY["batch_size"]))
+        chosen.append(f"batch {train.batch_size}")
+    if not parent:
+        why = "its training is not recorded (fixed defaults, suited to fine-tuned models)"
+        if train.lr is None:
+            train.lr = FIXED_RECOVERY["lr"]
+            chosen.insert(0, f"lr {train.lr:.1e}")
+        epochs = FIXED_RECOVERY["epochs"] if finetune_epochs is None else finetune_epochs
+    else:
+        scratch = not recipe.get("pretrained") and not recipe.get("init_checkpoint")
+        trained = int(meta.metrics.get("epochs_run") or parent["epochs"])
+        why = (f"{'trained from scratch' if scratch else 'fine-tuned from pretrained weights'}, peak lr "
+               f"{parent['lr']:.1e} at batch {parent['batch_size']}, {trained} epochs")
+        if train.lr is None:
+            share = SCRATCH_LR_SHARE if scratch else 1.0
+            train.lr = float(parent["lr"]) * share * train.batch_size / int(parent["batch_size"])
+            chosen.insert(0, f"lr {train.lr:.1e}")
+        epochs = max(1, math.ceil(EPOCH_SHARE * trained)) if finetune_epochs is None else finetune_epochs
+    if finetune_epochs is None:
+        chosen.append(f"up to {epochs} epochs" if epochs else "no epochs")
+    line = f"recovery: {', '.join(chosen)} (derived from the source: {why})" if chosen and epochs else ""
+    return epochs, line
 
 
 LATENCY_BATCHES = (1, 64)

@@ -319,3 +319,35 @@ def test_recover_until_mistakes_are_one_line(shapes_artifact: Path, tmp_path: Pa
 
     assert_clean_failure(capsys, ["prune", shapes_artifact, "--heads", "0.5", *extra, "--out", tmp_path / "p"], needle)
     assert not (tmp_path / "p").exists()
+
+
+def _parent(pretrained: bool, lr: float, batch: int, epochs: int, command: str = "finetune") -> ArtifactMeta:
+    recipe = {"command": command, "pretrained": pretrained, "init_checkpoint": None,
+              "train": {"lr": lr, "batch_size": batch, "epochs": epochs}}
+    return ArtifactMeta(stage="finetune", model_name="vit_tiny_patch16_224", model_kwargs={}, classes=["a", "b"],
+                        img_size=32, mean=[0.5] * 3, std=[0.5] * 3, recipe=recipe, metrics={"epochs_run": epochs})
+
+
+@pytest.mark.parametrize("parent, explicit, expected", [
+    # from scratch: half the peak LR, a tenth of the epochs, the same batch
+    (_parent(False, 2e-3, 128, 30), {}, (1e-3, 128, 3)),
+    # ... the LR scaled with a smaller batch
+    (_parent(False, 2e-3, 128, 30), {"batch_size": 64}, (5e-4, 64, 3)),
+    # fine-tuned from pretrained weights: its own LR
+    (_parent(True, 1e-4, 256, 10), {}, (1e-4, 256, 1)),
+    # training not recorded (a pruned source): fixed defaults
+    (_parent(False, 2e-3, 128, 30, command="prune"), {}, (2e-4, 128, 5)),
+    # what the user passed stays
+    (_parent(False, 2e-3, 128, 30), {"lr": 7e-4, "epochs": 4, "batch_size": 32}, (7e-4, 32, 4)),
+])
+def test_recovery_defaults_follow_the_parents_recorded_training(parent: ArtifactMeta, explicit: dict,
+                                                                expected: tuple) -> None:
+    from vitcompress.compress.recovery import derive_recovery
+    from vitcompress.config import prune_train_config
+
+    train = prune_train_config()
+    train.lr = explicit.get("lr", train.lr)
+    train.batch_size = explicit.get("batch_size", train.batch_size)
+    epochs, line = derive_recovery(train, explicit.get("epochs"), parent)
+    assert (train.lr, train.batch_size, epochs) == pytest.approx(expected)
+    assert ("derived from the source" in line) == (len(explicit) < 3)  # said whenever something was derived

@@ -88,7 +88,8 @@ HELP = {
                  "attention (per-head output norm on data) | random (control)",
     "ranking": "uniform: the same share from every block; global: rank across blocks (see --global/--uniform)",
     "iterative": "prune in K steps towards the ratio, recovering after each",
-    "finetune_epochs": "recovery fine-tuning epochs in total (0: none; with --recover-until: the most it may take)",
+    "finetune_epochs": "recovery fine-tuning epochs in total (0: none; with --recover-until: the most it may take; "
+                       "default: a tenth of the source's training epochs, or 5 when its training is not recorded)",
     "recover_until": "stop the recovery once validation top-1 is within this many points of the unpruned model's "
                      "(0: run every --finetune-epochs)",
     "distill": "recovery distillation from the unpruned model: soft (KL, temperature) | hard (teacher top-1) | none",
@@ -225,7 +226,11 @@ def _parser() -> argparse.ArgumentParser:
                                    "accuracy. Data defaults to the artifact's own.")
     prune_choices = {**choices, "criterion": PRUNE_CRITERIA, "ranking": PRUNE_RANKINGS, "distill": KD_CHOICES}
     source_help = {**HELP, "data": HELP["data"] + " (default: the artifact's own)"}
-    add_dataclass_args(p, PruneConfig, {**source_help, "out": "output artifact directory (required unless --dry-run)"},
+    derived_help = {"lr": HELP["lr"] + " (default: the source's, halved if it trained from scratch, scaled by the "
+                          "batch-size ratio)",
+                    "batch_size": HELP["batch_size"] + " (default: the source's)"}
+    add_dataclass_args(p, PruneConfig, {**source_help, **derived_help,
+                                        "out": "output artifact directory (required unless --dry-run)"},
                        prune_choices, positional=("src",),
                        skip=("epochs", "time_budget"))
     p.add_argument("--global", dest="ranking", action="store_const", const="global", default=argparse.SUPPRESS,

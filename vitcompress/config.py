@@ -218,6 +218,14 @@ def recovery_train_config() -> TrainConfig:
     return TrainConfig(epochs=5, lr=2e-4, min_lr=1e-6, warmup_epochs=0.5)
 
 
+def prune_train_config() -> TrainConfig:
+    """prune's recovery: the LR and batch size left unset (``None``) are derived from the source's own training
+    (``compress/recovery.py``, ``derive_recovery``)."""
+    train = recovery_train_config()
+    train.lr, train.batch_size = None, None  # type: ignore[assignment]
+    return train
+
+
 def qat_train_config() -> TrainConfig:
     """QAT defaults: a few epochs at a small LR, so the calibrated ranges stay valid."""
     return TrainConfig(epochs=2, lr=2e-5, min_lr=1e-7, warmup_epochs=0.0)
@@ -252,7 +260,7 @@ def validate_recovery(cfg: PruneConfig | MergeConfig, stage: str) -> None:
     cfg.src = absolute_path(cfg.src)
     require(not cfg.train.time_budget, f"{stage}'s recovery runs in epochs, not to a time budget",
             "pass --finetune-epochs N (train.time_budget=0)")
-    if cfg.finetune_epochs:
+    if cfg.finetune_epochs and cfg.train.lr is not None and cfg.train.batch_size is not None:  # else: once derived
         cfg.train.epochs = cfg.finetune_epochs
         cfg.train.validate()
 
@@ -268,7 +276,7 @@ class PruneConfig:
     criterion: str = "l1"
     ranking: str = "uniform"
     iterative: int = 1
-    finetune_epochs: int = 5
+    finetune_epochs: int | None = None
     recover_until: float = 0.0
     score_batches: int = 4
     device: str = "auto"
@@ -277,7 +285,7 @@ class PruneConfig:
     resume: bool = False
     kd: DistillOptions = field(default_factory=DistillOptions)
     source: SourceData = field(default_factory=SourceData)
-    train: TrainConfig = field(default_factory=recovery_train_config)
+    train: TrainConfig = field(default_factory=prune_train_config)
 
     def validate(self) -> None:
         for flag, ratio in (("--heads", self.heads), ("--mlp", self.mlp)):
@@ -286,12 +294,12 @@ class PruneConfig:
                 f"use one of {', '.join(PRUNE_CRITERIA)}")
         require(self.ranking in PRUNE_RANKINGS, f"--ranking {self.ranking!r} is unknown", "use --uniform or --global")
         require(self.iterative >= 1, f"--iterative {self.iterative} must be at least 1", "pass 1 for one-shot pruning")
-        require(self.finetune_epochs >= 0, f"--finetune-epochs {self.finetune_epochs} must not be negative",
-                "pass 0 for no recovery")
+        require(self.finetune_epochs is None or self.finetune_epochs >= 0,
+                f"--finetune-epochs {self.finetune_epochs} must not be negative", "pass 0 for no recovery")
         require(0 <= self.recover_until < 100, f"--recover-until {self.recover_until:g} is not in [0, 100) points",
                 "pass the points of validation top-1 the pruned model may stay under its parent, e.g. 1.0")
-        require(not self.recover_until or self.finetune_epochs > 0, "--recover-until needs recovery epochs to stop in",
-                "pass --finetune-epochs N as the most it may take")
+        require(not self.recover_until or self.finetune_epochs != 0, "--recover-until needs recovery epochs to stop in",
+                "pass --finetune-epochs N as the most it may take (or leave it out: derived from the source)")
         require(self.score_batches >= 1, f"--score-batches {self.score_batches} must be at least 1", "pass e.g. 4")
         require(bool(self.out) or self.dry_run, "--out is required", "pass --out DIR (or --dry-run to only look)")
         validate_recovery(self, "prune")
