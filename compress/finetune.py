@@ -107,7 +107,8 @@ def _distillation(cfg: FinetuneConfig, model: nn.Module, data: DataSplits,
     teacher = load_teacher(cfg.teacher, cfg.teacher_checkpoint, data.classes, transform)
     if hasattr(model, "set_distilled_training"):
         model.set_distilled_training(True)  # training returns (class, distillation) logits; eval their mean
-    return DistillationLoss(teacher, cfg.kd.distill, cfg.kd.kd_temperature, cfg.kd.kd_alpha)
+    return DistillationLoss(teacher, cfg.kd.distill, cfg.kd.kd_temperature, cfg.kd.kd_alpha, cfg.kd.kd_layers,
+                            student=model, teacher_body=teacher.model)
 
 
 def _data_options(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> DataOptions:

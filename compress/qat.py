@@ -63,6 +63,9 @@ def qat(cfg: QatConfig) -> StageResult | dict[str, Any]:
 def _qat(cfg: QatConfig, ctx: DistContext) -> StageResult | dict[str, Any]:
     model, meta = load_model(cfg.src, ctx.device)
     require_transformer(model, meta.model_name, "qat")
+    if meta.merging and cfg.kd.kd_layers:
+        raise UserError(f"{cfg.src} merges tokens, whose blocks --kd-layers cannot compare token by token",
+                        "leave --kd-layers out (the logits are distilled)")
     if meta.merging and cfg.quantize_attention:
         raise UserError(f"{cfg.src} merges tokens, and merging's attention does not run quantized attention matmuls",
                         "drop --quantize-attention (the projections are INT8 either way)")

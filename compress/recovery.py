@@ -71,7 +71,8 @@ def fine_tune_in_place(model: nn.Module, teacher: nn.Module | None, kd: DistillO
     ``resume`` continues from ``workdir/last.ckpt`` (the model must already have the checkpoint's shape);
     ``stop_at_val_top1`` ends training after the first epoch whose validation top-1 reaches it.
     """
-    distill = DistillationLoss(teacher, kd.distill, kd.kd_temperature, kd.kd_alpha) if teacher is not None else None
+    distill = (DistillationLoss(teacher, kd.distill, kd.kd_temperature, kd.kd_alpha, kd.kd_layers, student=model)
+               if teacher is not None else None)
     trainer = Trainer(model, data, train, transform, ctx, workdir, distill=distill, stop_at_val_top1=stop_at_val_top1)
     if resume:
         trainer.load_checkpoint()

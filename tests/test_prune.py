@@ -351,3 +351,27 @@ def test_recovery_defaults_follow_the_parents_recorded_training(parent: Artifact
     epochs, line = derive_recovery(train, explicit.get("epochs"), parent)
     assert (train.lr, train.batch_size, epochs) == pytest.approx(expected)
     assert ("derived from the source" in line) == (len(explicit) < 3)  # said whenever something was derived
+
+
+def test_hidden_state_distillation_is_zero_for_identical_teacher_and_student() -> None:
+    import copy
+
+    from vitcompress.compress.distill import DistillationLoss
+
+    torch.manual_seed(0)
+    student = create_model("vit_tiny_patch16_224", dict(KWARGS)).train()
+    teacher = copy.deepcopy(student).eval()
+    loss = DistillationLoss(teacher, "soft", alpha=0.0, layers=1.0, student=student)
+    x = torch.randn(4, 3, 32, 32)
+    assert loss(x, student(x), torch.tensor(0.0)).abs() < 1e-6  # same blocks, same outputs
+    with torch.no_grad():
+        student.blocks[0].mlp.fc2.weight.add_(0.1)
+    assert loss(x, student(x), torch.tensor(0.0)) > 1e-3  # one block changed: it shows
+
+
+def test_prune_recovers_with_hidden_state_distillation(shapes_artifact: Path, tmp_path: Path) -> None:
+    out = tmp_path / "layers"
+    assert run_cli("prune", shapes_artifact, "--heads", "0.5", "--mlp", "0.25", "--finetune-epochs", "1",
+                   "--kd-layers", "1.0", "--quiet", "--out", out) == 0
+    recipe = json.loads((out / "vitcompress.json").read_text())["recipe"]
+    assert recipe["kd"]["kd_layers"] == 1.0

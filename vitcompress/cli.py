@@ -95,6 +95,8 @@ HELP = {
     "distill": "recovery distillation from the unpruned model: soft (KL, temperature) | hard (teacher top-1) | none",
     "kd_temperature": "softmax temperature of soft distillation",
     "kd_alpha": "weight of the distillation loss ((1 - alpha) for the labels)",
+    "kd_layers": "weight of hidden-state distillation: each block's output against the teacher's same block "
+                 "(MSE over the teacher's mean square; 0: logits only)",
     "score_batches": "batches of training data for the data-driven criteria (taylor, attention)",
     "dry_run": "print which heads would go and the params/MACs left; write nothing",
     "r": "tokens merged in each block (ToMe's r; pass --r or --keep)",

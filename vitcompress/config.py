@@ -153,11 +153,13 @@ class DistillOptions:
     distill: str = "soft"
     kd_temperature: float = 2.0
     kd_alpha: float = 0.5
+    kd_layers: float = 0.0
 
     def validate(self) -> None:
         require(self.distill in KD_CHOICES, f"--distill {self.distill!r} is unknown", "use soft, hard or none")
         require(self.kd_temperature > 0, f"--kd-temperature {self.kd_temperature} must be positive", "pass e.g. 2")
         require(0 <= self.kd_alpha <= 1, f"--kd-alpha {self.kd_alpha} is not in [0, 1]", "pass e.g. 0.5")
+        require(self.kd_layers >= 0, f"--kd-layers {self.kd_layers} must not be negative", "pass e.g. 1, or 0 for off")
 
 
 @dataclass
@@ -373,6 +375,8 @@ class MergeConfig:
                 "pass 0 for none (merging needs no training)")
         require(bool(self.out), "--out is required", "pass --out DIR")
         validate_recovery(self, "merge")
+        require(not self.kd.kd_layers, "--kd-layers compares blocks token by token, and merging leaves fewer tokens",
+                "leave --kd-layers out (the logits are distilled)")
         require(self.r > 0 or self.keep > 0, "merge was given nothing to merge (neither --r nor --keep)",
                 "pass --r 8 (tokens merged in each block) or --keep 0.4 (share of tokens left at the last block)")
 
