@@ -9,7 +9,7 @@ Artifacts already in ``--work`` (from an earlier run) are reused; each one's rec
 score) goes into the results. Delete ``--work`` to train them again.
 
 Usage:  python benchmarks/teacher_distill.py [--data PATH] [--teacher-epochs 8] [--student-epochs 5] [--train-subset N]
-Writes: benchmarks/results/teacher_distill_cpu.json (top-1 of all three, wall times, hardware, every command).
+Writes: benchmarks/results/teacher_distill_cpu[_soft].json (top-1 of all three, training times, hardware, commands).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> None:
               "hardware": {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(),
                            "cpu_count": os.cpu_count()},
               "top1": scores, "gain_points": round(100 * gain, 2), "runs": runs, "args": vars(args)}
-    out = HERE / "results" / "teacher_distill_cpu.json"
+    out = HERE / "results" / f"teacher_distill_cpu{'' if args.distill == 'hard' else '_' + args.distill}.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {out}")
 

@@ -1,0 +1,113 @@
+"""Pruning recovery on a converged CIFAR-10 model: accuracy against recovery epochs, per criterion and method.
+
+Trains the converged reference once (timm's ViT, depth 3, width 96, 4 heads, 32 px with 4 px patches, 30 epochs
+from scratch: the 73 % model of docs/results.md) unless ``--base`` names one, then prunes it with ``--heads 0.5``
+(and ``--heads 0.5 --mlp 0.25``) for each criterion and recovery method:
+
+  - ``derived``:   no option but ``--recover-until`` (the recovery LR, batch and epoch cap read from the base),
+  - ``layers``:    the same plus hidden-state distillation (``--kd-layers 1``),
+  - ``iterative``: the same, pruned in two steps (``--iterative 2``),
+
+and records, for each run, test top-1 before, after the surgery and after recovery, the epochs the recovery took
+against its cap, and validation top-1 after every recovery epoch.
+
+Usage:  python benchmarks/prune_recovery.py [--data PATH] [--base ARTIFACT] [--recover-until 1.0]
+        [--criteria taylor,l1] [--methods derived,layers,iterative]
+Writes: benchmarks/results/prune_recovery_cpu.json (hardware and every command inside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from tabulate import tabulate
+
+from vitcompress.bench import cpu_flags, cpu_name
+from vitcompress.cli import main as vitcompress
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+BASE_MODEL = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "4", "--model-kwargs",
+              "depth=3,embed_dim=96,num_heads=4", "--drop-path", "0", "--lr", "2e-3", "--batch-size", "128",
+              "--warmup-epochs", "2", "--amp", "none"]
+METHODS = {"derived": [], "layers": ["--kd-layers", "1.0"], "iterative": ["--iterative", "2"]}
+SHAPES = {"h0.5": ["--heads", "0.5"], "h0.5-m0.25": ["--heads", "0.5", "--mlp", "0.25"]}
+
+
+def run(args: list[str]) -> float:
+    """``vitcompress ARGS``; its wall seconds."""
+    print("$ vitcompress " + " ".join(args), flush=True)
+    started = time.time()
+    if vitcompress(args) != 0:
+        raise SystemExit(f"vitcompress {args[0]} failed")
+    return round(time.time() - started, 1)
+
+
+def val_curve(artifact: Path) -> list[float]:
+    """Validation top-1 after each recovery epoch (every step's log, in order)."""
+    curve = []
+    for log in sorted(artifact.glob("train_log*.csv")):
+        with open(log, newline="") as f:
+            curve += [float(row["val_top1"]) for row in csv.DictReader(f) if row.get("val_top1")]
+    return curve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--base", help="an existing converged artifact (default: train one)")
+    parser.add_argument("--base-epochs", type=int, default=30)
+    parser.add_argument("--work", default="runs/prune-recovery")
+    parser.add_argument("--recover-until", default="1.0")
+    parser.add_argument("--criteria", default="taylor,l1")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    args = parser.parse_args()
+    work = Path(args.work)
+    base = Path(args.base) if args.base else work / "base"
+    commands = {}
+    if not (base / "vitcompress.json").is_file():
+        cmd = ["finetune", *BASE_MODEL, "--data", f"folder:{args.data}", "--epochs", str(args.base_epochs),
+               "--out", str(base), "--quiet"]
+        commands["base"] = {"command": "vitcompress " + " ".join(cmd), "seconds": run(cmd)}
+    base_meta = json.loads((base / "vitcompress.json").read_text())
+    records = []
+    for shape in args.shapes.split(","):
+        for criterion in args.criteria.split(","):
+            for method in args.methods.split(","):
+                out = work / f"{shape}-{criterion}-{method}"
+                cmd = ["prune", str(base), *SHAPES[shape], "--criterion", criterion, "--recover-until",
+                       args.recover_until, *METHODS[method], "--out", str(out), "--force", "--quiet"]
+                seconds = run(cmd)
+                pruning = json.loads((out / "vitcompress.json").read_text())["metrics"]["pruning"]
+                records.append({"shape": shape, "criterion": criterion, "method": method, "seconds": seconds,
+                                "command": "vitcompress " + " ".join(cmd), "recovery": pruning["recovery"],
+                                "val_top1_per_epoch": val_curve(out),
+                                **{k: pruning[k] for k in ("top1_before", "top1_after_surgery", "top1_after_recovery")}})
+    record = {"benchmark": "prune_recovery", "date": time.strftime("%Y-%m-%d"),
+              "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "hardware": {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(),
+                           "cpu_count": os.cpu_count()},
+              "base": {"path": str(base), "top1": base_meta["metrics"]["top1"],
+                       "epochs": base_meta["metrics"].get("epochs_run"), **commands.get("base", {})},
+              "runs": records}
+    out = HERE / "results" / "prune_recovery_cpu.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    base_top1 = base_meta["metrics"]["top1"]
+    print(tabulate([(r["shape"], r["criterion"], r["method"], f"{100 * r['top1_after_recovery']:.2f}",
+                     f"{100 * (r['top1_after_recovery'] - base_top1):+.2f}",
+                     f"{r['recovery']['epochs_run']}/{r['recovery']['epochs_cap']}", r["recovery"].get("reached"))
+                    for r in records],
+                   headers=("shape", "criterion", "method", "top-1 %", "vs base", "epochs", "within target")))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
