@@ -204,7 +204,8 @@ def recovery_line(recovery: dict[str, Any]) -> str:
     if recovery["reached"]:
         return (f"recovery: validation top-1 within {target:g} points of the unpruned model ({below:+.2f} below) "
                 f"after {run} of at most {cap} epochs\n")
-    return (f"recovery: the cap of {cap} epochs was reached {below:.2f} points below the unpruned model's validation "
+    return (f"recovery: the cap of {cap} epoch{'s' if cap != 1 else ''} was reached {below:.2f} points below the "
+            f"unpruned model's validation "
             f"top-1, {below - target:.2f} more than --recover-until {target:g}: pass more --finetune-epochs or a "
             f"higher --lr\n")
 
