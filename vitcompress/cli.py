@@ -156,8 +156,8 @@ TEACHER_HELP = {
     "teacher": "teacher to distil from (DeiT-style): an artifact directory (e.g. a CNN trained by finetune --model "
                "resnet18) or a timm model name with --teacher-checkpoint",
     "teacher_checkpoint": "weights of a --teacher given as a timm name (.safetensors or .pth, the data's classes)",
-    "distill": "with --teacher: hard (the teacher's top-1, DeiT's choice) | soft (KL at --kd-temperature); a "
-               "deit_*_distilled_* student learns it through its distillation token",
+    "distill": "with --teacher: soft (KL at --kd-temperature; measured best here) | hard (the teacher's top-1, "
+               "DeiT's choice); a deit_*_distilled_* student learns it through its distillation token",
     "kd_alpha": "weight of the teacher's loss ((1 - alpha) for the labels)",
 }
 

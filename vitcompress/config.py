@@ -187,8 +187,8 @@ class FinetuneConfig:
     resume: bool = False
     teacher: str | None = None
     teacher_checkpoint: str | None = None
-    # DeiT's recipe: hard distillation (the teacher's top-1), or soft at temperature 3
-    kd: DistillOptions = field(default_factory=lambda: DistillOptions(distill="hard", kd_temperature=3.0))
+    # soft at DeiT's temperature 3: +3.9 points on CIFAR-10 against +1.6 for DeiT's hard (docs/results.md)
+    kd: DistillOptions = field(default_factory=lambda: DistillOptions(distill="soft", kd_temperature=3.0))
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
