@@ -62,7 +62,7 @@ def finetune_args(out: Path, *extra: str, data: str = "shapes") -> list:
     (["--img-size", "100000"], "tokens per image"),
     (["--model-kwargs", "depth=-1"], "could not create model"),
     (["--model-kwargs", "embed_dim=0"], "could not create model"),
-    (["--model", "resnet18"], "not a Vision Transformer"),
+    (["--model", "resnet18"], "resnet18 is a CNN, it has no patches"),  # a CNN trains, but --patch-size is refused
 ])
 def test_bad_numbers_and_names(tmp_path: Path, capsys: pytest.CaptureFixture, extra: list, needle: str) -> None:
     out = tmp_path / "out"
