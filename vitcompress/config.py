@@ -105,8 +105,10 @@ class TrainConfig:
                 "pass the seconds to train for, e.g. --time-budget 420, or 0 for exactly --epochs")
         require(self.checkpoint_interval >= 0, f"--checkpoint-interval {self.checkpoint_interval:g} must not be negative",
                 "pass the seconds between checkpoints, e.g. 60, or 0 for one after every epoch")
-        require(self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1", "pass --batch-size 1 or more")
-        require(self.lr > 0, f"--lr {self.lr} must be positive", "pass e.g. --lr 1e-3")
+        # None: left for the stage to derive (prune's recovery, from its source's training)
+        require(self.batch_size is None or self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1",
+                "pass --batch-size 1 or more")
+        require(self.lr is None or self.lr > 0, f"--lr {self.lr} must be positive", "pass e.g. --lr 1e-3")
         require(self.min_lr >= 0, f"--min-lr {self.min_lr} must not be negative", "pass e.g. --min-lr 1e-6")
         require(self.weight_decay >= 0, f"--weight-decay {self.weight_decay} must not be negative", "pass e.g. 0.05")
         require(self.warmup_epochs >= 0, f"--warmup-epochs {self.warmup_epochs} must not be negative", "pass e.g. 1")
@@ -193,6 +195,8 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         """Check every value, and make the paths absolute (the artifact records them; see docs/artifact.md)."""
+        require(self.train.lr is not None and self.train.batch_size is not None, "finetune needs --lr and --batch-size",
+                "pass both (the defaults are 1e-3 and 128)")
         self.train.validate()
         self.kd.validate()
         require(self.kd.distill != "none" or not self.teacher, "--distill none leaves --teacher nothing to teach",
@@ -262,7 +266,7 @@ def validate_recovery(cfg: PruneConfig | MergeConfig, stage: str) -> None:
     cfg.src = absolute_path(cfg.src)
     require(not cfg.train.time_budget, f"{stage}'s recovery runs in epochs, not to a time budget",
             "pass --finetune-epochs N (train.time_budget=0)")
-    if cfg.finetune_epochs and cfg.train.lr is not None and cfg.train.batch_size is not None:  # else: once derived
+    if cfg.finetune_epochs:
         cfg.train.epochs = cfg.finetune_epochs
         cfg.train.validate()
 
