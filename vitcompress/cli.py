@@ -154,8 +154,9 @@ HELP = {
 
 TEACHER_HELP = {
     "teacher": "teacher to distil from (DeiT-style): an artifact directory (e.g. a CNN trained by finetune --model "
-               "resnet18) or a timm model name with --teacher-checkpoint",
-    "teacher_checkpoint": "weights of a --teacher given as a timm name (.safetensors or .pth, the data's classes)",
+               "resnet18) or a timm model name with --teacher-checkpoint (default: none, train on the labels only)",
+    "teacher_checkpoint": "weights of a --teacher given as a timm name (.safetensors or .pth, the data's classes; "
+                          "default: none, for an artifact teacher)",
     "distill": "with --teacher: soft (KL at --kd-temperature; measured best here) | hard (the teacher's top-1, "
                "DeiT's choice); a deit_*_distilled_* student learns it through its distillation token",
     "kd_alpha": "weight of the teacher's loss ((1 - alpha) for the labels)",
