@@ -48,10 +48,6 @@ def recorded_run(artifact: Path) -> dict:
             "top1": metrics["top1"]}
 
 
-def top1(artifact: Path) -> float:
-    return json.loads((artifact / "vitcompress.json").read_text())["metrics"]["top1"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
@@ -80,7 +76,7 @@ def main() -> None:
             run(cmd)
         runs[name] = {**recorded_run(work / name), "reused": reused,
                       "command": None if reused else "vitcompress " + " ".join(cmd)}
-    scores = {name: top1(work / name) for name in ("teacher", "student_alone", "student_with_teacher")}
+    scores = {name: run_record["top1"] for name, run_record in runs.items()}
     gain = scores["student_with_teacher"] - scores["student_alone"]
     print(tabulate([(name, f"{100 * value:.2f}") for name, value in scores.items()], headers=("model", "top-1 %")))
     print(f"teacher's gain: {100 * gain:+.2f} points")

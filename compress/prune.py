@@ -38,7 +38,7 @@ from vitcompress.compress.surgery import (
     remove_mlp_channels,
     reshape_to,
 )
-from vitcompress.config import PruneConfig
+from vitcompress.config import PruneConfig, apply_recovery_epochs
 from vitcompress.datasets.imageset import DataSplits
 from vitcompress.distributed import DistContext, process_group
 from vitcompress.errors import UserError, require
@@ -110,9 +110,7 @@ def prune(cfg: PruneConfig) -> StageResult | PrunePreview:
         raise UserError(f"{cfg.src} merges tokens: head importance would be scored on merged tokens",
                         "prune the artifact it was merged from, then merge the pruned one")
     cfg.finetune_epochs, derived = derive_recovery(cfg.train, cfg.finetune_epochs, meta)
-    if cfg.finetune_epochs:
-        cfg.train.epochs = cfg.finetune_epochs
-        cfg.train.validate()
+    apply_recovery_epochs(cfg)
     with process_group(cfg.device) as ctx:  # under torchrun: one plan (rank 0's), recovery with DDP
         if derived and ctx.is_main and not cfg.train.quiet and not cfg.dry_run:
             print(derived, flush=True)

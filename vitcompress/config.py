@@ -266,6 +266,12 @@ def validate_recovery(cfg: PruneConfig | MergeConfig, stage: str) -> None:
     cfg.src = absolute_path(cfg.src)
     require(not cfg.train.time_budget, f"{stage}'s recovery runs in epochs, not to a time budget",
             "pass --finetune-epochs N (train.time_budget=0)")
+    apply_recovery_epochs(cfg)
+
+
+def apply_recovery_epochs(cfg: PruneConfig | MergeConfig) -> None:
+    """The recovery's length is ``--finetune-epochs``: put it in the training config and check that config (again
+    after prune derives what was left unset)."""
     if cfg.finetune_epochs:
         cfg.train.epochs = cfg.finetune_epochs
         cfg.train.validate()

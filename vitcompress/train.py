@@ -323,7 +323,8 @@ class Trainer:
                     loss = self.criterion(logits.float(), targets)
                     if self.distill is not None:
                         loss = self.distill(x, distill_logits.float(), loss)
-                    logits = (logits + distill_logits) / 2  # what the model predicts in eval (one head: itself)
+                    if distill_logits is not logits:  # two heads: the model predicts their mean in eval
+                        logits = (logits + distill_logits) / 2
                 self.scaler.scale(loss / cfg.accum_steps).backward()
             if last_micro:
                 if cfg.clip_grad > 0:
