@@ -4,12 +4,15 @@ Trains the converged reference once (timm's ViT, depth 3, width 96, 4 heads, 32 
 from scratch: the 73 % model of docs/results.md) unless ``--base`` names one, then prunes it with ``--heads 0.5``
 (and ``--heads 0.5 --mlp 0.25``) for each criterion and recovery method:
 
-  - ``derived``:   no option but ``--recover-until`` (the recovery LR, batch and epoch cap read from the base),
-  - ``layers``:    the same plus hidden-state distillation (``--kd-layers 1``),
-  - ``iterative``: the same, pruned in two steps (``--iterative 2``),
+  - ``derived``:   no option but ``--recover-until`` (the recovery LR, batch and epoch cap read from the base;
+                   the least-squares refit of ``--reconstruct`` is on by default),
+  - ``no-refit``:  the same without the refit (``--no-reconstruct``),
+  - ``layers``:    the same as ``derived`` plus hidden-state distillation (``--kd-layers 1``),
+  - ``iterative``: the same as ``derived``, pruned in two steps (``--iterative 2``),
 
 and records, for each run, test top-1 before, after the surgery and after recovery, the epochs the recovery took
-against its cap, and validation top-1 after every recovery epoch.
+against its cap, and validation top-1 after every recovery epoch. Runs already in the record (same shape, criterion
+and method) are kept, so the grid can be run in parts.
 
 Usage:  python benchmarks/prune_recovery.py [--data PATH] [--base ARTIFACT] [--recover-until 1.0]
         [--criteria taylor,l1] [--methods derived,layers,iterative]
@@ -37,7 +40,8 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
 BASE_MODEL = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "4", "--model-kwargs",
               "depth=3,embed_dim=96,num_heads=4", "--drop-path", "0", "--lr", "2e-3", "--batch-size", "128",
               "--warmup-epochs", "2", "--amp", "none"]
-METHODS = {"derived": [], "layers": ["--kd-layers", "1.0"], "iterative": ["--iterative", "2"]}
+METHODS = {"derived": [], "no-refit": ["--no-reconstruct"], "layers": ["--kd-layers", "1.0"],
+           "iterative": ["--iterative", "2"]}
 SHAPES = {"h0.5": ["--heads", "0.5"], "h0.5-m0.25": ["--heads", "0.5", "--mlp", "0.25"]}
 
 
@@ -72,13 +76,17 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     base = Path(args.base) if args.base else work / "base"
-    commands = {}
+    commands: dict = {}
     if not (base / "vitcompress.json").is_file():
         cmd = ["finetune", *BASE_MODEL, "--data", f"folder:{args.data}", "--epochs", str(args.base_epochs),
                "--out", str(base), "--quiet"]
-        commands["base"] = {"command": "vitcompress " + " ".join(cmd), "seconds": run(cmd)}
+        commands = {"command": "vitcompress " + " ".join(cmd), "seconds": run(cmd)}
     base_meta = json.loads((base / "vitcompress.json").read_text())
-    records = []
+    out = HERE / "results" / "prune_recovery_cpu.json"
+    earlier = json.loads(out.read_text()) if out.is_file() else {}
+    if earlier.get("base", {}).get("path") != str(base):
+        earlier = {}
+    records: list[dict] = []
     for shape in args.shapes.split(","):
         for criterion in args.criteria.split(","):
             for method in args.methods.split(","):
@@ -91,14 +99,17 @@ def main() -> None:
                                 "command": "vitcompress " + " ".join(cmd), "recovery": pruning["recovery"],
                                 "val_top1_per_epoch": val_curve(out),
                                 **{k: pruning[k] for k in ("top1_before", "top1_after_surgery", "top1_after_recovery")}})
+    done = {(r["shape"], r["criterion"], r["method"]) for r in records}
+    records = [r for r in earlier.get("runs", []) if (r["shape"], r["criterion"], r["method"]) not in done] + records
+    commands = commands or {k: v for k, v in earlier.get("base", {}).items() if k in ("command", "seconds")}
     record = {"benchmark": "prune_recovery", "date": time.strftime("%Y-%m-%d"),
               "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "hardware": {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(),
                            "cpu_count": os.cpu_count()},
               "base": {"path": str(base), "top1": base_meta["metrics"]["top1"],
-                       "epochs": base_meta["metrics"].get("epochs_run"), **commands.get("base", {})},
+                       "epochs": base_meta["metrics"].get("epochs_run"), "train": base_meta["recipe"].get("train"),
+                       **commands},
               "runs": records}
-    out = HERE / "results" / "prune_recovery_cpu.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
     base_top1 = base_meta["metrics"]["top1"]
     print(tabulate([(r["shape"], r["criterion"], r["method"], f"{100 * r['top1_after_recovery']:.2f}",

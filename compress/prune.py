@@ -20,6 +20,7 @@ from vitcompress.artifact import ArtifactMeta, library_versions, load_model, now
 from vitcompress.augment import BatchTransform
 from vitcompress.compress.importance import CRITERIA
 from vitcompress.compress.plan import PrunePlan, choose_per_stage
+from vitcompress.compress.reconstruct import reconstruct
 from vitcompress.compress.recovery import (
     derive_recovery,
     fine_tune_in_place,
@@ -60,6 +61,7 @@ class PruneStep:
     ratio_mlp: float
     removed_heads: list[list[int]]
     removed_mlp: int
+    reconstruction_error: dict[str, float] | None = None
     top1_after_surgery: float | None = None
     top1_after_recovery: float | None = None
 
@@ -133,6 +135,7 @@ def _prune(cfg: PruneConfig, ctx: DistContext) -> StageResult | PrunePreview:
 def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, data: DataSplits,
                        transform: BatchTransform, ctx: DistContext, out: Path, staging: Path) -> StageResult:
     teacher = make_teacher(model, cfg.kd, cfg.finetune_epochs)  # the unpruned model, in both paths
+    reference = (teacher or copy.deepcopy(model).eval()) if cfg.reconstruct else None
     heads0, mlp0 = heads_per_block(model), mlp_widths(model)
     alive = _Alive(heads0)
     epochs = _epochs_per_step(cfg.finetune_epochs, cfg.iterative)
@@ -155,7 +158,8 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
     for k in range(first, cfg.iterative + 1):
         resuming = cfg.resume and k == first
         if not resuming:
-            steps.append(_prune_step(cfg, model, data, transform, ctx, heads0, mlp0, alive, k, meta.img_size))
+            steps.append(_prune_step(cfg, model, reference, data, transform, ctx, heads0, mlp0, alive, k,
+                                     meta.img_size))
             # the last evaluation is the artifact's test report
             test = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring pruned"))
             steps[-1].top1_after_surgery = test["top1"]
@@ -226,14 +230,24 @@ def _save_progress(path: Path, step: int, steps: list[PruneStep], alive: _Alive,
         tmp.write_text(json.dumps(progress))
 
 
-def _prune_step(cfg: PruneConfig, model: nn.Module, data: DataSplits, transform: BatchTransform, ctx: DistContext,
-                heads0: list[int], mlp0: list[int], alive: _Alive, k: int, img_size: int) -> PruneStep:
-    """Score, choose and cut towards ``k / iterative`` of the final ratios."""
+def _prune_step(cfg: PruneConfig, model: nn.Module, reference: nn.Module | None, data: DataSplits,
+                transform: BatchTransform, ctx: DistContext, heads0: list[int], mlp0: list[int], alive: _Alive, k: int,
+                img_size: int) -> PruneStep:
+    """Score, choose and cut towards ``k / iterative`` of the final ratios; then, with a ``reference`` (the unpruned
+    model), refit the output projections to it (``reconstruct.py``)."""
     ratio_heads, ratio_mlp = cfg.heads * k / cfg.iterative, cfg.mlp * k / cfg.iterative
-    plan = _plan(cfg, model, data, transform, ctx, heads0, mlp0, ratio_heads, ratio_mlp, seed=cfg.train.seed + k)
+    needs_data = CRITERIA[cfg.criterion]().needs_data or reference is not None
+    batches = _score_batches(cfg, data, transform, ctx) if needs_data else []
+    plan = _plan(cfg, model, batches, ctx, heads0, mlp0, ratio_heads, ratio_mlp, seed=cfg.train.seed + k)
     removed = alive.remove(plan.heads)
     apply_plan(model, plan, img_size)
-    return PruneStep(ratio_heads, ratio_mlp, removed, sum(len(m) for m in plan.mlp))
+    step = PruneStep(ratio_heads, ratio_mlp, removed, sum(len(m) for m in plan.mlp))
+    if reference is not None:
+        errors = reconstruct(model, reference, [images for images, _ in batches], mlp=cfg.mlp > 0)
+        ctx.broadcast_state(model)  # every rank keeps rank 0's fit (the solves can round apart across GPUs)
+        step.reconstruction_error = {"before": sum(e[0] for e in errors) / len(errors),
+                                     "after": sum(e[1] for e in errors) / len(errors)}
+    return step
 
 
 def apply_plan(model: nn.Module, plan: PrunePlan, img_size: int) -> None:
@@ -247,12 +261,10 @@ def apply_plan(model: nn.Module, plan: PrunePlan, img_size: int) -> None:
             remove_mlp_channels(graph, block.mlp.fc1, drop)
 
 
-def _plan(cfg: PruneConfig, model: nn.Module, data: DataSplits | None, transform: BatchTransform | None,
-          ctx: DistContext, heads0: list[int], mlp0: list[int], ratio_heads: float, ratio_mlp: float,
-          seed: int) -> PrunePlan:
+def _plan(cfg: PruneConfig, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], ctx: DistContext,
+          heads0: list[int], mlp0: list[int], ratio_heads: float, ratio_mlp: float, seed: int) -> PrunePlan:
     criterion = CRITERIA[cfg.criterion]()
-    batches = _score_batches(cfg, data, transform, ctx) if criterion.needs_data else []
-    scores = score_blocks(model, criterion, batches, seed=seed, mlp=cfg.mlp > 0)
+    scores = score_blocks(model, criterion, batches if criterion.needs_data else [], seed=seed, mlp=cfg.mlp > 0)
     stages = [len(stage) for stage in block_stages(model)]
     heads = choose_per_stage(scores.heads, heads0, ratio_heads, cfg.ranking, "heads", stages)
     mlp = (choose_per_stage(scores.mlp, mlp0, ratio_mlp, cfg.ranking, "MLP channels", stages) if cfg.mlp
@@ -286,7 +298,8 @@ def _preview(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, ctx: DistCo
     transform = BatchTransform(meta.img_size, meta.mean, meta.std) if needs_data else None
     heads0, mlp0 = heads_per_block(model), mlp_widths(model)
     params0, macs0 = count_params(model), count_macs(model, meta.img_size)
-    plan = _plan(cfg, model, data, transform, ctx, heads0, mlp0, cfg.heads, cfg.mlp, seed=cfg.train.seed + cfg.iterative)
+    batches = _score_batches(cfg, data, transform, ctx) if needs_data else []
+    plan = _plan(cfg, model, batches, ctx, heads0, mlp0, cfg.heads, cfg.mlp, seed=cfg.train.seed + cfg.iterative)
     apply_plan(model, plan, meta.img_size)
     return PrunePreview(meta.model_name, heads0, heads_per_block(model), plan.heads, mlp0, mlp_widths(model),
                         params0, count_params(model), macs0, count_macs(model, meta.img_size), cfg.criterion)

@@ -8,10 +8,10 @@ key's score (*proportional attention*), so a merged token counts as the patches 
 distillation tokens (timm's prefix tokens) are never merged.
 
 ToMe merges with ``scatter_reduce(mean)``, which neither exporter handles (ToMe #10, PyTorch #101535). Here the
-merge is a sum-scatter (``scatter_add``: ONNX ``ScatterElements`` with ``reduction="add"``) of size-weighted tokens,
-then a divide by the summed sizes; the matching is ``ArgMax`` and ``TopK``, and tokens are picked by one ``Gather``
-on the flattened batch: standard ONNX ops that ONNX Runtime and OpenVINO run. With a fixed image size every token
-count is fixed, so the batch stays dynamic.
+matching (``ArgMax``, ``TopK``) gives each token the index of the token it becomes, and the merge is one ``MatMul``
+by the size-weighted one-hot matrix of those indices: standard ONNX ops that ONNX Runtime, OpenVINO and TensorRT
+run, and one dense product instead of a copy of the tokens per gather and scatter. With a fixed image size every
+token count is fixed, so the batch stays dynamic.
 
 Merging needs no weights: :class:`MergingBlocks` takes the place of the model's ``blocks`` with the same children
 (the state dict's names do not change), and an artifact records only the schedule.
@@ -63,47 +63,42 @@ def tokens_per_block(per_block: list[int], patch_tokens: int, prefix_tokens: int
     return out
 
 
-def bipartite_merge(metric: Tensor, r: int) -> Callable[[Tensor], Tensor]:
-    """ToMe's bipartite soft matching on ``metric`` (``[B, T, C]``, patch tokens only): a function that merges the
-    ``r`` best-matched tokens of set A (even positions) into their partners in B (odd positions) by summing."""
-    tokens = int(metric.shape[1])  # fixed for a model (its image size); a constant in the exported graph
+def merge_assignment(metric: Tensor, r: int, prefix: int) -> Tensor:
+    """ToMe's bipartite soft matching on ``metric`` (``[B, T, C]``): for each token, the index of the token it
+    becomes (``[B, T]``, into ``T - r`` tokens). The patch tokens are split into set A (even positions) and B (odd);
+    the ``r`` A tokens best matched to a B token go into their partner, the other A tokens keep their place in the
+    order of their best match (as ToMe's), the B tokens follow them, and the ``prefix`` tokens stay first."""
+    tokens = int(metric.shape[1]) - prefix  # patch tokens, fixed for a model (its image size): constants in a graph
     even = torch.arange(0, tokens, 2, device=metric.device)
     odd = torch.arange(1, tokens, 2, device=metric.device)
+    metric = metric[:, prefix:]
     metric = metric / metric.norm(dim=-1, keepdim=True)
     a, b = metric.index_select(1, even), metric.index_select(1, odd)
     best_score, best_partner = (a @ b.transpose(-1, -2)).max(dim=-1)
-    order = best_score.argsort(dim=-1, descending=True)  # TopK over all of A in ONNX
-    merged, kept = order[:, :r], order[:, r:]
-    partner = best_partner.gather(1, merged)
-
-    def merge(x: Tensor) -> Tensor:
-        src, dst = x.index_select(1, even), x.index_select(1, odd)
-        moving = _rows(src, merged)
-        dst = dst.scatter_add(1, partner.unsqueeze(-1).repeat(1, 1, int(x.shape[-1])), moving)
-        return torch.cat([_rows(src, kept), dst], dim=1)
-
-    return merge
-
-
-def _rows(x: Tensor, index: Tensor) -> Tensor:
-    """``x[i, index[i]]`` for each batch row ``i`` (``[B, T, C]``, ``[B, K]`` -> ``[B, K, C]``), as one ``Gather`` on
-    the flattened batch: ONNX's ``GatherElements`` with an index expanded over channels ran as OpenVINO's reference
-    kernel, and A/B by strided slices likewise, which made a merged model slower than the unmerged one there.
-    Token and channel counts are taken as constants and only the batch stays dynamic (``-1``): shape arithmetic
-    traced from ``x.shape`` added hundreds of small ops, which cost ONNX Runtime a tenth of a merged model's time at
-    batch 1."""
-    tokens, channels, picked = int(x.shape[1]), int(x.shape[2]), int(index.shape[1])
-    first_rows = torch.arange(0, x.shape[0] * tokens, tokens, device=x.device).unsqueeze(1)  # each row's offset
-    flat = (index + first_rows).reshape(-1)
-    return x.reshape(-1, channels).index_select(0, flat).reshape(-1, picked, channels)
+    rank = best_score.argsort(dim=-1, descending=True).argsort(dim=-1)  # each A token's place in the match order
+    kept_a = len(even) - r
+    to_a = torch.where(rank < r, best_partner + kept_a, rank - r)  # merged: into B; kept: its place among A's kept
+    batch = torch.zeros_like(best_partner[:, :1])  # [B, 1]: added to make an index per image (the batch stays dynamic)
+    to_b = torch.arange(len(odd), device=metric.device) + kept_a + batch
+    position = torch.arange(tokens, device=metric.device)  # back to token order: A and B alternate
+    interleave = torch.where(position % 2 == 0, position // 2, len(even) + position // 2)
+    patches = torch.cat([to_a, to_b], dim=1).index_select(1, interleave) + prefix
+    first = torch.arange(prefix, device=metric.device) + batch
+    return torch.cat([first, patches], dim=1)
 
 
 def merge_tokens(x: Tensor, size: Tensor, metric: Tensor, r: int, prefix: int) -> tuple[Tensor, Tensor]:
-    """Merge ``r`` patch tokens of ``x`` (sizes ``size``, ``[B, T, 1]``) by ``metric``; prefix tokens stay first."""
-    merge = bipartite_merge(metric[:, prefix:], r)
-    patches = merge(x[:, prefix:] * size[:, prefix:])
-    sizes = merge(size[:, prefix:])
-    return torch.cat([x[:, :prefix], patches / sizes], dim=1), torch.cat([size[:, :prefix], sizes], dim=1)
+    """Merge ``r`` patch tokens of ``x`` (sizes ``size``, ``[B, T, 1]``) by ``metric``; prefix tokens stay first.
+
+    The merge is one matrix product: row ``i`` of ``weights`` (``[B, T - r, T]``) holds each input token's share of
+    output token ``i`` (its size over the summed sizes of the tokens going there). One ``MatMul`` then moves, sums
+    and averages every token at once, where gathers, a sum-scatter, a concatenation and a divide each copied the
+    token tensor (about 8 copies a block, as much time as the merge saved in ONNX Runtime)."""
+    into = merge_assignment(metric, r, prefix)
+    outputs = torch.arange(int(x.shape[1]) - r, device=x.device)
+    weights = (into.unsqueeze(1) == outputs.view(1, -1, 1)).to(x.dtype) * size.transpose(1, 2)  # [B, T - r, T]
+    sizes = weights.sum(dim=-1, keepdim=True)
+    return (weights / sizes) @ x, sizes
 
 
 def attention(attn: nn.Module, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:

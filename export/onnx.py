@@ -129,9 +129,7 @@ def describe_graph(proto: onnx.ModelProto) -> dict[str, Any]:
             "nodes": len(proto.graph.node), "ops": dict(ops.most_common()), "int8_initializers": int8_initializers}
 
 
-# Kept in FP32 by the FP16 conversion: Q/DQ pairs, and token merging's sum-scatter (ONNX Runtime's CPU provider has
-# no FP16 ScatterElements with reduction "add"; the summed token sizes are counts, exact in FP32)
-FP32_OPS = (*QDQ_OPS, "ScatterElements")
+FP32_OPS = QDQ_OPS  # kept in FP32 by the FP16 conversion
 
 
 def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -56,6 +56,41 @@ def test_a_merge_keeps_the_size_weighted_sum_and_the_prefix_tokens() -> None:
     assert torch.equal(sizes.sum(1), size.sum(1)) and sizes.max() >= 2
 
 
+def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int,
+               prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ToMe's own merge (facebookresearch/ToMe, ``bipartite_soft_matching`` and ``merge_wavg``), with its
+    ``scatter_reduce``, written from the paper's code as the reference."""
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    a, b = metric[:, prefix::2], metric[:, prefix + 1::2]
+    node_max, node_idx = (a @ b.transpose(-1, -2)).max(dim=-1)
+    edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
+    unm_idx, src_idx = edge_idx[:, r:], edge_idx[:, :r]
+    dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)
+
+    def merge(t: torch.Tensor) -> torch.Tensor:
+        src, dst = t[:, prefix::2], t[:, prefix + 1::2]
+        n, _, c = src.shape
+        unm = src.gather(dim=-2, index=unm_idx.expand(n, -1, c))
+        src = src.gather(dim=-2, index=src_idx.expand(n, r, c))
+        dst = dst.scatter_reduce(-2, dst_idx.expand(n, r, c), src, reduce="sum")
+        return torch.cat([t[:, :prefix], unm, dst], dim=1)
+
+    summed, sizes = merge(x * size), merge(size)
+    return summed / sizes, sizes
+
+
+@pytest.mark.parametrize("patches, r, prefix", [(20, 6, 1), (21, 10, 2), (196, 16, 1)])
+def test_the_merge_is_tomes(patches: int, r: int, prefix: int) -> None:
+    """The one-MatMul merge gives what ToMe's gather/scatter_reduce merge gives, token for token, sizes too."""
+    torch.manual_seed(0)
+    x, metric = torch.randn(3, prefix + patches, 8), torch.randn(3, prefix + patches, 5)
+    size = torch.randint(1, 4, (3, prefix + patches, 1)).float()
+    expected, expected_sizes = tome_merge(x, size, metric, r, prefix)
+    merged, sizes = merge_tokens(x, size, metric, r, prefix)
+    torch.testing.assert_close(merged, expected, atol=1e-6, rtol=1e-6)
+    assert torch.equal(sizes, expected_sizes)
+
+
 def test_no_merging_is_the_unmerged_model_and_merging_follows_the_schedule() -> None:
     torch.manual_seed(0)
     kwargs = {"num_classes": 10, "img_size": 32, "patch_size": 4, "depth": 3, "embed_dim": 32, "num_heads": 2}
@@ -65,12 +100,21 @@ def test_no_merging_is_the_unmerged_model_and_merging_follows_the_schedule() -> 
         expected, unmerged_macs = model(x), count_macs(model, 32)  # timm's fused attention
         apply_merging(model, {"per_block": [0, 0, 0]})
         assert torch.allclose(model(x), expected, atol=1e-6)
-        apply_merging(model, {"per_block": [1, 1, 1], "prop_attn": True})
-        assert count_macs(model, 32) < unmerged_macs  # attention counted in both, as it runs
         apply_merging(model, {"per_block": [10, 8, 4], "prop_attn": True})
         tokens = model.forward_features(x)
         assert tokens.shape[1] == prefix + 64 - 22
         assert model(x).shape == (2, 10) and torch.isfinite(model(x)).all()
+
+
+def test_merging_saves_more_multiply_adds_than_its_matrix_product_costs() -> None:
+    """The merge's MatMul (tokens out x tokens in x width) is counted with the rest: at a real width (192) merging
+    8 tokens a block saves more than it costs (at width 32 it would not: the product's cost is quadratic in tokens,
+    a block's per-token cost quadratic in width)."""
+    kwargs = {"num_classes": 10, "img_size": 32, "patch_size": 4, "depth": 3, "embed_dim": 192, "num_heads": 3}
+    model = create_model("vit_tiny_patch16_224", kwargs).eval()
+    unmerged_macs = count_macs(model, 32)
+    apply_merging(model, {"per_block": [8, 8, 8], "prop_attn": True})
+    assert count_macs(model, 32) < 0.9 * unmerged_macs  # attention counted in both, as it runs
 
 
 def test_merge_writes_an_artifact_that_rebuilds_and_keeps_accuracy(merged_artifact: Path, shapes_artifact: Path,
@@ -108,7 +152,8 @@ def test_a_merged_model_exports_to_onnx_and_matches_pytorch(tmp_path: Path, merg
     result = do_export(merged_artifact, tmp_path / target, target=target)
     assert result.manifest["verify"]["onnxruntime"]["passed"]
     ops = result.manifest["graph"]["ops"]
-    assert ops["ScatterElements"] == 2 * 2 and "Attention" not in ops  # tokens and sizes, per block; no fused kernel
+    assert "Attention" not in ops and not {"ScatterElements", "ScatterND"} & set(ops)  # no fused kernel; no scatter
+    assert ops["TopK"] == 2 * 2  # the match order and its inverse, per block (the merge is a MatMul)
     x = images(pixels=False)
     from vitcompress.export.onnx_runtime import ort_runner, ort_session
 
@@ -133,7 +178,7 @@ def test_merging_and_int8_stack_in_both_orders_and_export(tmp_path: Path, merged
             assert result.manifest["verify"][runtime]["top1_agreement"] >= INT8_MIN_AGREEMENT
     onnx_file = do_export(merged_int8, tmp_path / "std", target="standard").path / "model.onnx"
     ops = {n.op_type for n in onnx.load(str(onnx_file)).graph.node}
-    assert {"QuantizeLinear", "ScatterElements"} <= ops and "ScatterND" not in ops
+    assert {"QuantizeLinear", "TopK"} <= ops and not {"ScatterElements", "ScatterND"} & ops
 
 
 def test_the_pipeline_merges_the_pruned_model_and_quantizes_it() -> None:

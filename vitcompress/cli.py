@@ -97,7 +97,9 @@ HELP = {
     "kd_alpha": "weight of the distillation loss ((1 - alpha) for the labels)",
     "kd_layers": "weight of hidden-state distillation: each block's output against the teacher's same block "
                  "(MSE over the teacher's mean square; 0: logits only)",
-    "score_batches": "batches of training data for the data-driven criteria (taylor, attention)",
+    "reconstruct": "after the cut, refit each block's output projections (attention proj, and MLP fc2 with --mlp) "
+                   "by least squares to the unpruned model's outputs on --score-batches batches: no training",
+    "score_batches": "batches of training data for the data-driven criteria (taylor, attention) and --reconstruct",
     "dry_run": "print which heads would go and the params/MACs left; write nothing",
     "r": "tokens merged in each block (ToMe's r; pass --r or --keep)",
     "keep": "share of patch tokens left after the last block, in (0, 1), turned into an r per block (0: use --r)",

@@ -290,6 +290,7 @@ class PruneConfig:
     iterative: int = 1
     finetune_epochs: int | None = None
     recover_until: float = 0.0
+    reconstruct: bool = True
     score_batches: int = 4
     device: str = "auto"
     dry_run: bool = False
