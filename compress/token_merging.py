@@ -19,7 +19,6 @@ Merging needs no weights: :class:`MergingBlocks` takes the place of the model's 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch

@@ -97,7 +97,7 @@ def test_no_merging_is_the_unmerged_model_and_merging_follows_the_schedule() -> 
     for name, prefix in (("vit_tiny_patch16_224", 1), ("deit_tiny_distilled_patch16_224", 2)):
         model = create_model(name, kwargs).eval()
         x = torch.randn(2, 3, 32, 32)
-        expected, unmerged_macs = model(x), count_macs(model, 32)  # timm's fused attention
+        expected = model(x)  # timm's fused attention
         apply_merging(model, {"per_block": [0, 0, 0]})
         assert torch.allclose(model(x), expected, atol=1e-6)
         apply_merging(model, {"per_block": [10, 8, 4], "prop_attn": True})
