@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--criteria", default="taylor,l1")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--reuse", action="store_true", help="record runs whose artifact is already in --work")
     args = parser.parse_args()
     work = Path(args.work)
     base = Path(args.base) if args.base else work / "base"
@@ -82,8 +83,8 @@ def main() -> None:
                "--out", str(base), "--quiet"]
         commands = {"command": "vitcompress " + " ".join(cmd), "seconds": run(cmd)}
     base_meta = json.loads((base / "vitcompress.json").read_text())
-    out = HERE / "results" / "prune_recovery_cpu.json"
-    earlier = json.loads(out.read_text()) if out.is_file() else {}
+    record_path = HERE / "results" / "prune_recovery_cpu.json"
+    earlier = json.loads(record_path.read_text()) if record_path.is_file() else {}
     if earlier.get("base", {}).get("path") != str(base):
         earlier = {}
     records: list[dict] = []
@@ -93,7 +94,8 @@ def main() -> None:
                 out = work / f"{shape}-{criterion}-{method}"
                 cmd = ["prune", str(base), *SHAPES[shape], "--criterion", criterion, "--recover-until",
                        args.recover_until, *METHODS[method], "--out", str(out), "--force", "--quiet"]
-                seconds = run(cmd)
+                reused = args.reuse and (out / "vitcompress.json").is_file()
+                seconds = None if reused else run(cmd)  # a reused run's time is its log's
                 pruning = json.loads((out / "vitcompress.json").read_text())["metrics"]["pruning"]
                 records.append({"shape": shape, "criterion": criterion, "method": method, "seconds": seconds,
                                 "command": "vitcompress " + " ".join(cmd), "recovery": pruning["recovery"],
@@ -110,14 +112,14 @@ def main() -> None:
                        "epochs": base_meta["metrics"].get("epochs_run"), "train": base_meta["recipe"].get("train"),
                        **commands},
               "runs": records}
-    out.write_text(json.dumps(record, indent=1) + "\n")
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
     base_top1 = base_meta["metrics"]["top1"]
     print(tabulate([(r["shape"], r["criterion"], r["method"], f"{100 * r['top1_after_recovery']:.2f}",
                      f"{100 * (r['top1_after_recovery'] - base_top1):+.2f}",
                      f"{r['recovery']['epochs_run']}/{r['recovery']['epochs_cap']}", r["recovery"].get("reached"))
                     for r in records],
                    headers=("shape", "criterion", "method", "top-1 %", "vs base", "epochs", "within target")))
-    print(f"wrote {out}")
+    print(f"wrote {record_path}")
 
 
 if __name__ == "__main__":

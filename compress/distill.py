@@ -36,6 +36,12 @@ class BlockOutputs:
         taken, self.outputs = self.outputs, []
         return taken
 
+    def remove(self) -> None:
+        """Take the hooks off the blocks (left on, they would keep every later forward's outputs)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks, self.outputs = [], []
+
 
 def hidden_state_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
     """Mean over blocks of MSE(student, teacher) / mean square of teacher: 0 when the blocks agree."""
@@ -69,6 +75,13 @@ class DistillationLoss(nn.Module):
 
     def train(self, mode: bool = True) -> DistillationLoss:  # the teacher always stays in eval mode
         return self
+
+    def close(self) -> None:
+        """Take the hidden-state hooks off the student and the teacher, once training with this loss is over: the
+        same teacher teaches again in the next ``--iterative`` step, and the student goes on to other stages."""
+        for recorder in (self.student_blocks, self.teacher_blocks):
+            if recorder is not None:
+                recorder.remove()
 
     def forward(self, inputs: torch.Tensor, student_logits: torch.Tensor, task_loss: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -70,11 +70,16 @@ def _finetune(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> StageResu
 
 def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, data: DataSplits,
                        transform: BatchTransform, kwargs: dict[str, Any], out: Path, staging: Path) -> StageResult:
-    trainer = Trainer(model, data, cfg.train, transform, ctx, staging, distill=_distillation(cfg, model, data, transform))
-    if cfg.resume:
-        trainer.load_checkpoint()
-    started = time.time()
-    fit = trainer.fit()
+    distill = _distillation(cfg, model, data, transform)
+    trainer = Trainer(model, data, cfg.train, transform, ctx, staging, distill=distill)
+    try:
+        if cfg.resume:
+            trainer.load_checkpoint()
+        started = time.time()
+        fit = trainer.fit()
+    finally:
+        if distill is not None:
+            distill.close()
     final = trainer.eval_model()
     if (staging / BEST_WEIGHTS_FILE).is_file():
         ctx.barrier()

@@ -74,9 +74,13 @@ def fine_tune_in_place(model: nn.Module, teacher: nn.Module | None, kd: DistillO
     distill = (DistillationLoss(teacher, kd.distill, kd.kd_temperature, kd.kd_alpha, kd.kd_layers, student=model)
                if teacher is not None else None)
     trainer = Trainer(model, data, train, transform, ctx, workdir, distill=distill, stop_at_val_top1=stop_at_val_top1)
-    if resume:
-        trainer.load_checkpoint()
-    fit = trainer.fit()
+    try:
+        if resume:
+            trainer.load_checkpoint()
+        fit = trainer.fit()
+    finally:
+        if distill is not None:
+            distill.close()
     best = workdir / BEST_WEIGHTS_FILE
     if best.is_file():
         model.load_state_dict(load_file(str(best), device=str(ctx.device)))
