@@ -4,18 +4,22 @@ Trains the converged reference once (timm's ViT, depth 3, width 96, 4 heads, 32 
 from scratch: the 73 % model of docs/results.md) unless ``--base`` names one, then prunes it with ``--heads 0.5``
 (and ``--heads 0.5 --mlp 0.25``) for each criterion and recovery method:
 
-  - ``derived``:   no option but ``--recover-until`` (the recovery LR, batch and epoch cap read from the base;
-                   the least-squares refit of ``--reconstruct`` is on by default),
-  - ``no-refit``:  the same without the refit (``--no-reconstruct``),
-  - ``layers``:    the same as ``derived`` plus hidden-state distillation (``--kd-layers 1``),
-  - ``iterative``: the same as ``derived``, pruned in two steps (``--iterative 2``),
+  - ``derived``:     no option but ``--recover-until``: the recovery LR, batch and epoch cap read from the base, and
+                     prune's defaults (``--criterion taylor``, the least-squares refit, ``--kd-layers 1``),
+  - ``logits-only``: the same with logits-only distillation (``--kd-layers 0``),
+  - ``plain``:       neither the refit nor hidden-state distillation (``--no-reconstruct --kd-layers 0``),
+  - ``iterative``:   the defaults, pruned in two steps (``--iterative 2``),
+  - ``layers-3``:    the defaults with hidden-state distillation weighted 3 (``--kd-layers 3``),
+  - ``lr-2x``:       logits only at the base's peak LR (``--lr 2e-3``) instead of half of it,
+  - ``batch-64``, ``batch-32``: the defaults with twice / four times the steps (``--batch-size 64 --lr 1e-3`` and
+                     ``--batch-size 32 --lr 1e-3``),
 
 and records, for each run, test top-1 before, after the surgery and after recovery, the epochs the recovery took
 against its cap, and validation top-1 after every recovery epoch. Runs already in the record (same shape, criterion
 and method) are kept, so the grid can be run in parts.
 
 Usage:  python benchmarks/prune_recovery.py [--data PATH] [--base ARTIFACT] [--recover-until 1.0]
-        [--criteria taylor,l1] [--methods derived,layers,iterative]
+        [--criteria taylor,l1] [--methods derived,logits-only,plain] [--shapes h0.5,h0.5-m0.25] [--reuse]
 Writes: benchmarks/results/prune_recovery_cpu.json (hardware and every command inside).
 """
 
@@ -40,8 +44,10 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
 BASE_MODEL = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "4", "--model-kwargs",
               "depth=3,embed_dim=96,num_heads=4", "--drop-path", "0", "--lr", "2e-3", "--batch-size", "128",
               "--warmup-epochs", "2", "--amp", "none"]
-METHODS = {"derived": [], "no-refit": ["--no-reconstruct"], "layers": ["--kd-layers", "1.0"],
-           "iterative": ["--iterative", "2"]}
+METHODS = {"derived": [], "logits-only": ["--kd-layers", "0"], "plain": ["--no-reconstruct", "--kd-layers", "0"],
+           "iterative": ["--iterative", "2"], "lr-2x": ["--kd-layers", "0", "--lr", "2e-3"],
+           "layers-3": ["--kd-layers", "3"], "batch-64": ["--batch-size", "64", "--lr", "1e-3"],
+           "batch-32": ["--batch-size", "32", "--lr", "1e-3"]}
 SHAPES = {"h0.5": ["--heads", "0.5"], "h0.5-m0.25": ["--heads", "0.5", "--mlp", "0.25"]}
 
 
@@ -70,8 +76,8 @@ def main() -> None:
     parser.add_argument("--base-epochs", type=int, default=30)
     parser.add_argument("--work", default="runs/prune-recovery")
     parser.add_argument("--recover-until", default="1.0")
-    parser.add_argument("--criteria", default="taylor,l1")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--criteria", default="taylor")
+    parser.add_argument("--methods", default="derived,logits-only,plain")
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--reuse", action="store_true", help="record runs whose artifact is already in --work")
     args = parser.parse_args()

@@ -92,7 +92,7 @@ def merge_tokens(x: Tensor, size: Tensor, metric: Tensor, r: int, prefix: int) -
     The merge is one matrix product: row ``i`` of ``weights`` (``[B, T - r, T]``) holds each input token's share of
     output token ``i`` (its size over the summed sizes of the tokens going there). One ``MatMul`` then moves, sums
     and averages every token at once, where gathers, a sum-scatter, a concatenation and a divide each copied the
-    token tensor (about 8 copies a block, as much time as the merge saved in ONNX Runtime)."""
+    token tensor (OpenVINO ran the product faster; ONNX Runtime about as fast: docs/results.md, run 4)."""
     into = merge_assignment(metric, r, prefix)
     outputs = torch.arange(int(x.shape[1]) - r, device=x.device)
     weights = (into.unsqueeze(1) == outputs.view(1, -1, 1)).to(x.dtype) * size.transpose(1, 2)  # [B, T - r, T]

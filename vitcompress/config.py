@@ -285,7 +285,7 @@ class PruneConfig:
     out: str = ""
     heads: float = 0.0
     mlp: float = 0.0
-    criterion: str = "l1"
+    criterion: str = "taylor"  # kept 7-13 points more than l1 right after the cut, and more after recovery (results.md)
     ranking: str = "uniform"
     iterative: int = 1
     finetune_epochs: int | None = None
@@ -296,7 +296,8 @@ class PruneConfig:
     dry_run: bool = False
     force: bool = False
     resume: bool = False
-    kd: DistillOptions = field(default_factory=DistillOptions)
+    # hidden-state distillation on: the pruned blocks against the same unpruned blocks (docs/pruning.md, measured)
+    kd: DistillOptions = field(default_factory=lambda: DistillOptions(kd_layers=1.0))
     source: SourceData = field(default_factory=SourceData)
     train: TrainConfig = field(default_factory=prune_train_config)
 
