@@ -38,7 +38,7 @@ def duplicate_head(attn: torch.nn.Module, source: int, copy_to: int) -> None:
             attn.qkv.bias[rows_dst] = attn.qkv.bias[rows_src]
 
 
-def test_a_removed_duplicate_head_is_restored_exactly() -> None:
+def test_a_removed_duplicate_head_is_restored() -> None:
     """A head that duplicates a kept one is a linear function of it: the refit folds its proj columns into the
     kept head's, and the pruned model gives the unpruned model's logits again (up to the ridge's small pull
     towards the old weights: 1e-3 against the 5e-2 of the cut alone)."""
@@ -64,7 +64,7 @@ def test_refit_with_nothing_removed_changes_nothing() -> None:
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "beitv2_base_patch16_224"])
 def test_refit_brings_a_pruned_model_closer_to_its_parent(name: str) -> None:
     """Half the heads and a quarter of the MLP channels gone: the refit (on other images than those checked) cuts
-    the logits' error, and every layer's fit error, on BEiT's bias-free ``proj`` variants too."""
+    the logits' error, and every layer's fit error, on BEiT too (its heads keep separate q/v biases)."""
     model = scrambled(create_model(name, dict(KWARGS))).eval()
     reference = copy.deepcopy(model)
     apply_plan(model, PrunePlan(heads=[[0, 1], [2, 3]], mlp=[list(range(64)), list(range(64, 128))]), img_size=32)
@@ -85,3 +85,17 @@ def test_prune_records_the_refit_and_no_reconstruct_leaves_it_out(shapes_artifac
             assert step["reconstruction_error"]["after"] < step["reconstruction_error"]["before"]
         else:
             assert step["reconstruction_error"] is None
+
+
+def test_a_bias_free_projection_is_refitted_without_gaining_a_bias() -> None:
+    """A ``proj`` without a bias is fitted on its inputs alone (no column of ones) and stays bias-free."""
+    model = scrambled(create_model("vit_tiny_patch16_224", dict(KWARGS))).eval()
+    for block in model.blocks:
+        block.attn.proj.bias = None
+    reference = copy.deepcopy(model)
+    apply_plan(model, PrunePlan(heads=[[0, 1], [2, 3]], mlp=[[], []]), img_size=32)
+    cut = relative_error(model, reference)
+    errors = reconstruct(model, reference, [images(0, 32), images(1, 32)], mlp=False)
+    assert all(block.attn.proj.bias is None for block in model.blocks)
+    assert all(after < before for before, after in errors)
+    assert relative_error(model, reference) < 0.5 * cut
