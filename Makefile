@@ -17,7 +17,7 @@ $(BIN)/vitcompress: pyproject.toml
 setup: $(BIN)/vitcompress
 
 # The built-in pipeline (recipes/default.yaml): a small ViT on the generated `shapes` data (no network),
-# half its heads pruned, INT8 of both, ONNX exports, and the bench report of all four, side by side.
+# half its heads pruned, its tokens merged, INT8 of all three, ONNX and OpenVINO exports, one bench report of all.
 demo: setup
 	$(BIN)/vitcompress pipeline --out $(DEMO_OUT)
 

@@ -8,10 +8,12 @@ as ONNX Runtime's graph and as OpenVINO IR, timed in interleaved rounds with ``-
 on OpenVINO (its default arithmetic), each against the unmerged FP32 export on the same runtime.
 
 Sweep (``--artifact A --r 0,2,4,8``): ``merge A --r R`` for each R: test top-1 on the artifact's whole test split
-(the merge stage's own score), tokens left, and the latency of its ONNX export on ONNX Runtime at batch 1 and 32.
+(the merge stage's own score; with ``--recovery-epochs N`` also after N distilled recovery epochs), tokens left, and
+the latency of its ONNX export on ONNX Runtime at batch 1 and 32.
 
 Usage:  python benchmarks/merge_sweep.py --speed [--keep 0.4] [--rounds 12]
         python benchmarks/merge_sweep.py --artifact runs/cifar-fp32 --r 0,2,4,6,8 [--schedule decreasing]
+            [--recovery-epochs 1]
 Writes: benchmarks/results/merge_speed_cpu.json, benchmarks/results/merge_sweep_cpu.json (hardware and command inside).
 """
 
@@ -25,6 +27,7 @@ import shlex
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import onnxruntime
@@ -38,7 +41,7 @@ from vitcompress.compress.merge import merge, per_block_schedule
 from vitcompress.compress.qat import qat
 from vitcompress.compress.surgery import mlp_widths, reshape_to
 from vitcompress.compress.token_merging import describe, patch_tokens
-from vitcompress.config import ExportConfig, MergeConfig, QatConfig, TrainConfig
+from vitcompress.config import ExportConfig, MergeConfig, QatConfig, TrainConfig, recovery_train_config
 from vitcompress.errors import UserError
 from vitcompress.export.exporter import export
 from vitcompress.export.onnx import export_onnx
@@ -144,24 +147,34 @@ def sweep(args: argparse.Namespace) -> dict:
     rows, paths = [], {}
     for r in [int(v) for v in args.r.split(",")]:
         name = f"r{r}"
+        recovered = None
         if r:
             result = merge(MergeConfig(src=args.artifact, out=str(work / name), r=r, schedule=args.schedule, force=True,
                                        train=TrainConfig(epochs=0, quiet=True)))
             top1, merging = result.meta.metrics["top1"], result.meta.merging
+            if args.recovery_epochs:
+                tuned = merge(MergeConfig(src=args.artifact, out=str(work / f"{name}-ft{args.recovery_epochs}"), r=r,
+                                          schedule=args.schedule, force=True, finetune_epochs=args.recovery_epochs,
+                                          train=replace(recovery_train_config(), quiet=True)))
+                recovered = tuned.meta.metrics["merging"]["top1_after_recovery"]
         else:
             top1, merging = meta.metrics["top1"], None
         artifact = work / name if r else Path(args.artifact)
         export(ExportConfig(src=str(artifact), out=str(work / f"onnx-{name}"), verify_size=32, force=True, quiet=True))
         paths[name] = work / f"onnx-{name}" / "model.onnx"
-        rows.append({"r": r, "top1": top1, "tokens_last_block": merging["tokens_per_block"][-1] if merging else None,
+        rows.append({"r": r, "top1": top1, "top1_after_recovery": recovered,
+                     "tokens_last_block": merging["tokens_per_block"][-1] if merging else None,
                      "per_block": merging["per_block"] if merging else None})
     timing = time_variants(paths, args.threads, args.rounds, meta.img_size)
     for row in rows:
         row["latency_ms"] = timing[f"r{row['r']}"]["latency_ms"]
-    print(tabulate([(r["r"], f"{100 * r['top1']:.2f}", r["tokens_last_block"], r["latency_ms"]["1"], r["latency_ms"]["32"])
-                    for r in rows], headers=("r", "top-1 %", "tokens at last block", "ORT b1 ms", "ORT b32 ms")))
+    print(tabulate([(r["r"], f"{100 * r['top1']:.2f}",
+                     f"{100 * r['top1_after_recovery']:.2f}" if r["top1_after_recovery"] is not None else "",
+                     r["tokens_last_block"], r["latency_ms"]["1"], r["latency_ms"]["32"]) for r in rows],
+                   headers=("r", "top-1 %", f"after {args.recovery_epochs} epochs", "tokens at last block", "ORT b1 ms",
+                            "ORT b32 ms")))
     return {"artifact": args.artifact, "model": meta.model_name, "data": meta.data.get("spec"), "img_size": meta.img_size,
-            "schedule": args.schedule, "rows": rows}
+            "schedule": args.schedule, "recovery_epochs": args.recovery_epochs, "rows": rows}
 
 
 def main() -> None:
@@ -169,6 +182,8 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true", help="time the merged variants of vit_small at 224 px")
     parser.add_argument("--artifact", default="", help="sweep r on this artifact (accuracy on its test split)")
     parser.add_argument("--r", default="0,2,4,8", help="tokens merged per block, a comma list (0: unmerged)")
+    parser.add_argument("--recovery-epochs", type=int, default=0,
+                        help="sweep: also merge each r with this many distilled recovery epochs")
     parser.add_argument("--keep", type=float, default=0.4, help="--speed: share of patch tokens left at the last block")
     parser.add_argument("--schedule", default="constant", choices=("constant", "decreasing"))
     parser.add_argument("--threads", type=int, default=2)

@@ -47,7 +47,8 @@ BASE_MODEL = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-si
 METHODS = {"derived": [], "logits-only": ["--kd-layers", "0"], "plain": ["--no-reconstruct", "--kd-layers", "0"],
            "iterative": ["--iterative", "2"], "lr-2x": ["--kd-layers", "0", "--lr", "2e-3"],
            "layers-3": ["--kd-layers", "3"], "batch-64": ["--batch-size", "64", "--lr", "1e-3"],
-           "batch-32": ["--batch-size", "32", "--lr", "1e-3"]}
+           "batch-32": ["--batch-size", "32", "--lr", "1e-3"], "kd-only": ["--kd-alpha", "1.0"],
+           "ema": ["--ema", "--ema-decay", "0.998"], "temp-4": ["--kd-temperature", "4"]}
 SHAPES = {"h0.5": ["--heads", "0.5"], "h0.5-m0.25": ["--heads", "0.5", "--mlp", "0.25"]}
 
 

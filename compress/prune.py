@@ -243,7 +243,7 @@ def _prune_step(cfg: PruneConfig, model: nn.Module, reference: nn.Module | None,
     apply_plan(model, plan, img_size)
     step = PruneStep(ratio_heads, ratio_mlp, removed, sum(len(m) for m in plan.mlp))
     if reference is not None:
-        errors = reconstruct(model, reference, [images for images, _ in batches], mlp=cfg.mlp > 0)
+        errors = reconstruct(model, reference, [images for images, _ in batches])
         ctx.broadcast_state(model)  # every rank keeps rank 0's fit (the solves can round apart across GPUs)
         step.reconstruction_error = {"before": sum(e[0] for e in errors) / len(errors),
                                      "after": sum(e[1] for e in errors) / len(errors)}

@@ -61,17 +61,19 @@ def score_blocks(model: nn.Module, criterion: Criterion, batches: list[tuple[tor
     """Score the heads (and with ``mlp`` the MLP channels) of every block; ``batches`` are model-ready ``(x, labels)``."""
     blocks = blocks_of(model)
     activations = _unit_output_norms(model, blocks, batches, mlp) if criterion.needs_activations else None
+    fisher = _gate_fisher(model, blocks, batches, mlp) if criterion.needs_gate_fisher else None
     if criterion.needs_grads:
         _accumulate_grads(model, batches)
     grad_of: Getter = (lambda p: p.grad) if criterion.needs_grads else (lambda p: None)
     heads, channels = [], []
     for i, block in enumerate(blocks):
         act_h, act_m = (activations[0][i], activations[1][i]) if activations else (None, None)
+        fisher_h, fisher_m = (fisher[0][i], fisher[1][i]) if fisher else (None, None)
         heads.append(criterion.score(UnitStats(head_rows(block.attn, lambda p: p), head_rows(block.attn, grad_of),
-                                               act_h, seed=seed + i)))
+                                               act_h, fisher_h, seed=seed + i)))
         if mlp:
             channels.append(criterion.score(UnitStats(mlp_rows(block.mlp, lambda p: p), mlp_rows(block.mlp, grad_of),
-                                                      act_m, seed=seed + 10_000 + i)))
+                                                      act_m, fisher_m, seed=seed + 10_000 + i)))
     model.zero_grad(set_to_none=True)
     return BlockScores(heads, channels)
 
@@ -116,3 +118,40 @@ def _unit_output_norms(model: nn.Module, blocks: list[nn.Module], batches: list[
         for h in handles:
             h.remove()
     return [h / max(counts[0], 1) for h in heads], [m / max(counts[0], 1) for m in mlp]
+
+
+def _gate_fisher(model: nn.Module, blocks: list[nn.Module], batches: list[tuple[torch.Tensor, torch.Tensor]],
+                 mlp_channels: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per block, ``sum over samples of (dL/dg)^2`` for a gate ``g = 1`` on each head's output (the input of
+    ``attn.proj``) and each MLP channel (the input of ``fc2``). The gates are one row per sample (per window in
+    windowed attention), so one backward pass gives every sample's own gradient."""
+    heads = [torch.zeros(b.attn.num_heads) for b in blocks]
+    mlp = [torch.zeros(b.mlp.fc2.in_features) for b in blocks] if mlp_channels else [torch.zeros(0) for _ in blocks]
+    gates: list[tuple[torch.Tensor, torch.Tensor]] = []  # this batch's (gate, where its Fisher adds up)
+
+    def gate_hook(units: int, total: torch.Tensor) -> Callable:
+        def hook(_m: nn.Module, args: tuple) -> tuple:
+            x = args[0]
+            gate = torch.ones(x.shape[0], units, device=x.device, dtype=x.dtype, requires_grad=True)
+            gates.append((gate, total))
+            per_unit = x.unflatten(-1, (units, -1))  # ... x units x unit width
+            shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (units, 1)
+            return ((per_unit * gate.reshape(shape)).flatten(-2), *args[1:])
+        return hook
+
+    handles = [b.attn.proj.register_forward_pre_hook(gate_hook(b.attn.num_heads, heads[i])) for i, b in enumerate(blocks)]
+    if mlp_channels:
+        handles += [b.mlp.fc2.register_forward_pre_hook(gate_hook(b.mlp.fc2.in_features, mlp[i]))
+                    for i, b in enumerate(blocks)]
+    model.eval()
+    try:
+        for x, labels in batches:
+            gates.clear()
+            loss = F.cross_entropy(model(x), labels, reduction="sum")  # each sample's gradient, unscaled
+            grads = torch.autograd.grad(loss, [g for g, _ in gates])
+            for (_, total), grad in zip(gates, grads, strict=True):
+                total += grad.float().pow(2).sum(0).cpu()
+    finally:
+        for h in handles:
+            h.remove()
+    return heads, mlp

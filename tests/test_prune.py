@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,42 @@ def test_data_criteria_see_the_data(shapes_artifact: Path) -> None:
     hook.remove()
     direct = outputs[0].reshape(8, -1, 2, 32).norm(dim=-1).mean((0, 1))
     torch.testing.assert_close(scores.heads[0], direct)
+
+
+def gated(unit: slice, gate: torch.Tensor) -> Callable[..., tuple]:
+    """A forward pre-hook that multiplies the ``unit`` slice of a layer's input by ``gate``."""
+    def hook(_m: torch.nn.Module, args: tuple) -> tuple:
+        scale = torch.ones(args[0].shape[-1]).index_put((torch.arange(args[0].shape[-1])[unit],), gate)
+        return (args[0] * scale,)
+    return hook
+
+
+def test_fisher_is_each_samples_squared_gate_gradient(shapes_artifact: Path) -> None:
+    """fisher: summed over samples, the squared gradient of each sample's own loss with respect to a gate on a head's
+    output (and on an MLP channel), computed here one sample at a time by scaling that unit's slice of the input of
+    ``attn.proj`` / ``fc2``."""
+    from vitcompress.compress.scoring import score_blocks
+
+    model, _ = load_model(shapes_artifact)
+    x, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+    scores = score_blocks(model, CRITERIA["fisher"](), [(x[:2], labels[:2]), (x[2:], labels[2:])])
+    head, channel, width = 1, 5, head_dim(model.blocks[0].attn)
+    units = {"head": (model.blocks[0].attn.proj, slice(head * width, (head + 1) * width)),
+             "channel": (model.blocks[0].mlp.fc2, slice(channel, channel + 1))}
+    expected = {"head": 0.0, "channel": 0.0}
+    for i in range(4):
+        gates = {name: torch.ones((), requires_grad=True) for name in units}
+        hooks = [layer.register_forward_pre_hook(gated(unit, gates[name])) for name, (layer, unit) in units.items()]
+        loss = torch.nn.functional.cross_entropy(model(x[i:i + 1]), labels[i:i + 1])
+        grads = torch.autograd.grad(loss, list(gates.values()))
+        for h in hooks:
+            h.remove()
+        for name, grad in zip(gates, grads, strict=True):
+            expected[name] += grad.item() ** 2
+    expected_head, expected_channel = expected["head"], expected["channel"]
+    assert expected_head > 0 and expected_channel > 0
+    torch.testing.assert_close(scores.heads[0][head].item(), expected_head, rtol=1e-4, atol=0)
+    torch.testing.assert_close(scores.mlp[0][channel].item(), expected_channel, rtol=1e-4, atol=0)
 
 
 def test_dry_run_writes_nothing(tmp_path: Path, shapes_artifact: Path, capsys: pytest.CaptureFixture) -> None:

@@ -85,6 +85,7 @@ HELP = {
     "heads": "share of attention heads to remove, in [0, 1) (0: keep every head; pass --heads, --mlp or both)",
     "mlp": "share of MLP hidden channels to remove, in [0, 1) (0: keep every channel)",
     "criterion": "importance: l1 | l2 (weight magnitude) | taylor (first order, from data) | "
+                 "fisher (per-sample squared gate gradients, from data) | "
                  "attention (per-head output norm on data) | random (control)",
     "ranking": "uniform: the same share from every block; global: rank across blocks (see --global/--uniform)",
     "iterative": "prune in K steps towards the ratio, recovering after each",
@@ -97,9 +98,10 @@ HELP = {
     "kd_alpha": "weight of the distillation loss ((1 - alpha) for the labels)",
     "kd_layers": "weight of hidden-state distillation: each block's output against the teacher's same block "
                  "(MSE over the teacher's mean square; 0: logits only)",
-    "reconstruct": "after the cut, refit each block's output projections (attention proj, and MLP fc2 with --mlp) "
-                   "by least squares to the unpruned model's outputs on --score-batches batches: no training",
-    "score_batches": "batches of training data for the data-driven criteria (taylor, attention) and --reconstruct",
+    "reconstruct": "after the cut, refit each block's output projections (attention proj and MLP fc2) by least "
+                   "squares to the unpruned model's residual stream on --score-batches batches: no training",
+    "score_batches": "batches of training data for the data-driven criteria (taylor, fisher, attention) and "
+                     "--reconstruct",
     "dry_run": "print which heads would go and the params/MACs left; write nothing",
     "r": "tokens merged in each block (ToMe's r; pass --r or --keep)",
     "keep": "share of patch tokens left after the last block, in (0, 1), turned into an r per block (0: use --r)",

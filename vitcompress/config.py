@@ -214,7 +214,7 @@ class FinetuneConfig:
                                                                                  self.cache_dir))
 
 
-PRUNE_CRITERIA = ("l1", "l2", "taylor", "attention", "random")
+PRUNE_CRITERIA = ("l1", "l2", "taylor", "fisher", "attention", "random")
 PRUNE_RANKINGS = ("uniform", "global")
 CALIBRATION_METHODS = ("max", "entropy", "percentile", "mse")
 
