@@ -13,6 +13,10 @@ from scratch: the 73 % model of docs/results.md) unless ``--base`` names one, th
   - ``lr-2x``:       logits only at the base's peak LR (``--lr 2e-3``) instead of half of it,
   - ``batch-64``, ``batch-32``: the defaults with twice / four times the steps (``--batch-size 64 --lr 1e-3`` and
                      ``--batch-size 32 --lr 1e-3``),
+  - ``kd-only``:     distillation without the labels (``--kd-alpha 1``),
+  - ``ema``:         an exponential moving average of the weights (``--ema --ema-decay 0.998``),
+  - ``crop-pad``:    the defaults with the parent's random crop (``--crop pad``) instead of none,
+  - ``seed-1``:      the defaults with another seed (other scoring batches and batch order),
 
 and records, for each run, test top-1 before, after the surgery and after recovery, the epochs the recovery took
 against its cap, and validation top-1 after every recovery epoch. Runs already in the record (same shape, criterion
@@ -48,7 +52,7 @@ METHODS = {"derived": [], "logits-only": ["--kd-layers", "0"], "plain": ["--no-r
            "iterative": ["--iterative", "2"], "lr-2x": ["--kd-layers", "0", "--lr", "2e-3"],
            "layers-3": ["--kd-layers", "3"], "batch-64": ["--batch-size", "64", "--lr", "1e-3"],
            "batch-32": ["--batch-size", "32", "--lr", "1e-3"], "kd-only": ["--kd-alpha", "1.0"],
-           "ema": ["--ema", "--ema-decay", "0.998"], "temp-4": ["--kd-temperature", "4"]}
+           "ema": ["--ema", "--ema-decay", "0.998"], "crop-pad": ["--crop", "pad"], "seed-1": ["--seed", "1"]}
 SHAPES = {"h0.5": ["--heads", "0.5"], "h0.5-m0.25": ["--heads", "0.5", "--mlp", "0.25"]}
 
 
