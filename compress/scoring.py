@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -85,48 +86,51 @@ def _accumulate_grads(model: nn.Module, batches: list[tuple[torch.Tensor, torch.
         F.cross_entropy(model(x), labels).backward()
 
 
-@torch.no_grad()
-def _unit_output_norms(model: nn.Module, blocks: list[nn.Module], batches: list[tuple[torch.Tensor, torch.Tensor]],
-                       mlp_channels: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Mean L2 norm of each head's output (input of attn.proj) and each MLP channel (input of fc2)."""
+UnitTotals = tuple[list[torch.Tensor], list[torch.Tensor]]  # per block: one value per head, one per MLP channel
+
+
+@contextmanager
+def _unit_input_hooks(blocks: list[nn.Module], mlp_channels: bool,
+                      make_hook: Callable[[int, torch.Tensor], Callable]) -> Iterator[UnitTotals]:
+    """For the ``with`` block: a zero total per head of every block (and, with ``mlp_channels``, per MLP channel),
+    and ``make_hook(units, total)`` as a forward pre-hook on the layer whose input holds those units side by side
+    (``attn.proj``: the heads; ``mlp.fc2``: the hidden channels)."""
     heads = [torch.zeros(b.attn.num_heads) for b in blocks]
     mlp = [torch.zeros(b.mlp.fc2.in_features) for b in blocks] if mlp_channels else [torch.zeros(0) for _ in blocks]
-    counts = [0]
-
-    def head_hook(i: int) -> Callable:
-        def hook(_m: nn.Module, args: tuple) -> None:
-            x = args[0].float()
-            per_head = x.reshape(*x.shape[:-1], blocks[i].attn.num_heads, -1).norm(dim=-1)  # B x N x H
-            heads[i] += per_head.reshape(-1, per_head.shape[-1]).mean(0).cpu()
-        return hook
-
-    def mlp_hook(i: int) -> Callable:
-        def hook(_m: nn.Module, args: tuple) -> None:
-            x = args[0].float()
-            mlp[i] += x.abs().reshape(-1, x.shape[-1]).mean(0).cpu()
-        return hook
-
-    handles = [b.attn.proj.register_forward_pre_hook(head_hook(i)) for i, b in enumerate(blocks)]
+    layers = [(b.attn.proj, total) for b, total in zip(blocks, heads, strict=True)]
     if mlp_channels:
-        handles += [b.mlp.fc2.register_forward_pre_hook(mlp_hook(i)) for i, b in enumerate(blocks)]
-    model.eval()
+        layers += [(b.mlp.fc2, total) for b, total in zip(blocks, mlp, strict=True)]
+    handles = [layer.register_forward_pre_hook(make_hook(len(total), total)) for layer, total in layers]
     try:
-        for x, _ in batches:
-            model(x)
-            counts[0] += 1
+        yield heads, mlp
     finally:
         for h in handles:
             h.remove()
-    return [h / max(counts[0], 1) for h in heads], [m / max(counts[0], 1) for m in mlp]
+
+
+@torch.no_grad()
+def _unit_output_norms(model: nn.Module, blocks: list[nn.Module], batches: list[tuple[torch.Tensor, torch.Tensor]],
+                       mlp_channels: bool) -> UnitTotals:
+    """Mean L2 norm of each head's output (its slice of attn.proj's input) and each MLP channel (of fc2's input)."""
+    def norm_hook(units: int, total: torch.Tensor) -> Callable:
+        def hook(_m: nn.Module, args: tuple) -> None:
+            per_unit = args[0].float().unflatten(-1, (units, -1)).norm(dim=-1)  # ... x units
+            total.add_(per_unit.reshape(-1, units).mean(0).cpu())
+        return hook
+
+    model.eval()
+    with _unit_input_hooks(blocks, mlp_channels, norm_hook) as (heads, mlp):
+        for x, _ in batches:
+            model(x)
+    count = max(len(batches), 1)
+    return [h / count for h in heads], [m / count for m in mlp]
 
 
 def _gate_fisher(model: nn.Module, blocks: list[nn.Module], batches: list[tuple[torch.Tensor, torch.Tensor]],
-                 mlp_channels: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                 mlp_channels: bool) -> UnitTotals:
     """Per block, ``sum over samples of (dL/dg)^2`` for a gate ``g = 1`` on each head's output (the input of
     ``attn.proj``) and each MLP channel (the input of ``fc2``). The gates are one row per sample (per window in
     windowed attention), so one backward pass gives every sample's own gradient."""
-    heads = [torch.zeros(b.attn.num_heads) for b in blocks]
-    mlp = [torch.zeros(b.mlp.fc2.in_features) for b in blocks] if mlp_channels else [torch.zeros(0) for _ in blocks]
     gates: list[tuple[torch.Tensor, torch.Tensor]] = []  # this batch's (gate, where its Fisher adds up)
 
     def gate_hook(units: int, total: torch.Tensor) -> Callable:
@@ -139,19 +143,12 @@ def _gate_fisher(model: nn.Module, blocks: list[nn.Module], batches: list[tuple[
             return ((per_unit * gate.reshape(shape)).flatten(-2), *args[1:])
         return hook
 
-    handles = [b.attn.proj.register_forward_pre_hook(gate_hook(b.attn.num_heads, heads[i])) for i, b in enumerate(blocks)]
-    if mlp_channels:
-        handles += [b.mlp.fc2.register_forward_pre_hook(gate_hook(b.mlp.fc2.in_features, mlp[i]))
-                    for i, b in enumerate(blocks)]
     model.eval()
-    try:
+    with _unit_input_hooks(blocks, mlp_channels, gate_hook) as (heads, mlp):
         for x, labels in batches:
             gates.clear()
             loss = F.cross_entropy(model(x), labels, reduction="sum")  # each sample's gradient, unscaled
             grads = torch.autograd.grad(loss, [g for g, _ in gates])
             for (_, total), grad in zip(gates, grads, strict=True):
-                total += grad.float().pow(2).sum(0).cpu()
-    finally:
-        for h in handles:
-            h.remove()
+                total.add_(grad.float().pow(2).sum(0).cpu())
     return heads, mlp
