@@ -13,6 +13,7 @@ import torch
 from tests.conftest import run_cli
 from vitcompress.artifact import load_model
 from vitcompress.compress.prune import prune
+from vitcompress.compress.quantize import active_quantizers
 from vitcompress.compress.surgery import blocks_of, remove_heads
 from vitcompress.config import PruneConfig
 from vitcompress.models import create_model, heads_per_block
@@ -102,6 +103,9 @@ def test_swin_int8_quantizes_patch_merging_and_exports(swin_artifact: Path, tmp_
     model, meta = load_model(int8)
     quantized = {name for name, module in model.named_modules() if hasattr(module, "weight_quantizer")}
     assert "layers.1.downsample.reduction" in quantized and "layers.0.blocks.1.attn.qkv" in quantized
+    # INT8 goes into the layers with weights only: no LayerNorm quantizes its input (the residual stream)
+    active = [name.rsplit(".", 1)[0] for name, _ in active_quantizers(model)]
+    assert active and all(isinstance(model.get_submodule(name), torch.nn.Linear) for name in active)
     for source, target, precision in ((swin_artifact, "ort", "fp32"), (swin_artifact, "standard", "fp16"),
                                       (int8, "ort", "int8"), (int8, "standard", "int8")):
         out = tmp_path / f"onnx-{source.name}-{target}-{precision}"
