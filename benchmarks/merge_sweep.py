@@ -148,15 +148,12 @@ def sweep(args: argparse.Namespace) -> dict:
     for r in [int(v) for v in args.r.split(",")]:
         name = f"r{r}"
         recovered = None
-        if r:
+        if r:  # the stage scores the merged model before any recovery, so one run gives both numbers
             result = merge(MergeConfig(src=args.artifact, out=str(work / name), r=r, schedule=args.schedule, force=True,
-                                       train=TrainConfig(epochs=0, quiet=True)))
-            top1, merging = result.meta.metrics["top1"], result.meta.merging
-            if args.recovery_epochs:
-                tuned = merge(MergeConfig(src=args.artifact, out=str(work / f"{name}-ft{args.recovery_epochs}"), r=r,
-                                          schedule=args.schedule, force=True, finetune_epochs=args.recovery_epochs,
-                                          train=replace(recovery_train_config(), quiet=True)))
-                recovered = tuned.meta.metrics["merging"]["top1_after_recovery"]
+                                       finetune_epochs=args.recovery_epochs,
+                                       train=replace(recovery_train_config(), quiet=True)))
+            report, merging = result.meta.metrics["merging"], result.meta.merging
+            top1, recovered = report["top1_merged"], report["top1_after_recovery"]
         else:
             top1, merging = meta.metrics["top1"], None
         artifact = work / name if r else Path(args.artifact)
