@@ -14,7 +14,8 @@ the latency of its ONNX export on ONNX Runtime at batch 1 and 32.
 Usage:  python benchmarks/merge_sweep.py --speed [--keep 0.4] [--rounds 12]
         python benchmarks/merge_sweep.py --artifact runs/cifar-fp32 --r 0,2,4,6,8 [--schedule decreasing]
             [--recovery-epochs 1]
-Writes: benchmarks/results/merge_speed_cpu.json, benchmarks/results/merge_sweep_cpu.json (hardware and command inside).
+Writes: benchmarks/results/merge_speed_cpu.json and merge_sweep_cpu.json (hardware and command inside); with
+``--schedule decreasing``, merge_speed_cpu_decreasing.json and merge_sweep_cpu_decreasing.json.
 """
 
 from __future__ import annotations
@@ -195,7 +196,8 @@ def main() -> None:
             continue
         record = {"benchmark": f"merge_{kind}", "date": time.strftime("%Y-%m-%d"), "command": command,
                   "hardware": hardware(args.threads), **run(args)}
-        out = HERE / "results" / f"merge_{kind}_cpu.json"
+        schedule = "" if args.schedule == "constant" else f"_{args.schedule}"
+        out = HERE / "results" / f"merge_{kind}_cpu{schedule}.json"
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {out}")
 

@@ -23,8 +23,9 @@ against its cap, and validation top-1 after every recovery epoch. Runs already i
 and method) are kept, so the grid can be run in parts.
 
 Usage:  python benchmarks/prune_recovery.py [--data PATH] [--base ARTIFACT] [--recover-until 1.0]
-        [--criteria taylor,l1] [--methods derived,logits-only,plain] [--shapes h0.5,h0.5-m0.25] [--reuse]
-Writes: benchmarks/results/prune_recovery_cpu.json (hardware and every command inside).
+        [--criteria taylor,l1] [--methods derived,logits-only,plain] [--shapes h0.5,h0.5-m0.25] [--reuse] [--tag T]
+Writes: benchmarks/results/prune_recovery_cpu.json, or prune_recovery_cpu_T.json with ``--tag T`` (hardware and
+every command inside).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--methods", default="derived,logits-only,plain")
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--reuse", action="store_true", help="record runs whose artifact is already in --work")
+    parser.add_argument("--tag", default="", help="write prune_recovery_cpu_TAG.json (another base, e.g. swin)")
     args = parser.parse_args()
     work = Path(args.work)
     base = Path(args.base) if args.base else work / "base"
@@ -94,7 +96,7 @@ def main() -> None:
                "--out", str(base), "--quiet"]
         commands = {"command": "vitcompress " + " ".join(cmd), "seconds": run(cmd)}
     base_meta = json.loads((base / "vitcompress.json").read_text())
-    record_path = HERE / "results" / "prune_recovery_cpu.json"
+    record_path = HERE / "results" / f"prune_recovery_cpu{'_' + args.tag if args.tag else ''}.json"
     earlier = json.loads(record_path.read_text()) if record_path.is_file() else {}
     if earlier.get("base", {}).get("path") != str(base):
         earlier = {}

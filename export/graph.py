@@ -4,8 +4,8 @@
   projection is INT8; ``MultiHeadAttention`` after the projection with token merging, whose size bias the
   other two have no input for) and every other
   INT8 Linear becomes ``MatMulIntegerToFloat``, with the int8 weights and the scales QAT learned
-  (``ort_ops.py``). This is the graph ONNX Runtime's CPU provider runs fastest; it needs ONNX Runtime
-  (contrib ops).
+  (``ort_ops.py``); Swin's shifted windows become two gathers (``swin_windows.py``). This is the graph ONNX
+  Runtime's CPU provider runs fastest; it needs ONNX Runtime (contrib ops).
 - ``standard``: the model is traced as it is, except INT8 attention (:class:`Int8StandardAttention`).
   Quantized layers export as standard ``QuantizeLinear``/``DequantizeLinear`` pairs (modelopt's own
   export), the explicit-quantization form TensorRT builds INT8 kernels from and OpenVINO turns into
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from vitcompress.compress.quantize import int8_ranges
 from vitcompress.compress.token_merging import merging_of, size_bias
 from vitcompress.export.ort_ops import BiasedAttention, FusedAttention, Int8Attention, Int8Linear
+from vitcompress.export.swin_windows import with_window_gathers
 
 INT8_MAX = 127
 
@@ -209,8 +210,9 @@ def _fusable_attention(module: nn.Module) -> bool:
 
 
 def for_onnx_runtime(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose attention and INT8 layers trace to ONNX Runtime's fused kernels."""
-    model = copy.deepcopy(model).eval()
+    """A copy of ``model`` whose attention and INT8 layers trace to ONNX Runtime's fused kernels (and whose Swin
+    windows are gathers, ``swin_windows.py``)."""
+    model = with_window_gathers(copy.deepcopy(model).eval())
     merging = merging_of(model) is not None  # its attention adds a size bias: MultiHeadAttention takes one
     replaced: list[str] = []
     for name, module in list(model.named_modules()):

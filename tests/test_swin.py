@@ -7,6 +7,7 @@ import copy
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -77,6 +78,23 @@ def test_removing_a_silent_head_leaves_the_output_unchanged(name: str) -> None:
     torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-6)
 
 
+def test_window_gathers_compute_what_timms_blocks_compute() -> None:
+    """The export form of Swin's blocks (two gathers, one bias constant) gives timm's output, shifted windows and
+    their mask included, also with uneven heads; and a wrong bias would show."""
+    from vitcompress.export.swin_windows import WindowOrderBlock, with_window_gathers
+
+    model = tiny_swin()
+    remove_heads(blocks_of(model)[1].attn, [0])  # heads 2, 1, 4, 4: a shifted block with one head left
+    gathered = with_window_gathers(copy.deepcopy(model))
+    blocks = [m for m in gathered.modules() if isinstance(m, WindowOrderBlock)]
+    assert len(blocks) == 4 and blocks[1].bias.shape == (4, 1, 16, 16)  # 4 windows (8x8 grid), 1 head, 4x4 window
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(gathered(x), model(x), atol=1e-5, rtol=1e-5)
+        blocks[1].bias[0, :, :, 0] += 5.0  # attention to the first token of the first window
+        assert (gathered(x) - model(x)).abs().max() > 1e-4
+
+
 def test_prune_halves_the_heads_of_every_stage_and_reloads(swin_artifact: Path, tmp_path: Path) -> None:
     out = tmp_path / "pruned"
     assert run_cli("prune", swin_artifact, "--heads", "0.5", "--mlp", "0.25", "--criterion", "taylor",
@@ -112,6 +130,11 @@ def test_swin_int8_quantizes_patch_merging_and_exports(swin_artifact: Path, tmp_
         assert run_cli("export", source, "--target", target, "--precision", precision, "--out", out) == 0
         verify = json.loads((out / "verify.json").read_text())["onnxruntime"]
         assert verify["passed"] and verify["batch_sizes"] == [1, 7], verify  # dynamic batch
+        if target == "ort":  # the windows are gathers: only PatchMerging pads
+            graph = onnx.load(str(out / "model.onnx")).graph
+            assert {n.input[1] for n in graph.node if n.op_type == "Gather"} >= {"model.layers.0.blocks.1.order",
+                                                                                  "model.layers.0.blocks.1.inverse"}
+            assert all("downsample" in n.name for n in graph.node if n.op_type == "Pad")
 
 
 def test_predict_on_a_swin_export(swin_artifact: Path, tmp_path: Path, capsys) -> None:
