@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from vitcompress.compress.quantize import int8_ranges
 from vitcompress.compress.token_merging import merging_of, size_bias
 from vitcompress.export.ort_ops import BiasedAttention, FusedAttention, Int8Attention, Int8Linear
-from vitcompress.export.swin_windows import with_window_gathers
+from vitcompress.export.swin_windows import WindowOrderBlock, gatherable
 
 INT8_MAX = 127
 
@@ -207,6 +207,14 @@ def _fusable_attention(module: nn.Module) -> bool:
     plain = all(isinstance(getattr(module, name, nn.Identity()), nn.Identity) for name in ("q_norm", "k_norm", "norm"))
     ungated = getattr(module, "gate", None) is None
     return isinstance(module, Attention) and plain and ungated and isinstance(module.qkv, nn.Linear)
+
+
+def with_window_gathers(model: nn.Module) -> nn.Module:
+    """``model`` (a copy for export) with every Swin block that can be in :class:`WindowOrderBlock` form."""
+    for name, module in list(model.named_modules()):
+        if gatherable(module):
+            _replace(model, name, WindowOrderBlock(module))
+    return model
 
 
 def for_onnx_runtime(model: nn.Module) -> nn.Module:

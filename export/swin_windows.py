@@ -7,7 +7,7 @@ window order of the tokens is a fixed permutation of the grid. :class:`WindowOrd
 as one ``Gather`` on the way in and its inverse as one on the way out, and adds the relative position bias and
 the shift mask as one constant ``[windows, heads, N, N]`` (timm expands the mask to every image's windows first).
 Only the block's attention changes form; its layers, norms and MLP are the block's own modules, so quantized layers
-export as they would have. Measured on swin_tiny (docs/export.md, "Swin's windows as gathers").
+export as they would have. Measured on swin_tiny: docs/results.md, "Found: the windows were copies".
 """
 
 from __future__ import annotations
@@ -76,12 +76,3 @@ class WindowOrderBlock(nn.Module):
         x = x + self.attention(self.norm1(x))
         x = x + self.mlp(self.norm2(x))
         return x.reshape(batch, height, width, channels)
-
-
-def with_window_gathers(model: nn.Module) -> nn.Module:
-    """``model`` (already a copy for export) with every gatherable Swin block in :class:`WindowOrderBlock` form."""
-    for name, module in list(model.named_modules()):
-        if gatherable(module):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, WindowOrderBlock(module))
-    return model

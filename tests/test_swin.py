@@ -81,7 +81,8 @@ def test_removing_a_silent_head_leaves_the_output_unchanged(name: str) -> None:
 def test_window_gathers_compute_what_timms_blocks_compute() -> None:
     """The export form of Swin's blocks (two gathers, one bias constant) gives timm's output, shifted windows and
     their mask included, also with uneven heads; and a wrong bias would show."""
-    from vitcompress.export.swin_windows import WindowOrderBlock, with_window_gathers
+    from vitcompress.export.graph import with_window_gathers
+    from vitcompress.export.swin_windows import WindowOrderBlock
 
     model = tiny_swin()
     remove_heads(blocks_of(model)[1].attn, [0])  # heads 2, 1, 4, 4: a shifted block with one head left
