@@ -21,9 +21,11 @@ setup: $(BIN)/vitcompress
 demo: setup
 	$(BIN)/vitcompress pipeline --out $(DEMO_OUT)
 
+# Two test processes of one thread each: most tests wait on a subprocess or a server, and one thread each keeps two
+# processes from oversubscribing two cores (13 min against 16 in one process on the 2-core CI machine).
 test: setup
 	$(BIN)/ruff check vitcompress compress export benchmarks tests
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # Training-speed benchmark (images/s of finetune, vit_small at 32px on the CIFAR-10 archive in ../shared).
 bench-train: setup
