@@ -11,11 +11,15 @@ Sweep (``--artifact A --r 0,2,4,8``): ``merge A --r R`` for each R: test top-1 o
 (the merge stage's own score; with ``--recovery-epochs N`` also after N distilled recovery epochs), tokens left, and
 the latency of its ONNX export on ONNX Runtime at batch 1 and 32.
 
+Speed curve (``--curve 0.5,0.4,0.3``): vit_small merged at each keep, FP32 and INT8, on ONNX Runtime against the
+unmerged FP32 model in one run: where a speed-up is reached.
+
 Usage:  python benchmarks/merge_sweep.py --speed [--keep 0.4] [--rounds 12]
+        python benchmarks/merge_sweep.py --curve 0.5,0.4,0.3,0.2 [--rounds 8]
         python benchmarks/merge_sweep.py --artifact runs/cifar-fp32 --r 0,2,4,6,8 [--schedule decreasing]
             [--recovery-epochs 1]
-Writes: benchmarks/results/merge_speed_cpu.json and merge_sweep_cpu.json (hardware and command inside); with
-``--schedule decreasing``, merge_speed_cpu_decreasing.json and merge_sweep_cpu_decreasing.json.
+Writes: benchmarks/results/merge_speed_cpu.json, merge_speed_curve_cpu.json and merge_sweep_cpu.json (hardware and
+command inside); with ``--schedule decreasing`` their names end in ``_decreasing``, with ``--tag T`` in ``_T``.
 """
 
 from __future__ import annotations
@@ -58,9 +62,7 @@ def speed_variants(work: Path, keep: float, schedule: str) -> dict[str, Path]:
     half the heads and 0.75 of the MLP, merged, then calibrated by the qat stage). Random weights: which heads go
     does not change the speed, and neither merge nor a recovery-free prune changes a weight, so the merged and pruned
     artifacts are written directly (the stages would spend minutes scoring random weights on the test split)."""
-    made = {"fp32": work / "fp32", "int8": work / "int8"}
-    if not all((path / "vitcompress.json").is_file() for path in made.values()):  # made by an earlier run: reuse
-        made = speed_artifacts(work)  # fp32, int8 (the qat stage)
+    made = unmerged_variants(work)
     made["merged"] = with_merging(made["fp32"], work / "merged", keep, schedule)
     made["int8-merged"] = with_merging(made["int8"], work / "int8-merged", keep, schedule)
     pruned = pruned_copy(made["fp32"], work / "pruned", heads=0.5, mlp=0.25)
@@ -70,6 +72,14 @@ def speed_variants(work: Path, keep: float, schedule: str) -> dict[str, Path]:
         qat(QatConfig(src=str(merged), out=str(made["pruned-merged-int8"]), calib_size=64, force=True,
                       train=TrainConfig(epochs=0, quiet=True, batch_size=32)))
     return made
+
+
+def unmerged_variants(work: Path) -> dict[str, Path]:
+    """vit_small's FP32 and INT8 (qat --epochs 0) artifacts in ``work``, made by an earlier run or now."""
+    made = {"fp32": work / "fp32", "int8": work / "int8"}
+    if all((path / "vitcompress.json").is_file() for path in made.values()):
+        return made
+    return speed_artifacts(work)
 
 
 def with_merging(src: Path, out: Path, keep: float, schedule: str) -> Path:
@@ -93,28 +103,36 @@ def pruned_copy(src: Path, out: Path, heads: float, mlp: float) -> Path:
     return out
 
 
-def export_all(artifacts: dict[str, Path], work: Path) -> tuple[dict[str, Path], list[str]]:
-    """Each artifact as ONNX Runtime's graph (``NAME@ort``) and as OpenVINO IR (``NAME@ov``); also the IRs whose
-    verification failed and that were converted from the standard ONNX graph without it: random weights give near-tied
-    logits, so a top-1 flip in 2 of 32 images misses the 0.95 INT8 agreement (the ONNX Runtime export passed)."""
+def export_all(artifacts: dict[str, Path], work: Path, runtimes: tuple[str, ...] = tuple(RUNTIMES)
+               ) -> tuple[dict[str, Path], list[str]]:
+    """Each artifact as ONNX Runtime's graph (``NAME@ort``) and as OpenVINO IR (``NAME@ov``); also the exports whose
+    verification failed and that were written without it: random weights give near-tied logits, so a top-1 flip in 2
+    of 32 images misses the 0.95 INT8 agreement."""
     paths, unverified = {}, []
     for name, artifact in artifacts.items():
-        for runtime, (fmt, file) in RUNTIMES.items():
+        for runtime in runtimes:
+            fmt, file = RUNTIMES[runtime]
             out = work / f"{fmt}-{name}"
             try:
                 export(ExportConfig(src=str(artifact), out=str(out), format=fmt, verify_size=32, force=True, quiet=True))
             except UserError:
-                if fmt != "openvino":
-                    raise
-                model, meta = load_model(artifact)
-                precision = "int8" if meta.quantization else "fp32"
-                out.mkdir(parents=True, exist_ok=True)
-                export_onnx(model, meta, out / "standard.onnx", precision=precision, target="standard", pixels=False,
-                            int8_fp16_elsewhere=False)
-                save_ir(out / "standard.onnx", out / file, precision)
+                write_unverified(artifact, out / file)
                 unverified.append(f"{name}@{runtime}")
             paths[f"{name}@{runtime}"] = out / file
     return paths, unverified
+
+
+def write_unverified(artifact: Path, file: Path) -> None:
+    """``artifact``'s graph at ``file`` without verification: ONNX Runtime's (``.onnx``) or OpenVINO IR converted from
+    the standard ONNX graph (``.xml``)."""
+    model, meta = load_model(artifact)
+    precision = "int8" if meta.quantization else "fp32"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    onnx_file = file if file.suffix == ".onnx" else file.parent / "standard.onnx"
+    export_onnx(model, meta, onnx_file, precision=precision, target="ort" if file.suffix == ".onnx" else "standard",
+                pixels=False, int8_fp16_elsewhere=False)
+    if file.suffix == ".xml":
+        save_ir(onnx_file, file, precision)
 
 
 def hardware(threads: int) -> dict:
@@ -138,8 +156,40 @@ def speed(args: argparse.Namespace) -> dict:
              round(t["size_bytes"] / timing[f"fp32@{name.split('@')[1]}"]["size_bytes"], 3)) for name, t in timing.items()]
     print(tabulate(rows, headers=("variant@runtime", "arithmetic", "b1 ms", "b32 ms", "b1 x", "b32 x", "size x")))
     return {"model": "vit_small_patch16_224 at 224 px, random weights, 10 classes", "merging": merging,
-            "ir_converted_without_openvino_verification": unverified, "timing": timing,
+            "exported_without_verification": unverified, "timing": timing,
             "speedup_per_round_vs_unmerged_fp32_same_runtime": ratios}
+
+
+def speed_curve(args: argparse.Namespace) -> dict:
+    """Merged FP32 and merged INT8 vit_small at each ``--curve`` keep, on ONNX Runtime, against the unmerged FP32 model
+    in one run: the speed each share of tokens buys, and so the keep at which a speed-up is reached."""
+    work = Path(args.work) / "speed"
+    unmerged = unmerged_variants(work)
+    artifacts = dict(unmerged)
+    keeps = [float(v) for v in args.curve.split(",")]
+    for keep in keeps:
+        for base in ("fp32", "int8"):
+            name = f"{base}-merged-keep{keep}"
+            artifacts[name] = with_merging(unmerged[base], work / name, keep, args.schedule)
+    paths, unverified = export_all(artifacts, work, runtimes=("ort",))
+    timing = time_variants(paths, args.threads, args.rounds, 224)
+    ratio = {(name, b): statistics.median(ratio_per_round(timing, "fp32@ort", name, str(b)))
+             for name in timing for b in BATCHES}
+    rows = []
+    for keep in keeps:
+        merging = read_meta(artifacts[f"fp32-merged-keep{keep}"]).merging
+        rows.append({"keep": keep, "per_block": merging["per_block"], "keep_measured": merging["keep"],
+                     "token_share_mean": merging["token_share_mean"],
+                     **{f"{base}_merged_b{b}_x": round(ratio[(f"{base}-merged-keep{keep}@ort", b)], 3)
+                        for base in ("fp32", "int8") for b in BATCHES}})
+    print(f"INT8 unmerged: {ratio[('int8@ort', 1)]:.2f}x (b1), {ratio[('int8@ort', 32)]:.2f}x (b32)")
+    print(tabulate([(r["keep"], r["keep_measured"], r["token_share_mean"], r["fp32_merged_b1_x"], r["fp32_merged_b32_x"],
+                     r["int8_merged_b1_x"], r["int8_merged_b32_x"]) for r in rows],
+                   headers=("keep", "left at last block", "mean token share", "FP32 b1 x", "FP32 b32 x", "INT8 b1 x",
+                            "INT8 b32 x")))
+    return {"model": "vit_small_patch16_224 at 224 px, random weights, 10 classes", "runtime": "onnxruntime",
+            "schedule": args.schedule, "int8_unmerged_x": {f"b{b}": round(ratio[("int8@ort", b)], 3) for b in BATCHES},
+            "exported_without_verification": unverified, "rows": rows, "timing": timing}
 
 
 def sweep(args: argparse.Namespace) -> dict:
@@ -183,21 +233,24 @@ def main() -> None:
     parser.add_argument("--recovery-epochs", type=int, default=0,
                         help="sweep: also merge each r with this many distilled recovery epochs")
     parser.add_argument("--keep", type=float, default=0.4, help="--speed: share of patch tokens left at the last block")
+    parser.add_argument("--curve", default="", help="time vit_small merged at each of these keeps (a comma list)")
+    parser.add_argument("--tag", default="", help="added to the record's name (merge_sweep_cpu_TAG.json)")
     parser.add_argument("--schedule", default="constant", choices=("constant", "decreasing"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--work", default="runs/merge-bench")
     args = parser.parse_args()
-    if not args.speed and not args.artifact:
-        parser.error("pass --speed, --artifact A, or both")
+    if not args.speed and not args.artifact and not args.curve:
+        parser.error("pass --speed, --curve KEEPS, --artifact A, or several")
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    for kind, run in (("speed", speed if args.speed else None), ("sweep", sweep if args.artifact else None)):
+    for kind, run in (("speed", speed if args.speed else None), ("speed_curve", speed_curve if args.curve else None),
+                      ("sweep", sweep if args.artifact else None)):
         if run is None:
             continue
         record = {"benchmark": f"merge_{kind}", "date": time.strftime("%Y-%m-%d"), "command": command,
                   "hardware": hardware(args.threads), **run(args)}
-        schedule = "" if args.schedule == "constant" else f"_{args.schedule}"
-        out = HERE / "results" / f"merge_{kind}_cpu{schedule}.json"
+        suffix = "".join(f"_{part}" for part in (args.schedule if args.schedule != "constant" else "", args.tag) if part)
+        out = HERE / "results" / f"merge_{kind}_cpu{suffix}.json"
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {out}")
 
