@@ -234,7 +234,7 @@ def main() -> None:
                         help="sweep: also merge each r with this many distilled recovery epochs")
     parser.add_argument("--keep", type=float, default=0.4, help="--speed: share of patch tokens left at the last block")
     parser.add_argument("--curve", default="", help="time vit_small merged at each of these keeps (a comma list)")
-    parser.add_argument("--tag", default="", help="added to the record's name (merge_sweep_cpu_TAG.json)")
+    parser.add_argument("--tag", default="", help="added to the name of each record written (..._cpu_TAG.json)")
     parser.add_argument("--schedule", default="constant", choices=("constant", "decreasing"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=12)
