@@ -135,6 +135,11 @@ def write_unverified(artifact: Path, file: Path) -> None:
         save_ir(onnx_file, file, precision)
 
 
+def same_runtime_fp32(name: str) -> str:
+    """The baseline of variant ``NAME@RUNTIME``: the unmerged FP32 model on that runtime."""
+    return f"fp32@{name.split('@')[1]}"
+
+
 def hardware(threads: int) -> dict:
     import openvino
 
@@ -146,14 +151,14 @@ def speed(args: argparse.Namespace) -> dict:
     work = Path(args.work) / "speed"
     artifacts = speed_variants(work, args.keep, args.schedule)
     paths, unverified = export_all(artifacts, work)
-    timing = time_variants(paths, args.threads, args.rounds, 224)
-    ratios = {f"{name} b{b}": ratio_per_round(timing, f"fp32@{name.split('@')[1]}", name, str(b))
+    timing = time_variants(paths, args.threads, args.rounds, 224, baseline_of=same_runtime_fp32)
+    ratios = {f"{name} b{b}": ratio_per_round(timing, same_runtime_fp32(name), name, str(b))
               for name in timing for b in BATCHES if not name.startswith("fp32@")}
     merging = read_meta(artifacts["merged"]).merging
     rows = [(name, t["arithmetic"], t["latency_ms"]["1"], t["latency_ms"]["32"],
              statistics.median(ratios[f"{name} b1"]) if not name.startswith("fp32@") else 1.0,
              statistics.median(ratios[f"{name} b32"]) if not name.startswith("fp32@") else 1.0,
-             round(t["size_bytes"] / timing[f"fp32@{name.split('@')[1]}"]["size_bytes"], 3)) for name, t in timing.items()]
+             round(t["size_bytes"] / timing[same_runtime_fp32(name)]["size_bytes"], 3)) for name, t in timing.items()]
     print(tabulate(rows, headers=("variant@runtime", "arithmetic", "b1 ms", "b32 ms", "b1 x", "b32 x", "size x")))
     return {"model": "vit_small_patch16_224 at 224 px, random weights, 10 classes", "merging": merging,
             "exported_without_verification": unverified, "timing": timing,
@@ -172,7 +177,7 @@ def speed_curve(args: argparse.Namespace) -> dict:
             name = f"{base}-merged-keep{keep}"
             artifacts[name] = with_merging(unmerged[base], work / name, keep, args.schedule)
     paths, unverified = export_all(artifacts, work, runtimes=("ort",))
-    timing = time_variants(paths, args.threads, args.rounds, 224)
+    timing = time_variants(paths, args.threads, args.rounds, 224, baseline_of=same_runtime_fp32)
     ratio = {(name, b): statistics.median(ratio_per_round(timing, "fp32@ort", name, str(b)))
              for name in timing for b in BATCHES}
     rows = []
