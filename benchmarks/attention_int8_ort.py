@@ -1,0 +1,112 @@
+"""Would an INT8 attention core make merged INT8 models faster on ONNX Runtime's CPU kernels?
+
+One attention of a merged vit_small block (batch 32, ``--tokens`` tokens, 6 heads of 64, the size bias of token
+merging) two ways, on random inputs, in interleaved rounds:
+
+- ``mha_fp32``: ``com.microsoft::MultiHeadAttention`` with the bias as ``attention_bias`` (what the merged graphs run);
+- ``int8_ops``: q, k, v and the softmax quantized (``QuantizeLinear``), q kᵀ and p v as
+  ``com.microsoft::MatMulIntegerToFloat``, with the transposes that split and merge the heads.
+
+Usage:  python benchmarks/attention_int8_ort.py [--tokens 155] [--rounds 8] [--threads 2]
+Writes: benchmarks/results/attention_int8_ort_cpu.json (hardware and command inside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from vitcompress.bench import cpu_flags, cpu_name
+from vitcompress.latency import median_ms
+
+HERE = Path(__file__).resolve().parent
+BATCH, HEADS, HEAD_DIM, SCALE = 32, 6, 64, 0.125
+
+
+def session(nodes: list, inputs: dict[str, list[int]], constants: dict[str, np.ndarray], threads: int) -> ort.InferenceSession:
+    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+                                                   for n, s in inputs.items()],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              initializer=[numpy_helper.from_array(v, n) for n, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.log_severity_level = threads, 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def mha_fp32(tokens: int, threads: int) -> ort.InferenceSession:
+    width = HEADS * HEAD_DIM
+    node = helper.make_node("MultiHeadAttention", ["q", "k", "v", "", "", "bias"], ["out"], domain="com.microsoft",
+                            num_heads=HEADS, scale=SCALE)
+    shapes = {"q": [BATCH, tokens, width], "k": [BATCH, tokens, width], "v": [BATCH, tokens, width],
+              "bias": [BATCH, 1, tokens, tokens]}
+    return session([node], shapes, {}, threads)
+
+
+def int8_ops(tokens: int, threads: int, amax: float = 4.0) -> ort.InferenceSession:
+    """The same attention from ONNX Runtime's INT8 ops; q carries the attention scale in its dequantization scale."""
+    width, scale = HEADS * HEAD_DIM, np.float32(amax / 127)
+    constants = {"s": np.array(scale), "sq": np.array(scale * SCALE, np.float32), "sp": np.array(1 / 255, np.float32),
+                 "z128": np.array(128, np.uint8), "z0": np.array(0, np.int8), "zu0": np.array(0, np.uint8),
+                 "heads": np.array([BATCH, tokens, HEADS, HEAD_DIM], np.int64),
+                 "merged": np.array([BATCH, tokens, width], np.int64)}
+    n = helper.make_node
+    nodes = [n("QuantizeLinear", ["q", "s", "z128"], ["q8"]), n("Reshape", ["q8", "heads"], ["qh"]),
+             n("Transpose", ["qh"], ["qt"], perm=[0, 2, 1, 3]),
+             n("QuantizeLinear", ["k", "s", "z0"], ["k8"]), n("Reshape", ["k8", "heads"], ["kh"]),
+             n("Transpose", ["kh"], ["kt"], perm=[0, 2, 3, 1]),
+             n("MatMulIntegerToFloat", ["qt", "kt", "sq", "s", "z128", "z0"], ["scores"], domain="com.microsoft"),
+             n("Add", ["scores", "bias"], ["biased"]), n("Softmax", ["biased"], ["p"], axis=-1),
+             n("QuantizeLinear", ["p", "sp", "zu0"], ["p8"]),
+             n("QuantizeLinear", ["v", "s", "z0"], ["v8"]), n("Reshape", ["v8", "heads"], ["vh"]),
+             n("Transpose", ["vh"], ["vt"], perm=[0, 2, 1, 3]),
+             n("MatMulIntegerToFloat", ["p8", "vt", "sp", "s", "zu0", "z0"], ["ctx"], domain="com.microsoft"),
+             n("Transpose", ["ctx"], ["ct"], perm=[0, 2, 1, 3]), n("Reshape", ["ct", "merged"], ["out"])]
+    shapes = {"q": [BATCH, tokens, width], "k": [BATCH, tokens, width], "v": [BATCH, tokens, width],
+              "bias": [BATCH, 1, 1, tokens]}
+    return session(nodes, shapes, constants, threads)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=155, help="tokens in the block (155: block 4 of --keep 0.4)")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((BATCH, args.tokens, HEADS * HEAD_DIM)).astype(np.float32) for _ in range(3))
+    bias = np.log(rng.integers(1, 4, (BATCH, 1, 1, args.tokens))).astype(np.float32)
+    mha, int8 = mha_fp32(args.tokens, args.threads), int8_ops(args.tokens, args.threads)
+    tiled = np.ascontiguousarray(np.broadcast_to(bias, (BATCH, 1, args.tokens, args.tokens)))  # the kernel's form
+    calls = {"mha_fp32": lambda: mha.run(None, {"q": q, "k": k, "v": v, "bias": tiled})[0],
+             "int8_ops": lambda: int8.run(None, {"q": q, "k": k, "v": v, "bias": bias})[0]}
+    error = float(np.abs(calls["mha_fp32"]() - calls["int8_ops"]()).max())
+    rounds: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(args.rounds):
+        for name, call in calls.items():
+            rounds[name].append(median_ms(call, warmup=1, min_iters=5, max_seconds=1))
+    ms = {name: statistics.median(v) for name, v in rounds.items()}
+    print(f"MultiHeadAttention FP32 {ms['mha_fp32']:.1f} ms, INT8 ops {ms['int8_ops']:.1f} ms, "
+          f"largest difference {error:.3f}")
+    record = {"benchmark": "attention_int8_ort", "date": time.strftime("%Y-%m-%d"),
+              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+              "hardware": {"processor": cpu_name(), "cpu_flags": cpu_flags(), "threads": args.threads,
+                           "onnxruntime": ort.__version__},
+              "shape": {"batch": BATCH, "tokens": args.tokens, "heads": HEADS, "head_dim": HEAD_DIM},
+              "median_ms": ms, "rounds_ms": rounds, "largest_output_difference": error}
+    out = HERE / "results" / "attention_int8_ort_cpu.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
