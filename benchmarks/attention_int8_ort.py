@@ -18,32 +18,38 @@ import json
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from vitcompress.bench import cpu_flags, cpu_name
+from vitcompress.export.onnx_runtime import ort_session
 from vitcompress.latency import median_ms
 
 HERE = Path(__file__).resolve().parent
 BATCH, HEADS, HEAD_DIM, SCALE = 32, 6, 64, 0.125
 
 
-def session(nodes: list, inputs: dict[str, list[int]], constants: dict[str, np.ndarray], threads: int) -> ort.InferenceSession:
+def session(nodes: list, inputs: dict[str, list[int]], constants: dict[str, np.ndarray], threads: int) -> Any:
+    """The graph of ``nodes`` in a session made as vitcompress makes every session (:func:`ort_session`)."""
     graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
                                                    for n, s in inputs.items()],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
                               initializer=[numpy_helper.from_array(v, n) for n, v in constants.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.log_severity_level = threads, 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "attention.onnx"
+        onnx.save(model, path)
+        return ort_session(path, threads=threads)
 
 
-def mha_fp32(tokens: int, threads: int) -> ort.InferenceSession:
+def mha_fp32(tokens: int, threads: int) -> Any:
     width = HEADS * HEAD_DIM
     node = helper.make_node("MultiHeadAttention", ["q", "k", "v", "", "", "bias"], ["out"], domain="com.microsoft",
                             num_heads=HEADS, scale=SCALE)
@@ -52,7 +58,7 @@ def mha_fp32(tokens: int, threads: int) -> ort.InferenceSession:
     return session([node], shapes, {}, threads)
 
 
-def int8_ops(tokens: int, threads: int, amax: float = 4.0) -> ort.InferenceSession:
+def int8_ops(tokens: int, threads: int, amax: float = 4.0) -> Any:
     """The same attention from ONNX Runtime's INT8 ops; q carries the attention scale in its dequantization scale."""
     width, scale = HEADS * HEAD_DIM, np.float32(amax / 127)
     constants = {"s": np.array(scale), "sq": np.array(scale * SCALE, np.float32), "sp": np.array(1 / 255, np.float32),

@@ -43,12 +43,12 @@ def time_variants(paths: dict[str, Path], threads: int, rounds: int, size: int =
         run(inputs[1]), run(inputs[32])
     order = round_order(list(paths), baseline_of)
     for _ in range(rounds):
-        times = [time_both_batches(runners[name][0], inputs) for name in order]
+        timed = [time_both_batches(runners[name][0], inputs) for name in order]
         for i, name in enumerate(order):
             for b in BATCHES:
-                per_round[name][b].append(times[i][b])
+                per_round[name][b].append(timed[i][b])
                 if baseline_of is not None and baseline_of(name) != name:  # between two timings of its baseline
-                    bracket.setdefault(name, {bb: [] for bb in BATCHES})[b].append((times[i - 1][b] + times[i + 1][b]) / 2)
+                    bracket.setdefault(name, {bb: [] for bb in BATCHES})[b].append((timed[i - 1][b] + timed[i + 1][b]) / 2)
     return {name: {"arithmetic": runners[name][1], "rounds_ms": {str(b): v for b, v in times.items()},
                    "latency_ms": {str(b): statistics.median(v) for b, v in times.items()},
                    "size_bytes": sum(f.stat().st_size for f in model_files(paths[name])),
