@@ -2,7 +2,7 @@
 
 Speed and size: vit_small_patch16_224 at 224 px (random weights, 10 classes; calibrated with
 ``vitcompress qat --epochs 0`` on `shapes`), exported three ways and timed in the same run, in
-interleaved rounds, each session with ``--threads`` intra-op threads:
+vitcompress's timing method (vitcompress/timing.py), each session with ``--threads`` intra-op threads:
   - fp32-ort:  FP32 with ONNX Runtime's fused attention kernel (the best FP32 graph; the baseline),
   - fp32-std:  FP32 in standard ONNX ops (what a plain torch.onnx.export gives),
   - int8-ort:  the INT8 export (QAttention + MatMulIntegerToFloat, int8 weights).
@@ -13,29 +13,21 @@ ONNX Runtime on the whole test split, against the QAT model's own top-1 in PyTor
 and fp32-std are the same graph but for the Linear layers ORT fuses).
 
 Usage:  python benchmarks/export_ort.py [--threads 2] [--rounds 12] [--qat runs/qat-bench/base-qat-max,...] [--model M]
-Writes: benchmarks/results/export_ort_cpu[_MODEL].json, with the hardware and the command.
+Writes: benchmarks/results/export_ort_cpu[_MODEL].json, with every round, the hardware, the command and the commit.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
-import statistics
-import sys
-import time
 from pathlib import Path
 
-import onnxruntime
 import torch
+from records import write_record
 from tabulate import tabulate
-from timing import ratio_per_round, time_variants
+from timing import time_variants
 
 from vitcompress.artifact import ArtifactMeta, load_model, write_artifact
 from vitcompress.augment import BatchTransform
-from vitcompress.bench import cpu_flags, cpu_name
 from vitcompress.compress.qat import qat
 from vitcompress.config import ExportConfig, QatConfig, TrainConfig
 from vitcompress.datasets.shapes import CLASSES
@@ -43,8 +35,8 @@ from vitcompress.export.exporter import export
 from vitcompress.export.onnx_runtime import ort_runner, ort_session, run_in_batches
 from vitcompress.export.verify import torch_logits, verification_set
 from vitcompress.models import build_kwargs, create_model, heads_per_block
+from vitcompress.timing import ratio
 
-HERE = Path(__file__).resolve().parent
 MODEL = "vit_small_patch16_224"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 VARIANTS = {"fp32-ort": ("fp32", "fp32", "ort"), "fp32-std": ("fp32", "fp32", "standard"),
@@ -105,24 +97,17 @@ def main() -> None:
     missing = [p for p in args.qat.split(",") if p and not Path(p).is_dir()]
     if missing:
         raise SystemExit(f"missing QAT artifacts {missing}: run `make bench-prune bench-qat` first, or pass --qat ''")
-    timing = time_variants(export_variants(speed_artifacts(work, args.model), work), args.threads, args.rounds)
-    ratios = {f"{v} vs fp32-ort b{b}": ratio_per_round(timing, "fp32-ort", v, b) for v in ("int8-ort", "fp32-std")
-              for b in ("1", "32")}
-    size_ratio = timing["int8-ort"]["size_bytes"] / timing["fp32-ort"]["size_bytes"]
+    timing = time_variants(export_variants(speed_artifacts(work, args.model), work), args.threads, ["fp32-ort"],
+                           args.rounds)
+    variants = timing["variants"]
+    size_ratio = variants["int8-ort"]["size_bytes"] / variants["fp32-ort"]["size_bytes"]
     accuracies = [accuracy(Path(p), work) for p in args.qat.split(",") if p]
-    record = {"benchmark": "export_ort", "date": time.strftime("%Y-%m-%d"),
-              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-              "hardware": {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(),
-                           "cpu_count": os.cpu_count(),
-                           "intra_op_threads": args.threads, "onnxruntime": onnxruntime.__version__,
-                           "torch": torch.__version__},
-              "model": f"{args.model} at 224 px, random weights, 10 classes", "timing": timing,
-              "speedup_per_round": ratios, "int8_size_ratio": round(size_ratio, 4), "accuracy": accuracies}
-    out = HERE / "results" / ("export_ort_cpu.json" if args.model == MODEL else f"export_ort_cpu_{args.model}.json")
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    rows = [(name, t["latency_ms"]["1"], t["latency_ms"]["32"], f"{t['size_bytes'] / 1e6:.1f}") for name, t in timing.items()]
-    print(tabulate(rows, headers=("variant", "b1 ms", "b32 ms", "MB")))
-    print(tabulate([(k, v, statistics.median(v)) for k, v in ratios.items()], headers=("speed-up", "per round", "median")))
+    out = write_record("export_ort_cpu" if args.model == MODEL else f"export_ort_cpu_{args.model}",
+                       {"threads": args.threads, "model": f"{args.model} at 224 px, random weights, 10 classes",
+                        "timing": timing, "int8_size_ratio": round(size_ratio, 4), "accuracy": accuracies})
+    rows = [(name, t["median_ms"]["1"], t["median_ms"]["32"], f"{t['size_bytes'] / 1e6:.1f}",
+             ratio(timing, name, "fp32-ort", 1), ratio(timing, name, "fp32-ort", 32)) for name, t in variants.items()]
+    print(tabulate(rows, headers=("variant", "b1 ms", "b32 ms", "MB", "b1 x fp32-ort", "b32 x fp32-ort")))
     print(f"INT8 size / FP32 size: {size_ratio:.3f}")
     print(tabulate([(a["artifact"], a["top1_qat_torch"], a["top1_int8_onnx"], a["top1_agreement"]) for a in accuracies],
                    headers=("QAT artifact", "PyTorch top-1", "INT8 ONNX top-1", "agreement")))

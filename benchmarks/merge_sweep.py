@@ -25,23 +25,15 @@ command inside); with ``--schedule decreasing`` their names end in ``_decreasing
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
-import statistics
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
-import onnxruntime
 from export_ort import speed_artifacts
+from records import write_record
 from tabulate import tabulate
-from timing import BATCHES, ratio_per_round, time_variants
+from timing import BATCHES, time_variants
 
 from vitcompress.artifact import load_model, parent_ref, read_meta, write_artifact
-from vitcompress.bench import cpu_flags, cpu_name
 from vitcompress.compress.merge import merge, per_block_schedule
 from vitcompress.compress.qat import qat
 from vitcompress.compress.surgery import mlp_widths, reshape_to
@@ -52,8 +44,8 @@ from vitcompress.export.exporter import export
 from vitcompress.export.onnx import export_onnx
 from vitcompress.export.openvino import save_ir
 from vitcompress.models import heads_per_block
+from vitcompress.timing import ratio
 
-HERE = Path(__file__).resolve().parent
 RUNTIMES = {"ort": ("onnx", "model.onnx"), "ov": ("openvino", "model.xml")}
 
 
@@ -140,29 +132,25 @@ def same_runtime_fp32(name: str) -> str:
     return f"fp32@{name.split('@')[1]}"
 
 
-def hardware(threads: int) -> dict:
-    import openvino
-
-    return {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
-            "threads": threads, "onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__}
+def baselines(paths: dict[str, Path]) -> list[str]:
+    """The unmerged FP32 model on each runtime timed (each variant is bracketed by its own runtime's)."""
+    return list(dict.fromkeys(same_runtime_fp32(name) for name in paths))
 
 
 def speed(args: argparse.Namespace) -> dict:
     work = Path(args.work) / "speed"
     artifacts = speed_variants(work, args.keep, args.schedule)
     paths, unverified = export_all(artifacts, work)
-    timing = time_variants(paths, args.threads, args.rounds, 224, baseline_of=same_runtime_fp32)
-    ratios = {f"{name} b{b}": ratio_per_round(timing, same_runtime_fp32(name), name, str(b))
-              for name in timing for b in BATCHES if not name.startswith("fp32@")}
+    timing = time_variants(paths, args.threads, baselines(paths), args.rounds, 224,
+                           bracket_of={name: same_runtime_fp32(name) for name in paths})
+    variants = timing["variants"]
     merging = read_meta(artifacts["merged"]).merging
-    rows = [(name, t["arithmetic"], t["latency_ms"]["1"], t["latency_ms"]["32"],
-             statistics.median(ratios[f"{name} b1"]) if not name.startswith("fp32@") else 1.0,
-             statistics.median(ratios[f"{name} b32"]) if not name.startswith("fp32@") else 1.0,
-             round(t["size_bytes"] / timing[same_runtime_fp32(name)]["size_bytes"], 3)) for name, t in timing.items()]
+    rows = [(name, t["arithmetic"], t["median_ms"]["1"], t["median_ms"]["32"],
+             ratio(timing, name, same_runtime_fp32(name), 1), ratio(timing, name, same_runtime_fp32(name), 32),
+             round(t["size_bytes"] / variants[same_runtime_fp32(name)]["size_bytes"], 3)) for name, t in variants.items()]
     print(tabulate(rows, headers=("variant@runtime", "arithmetic", "b1 ms", "b32 ms", "b1 x", "b32 x", "size x")))
     return {"model": "vit_small_patch16_224 at 224 px, random weights, 10 classes", "merging": merging,
-            "exported_without_verification": unverified, "timing": timing,
-            "speedup_per_round_vs_unmerged_fp32_same_runtime": ratios}
+            "exported_without_verification": unverified, "timing": timing}
 
 
 def speed_curve(args: argparse.Namespace) -> dict:
@@ -177,23 +165,22 @@ def speed_curve(args: argparse.Namespace) -> dict:
             name = f"{base}-merged-keep{keep}"
             artifacts[name] = with_merging(unmerged[base], work / name, keep, args.schedule)
     paths, unverified = export_all(artifacts, work, runtimes=("ort",))
-    timing = time_variants(paths, args.threads, args.rounds, 224, baseline_of=same_runtime_fp32)
-    ratio = {(name, b): statistics.median(ratio_per_round(timing, "fp32@ort", name, str(b)))
-             for name in timing for b in BATCHES}
+    timing = time_variants(paths, args.threads, ["fp32@ort"], args.rounds, 224)
+    x = {(name, b): ratio(timing, name, "fp32@ort", b) for name in timing["variants"] for b in BATCHES}
     rows = []
     for keep in keeps:
         merging = read_meta(artifacts[f"fp32-merged-keep{keep}"]).merging
         rows.append({"keep": keep, "per_block": merging["per_block"], "keep_measured": merging["keep"],
                      "token_share_mean": merging["token_share_mean"],
-                     **{f"{base}_merged_b{b}_x": round(ratio[(f"{base}-merged-keep{keep}@ort", b)], 3)
+                     **{f"{base}_merged_b{b}_x": round(x[(f"{base}-merged-keep{keep}@ort", b)], 3)
                         for base in ("fp32", "int8") for b in BATCHES}})
-    print(f"INT8 unmerged: {ratio[('int8@ort', 1)]:.2f}x (b1), {ratio[('int8@ort', 32)]:.2f}x (b32)")
+    print(f"INT8 unmerged: {x[('int8@ort', 1)]:.2f}x (b1), {x[('int8@ort', 32)]:.2f}x (b32)")
     print(tabulate([(r["keep"], r["keep_measured"], r["token_share_mean"], r["fp32_merged_b1_x"], r["fp32_merged_b32_x"],
                      r["int8_merged_b1_x"], r["int8_merged_b32_x"]) for r in rows],
                    headers=("keep", "left at last block", "mean token share", "FP32 b1 x", "FP32 b32 x", "INT8 b1 x",
                             "INT8 b32 x")))
     return {"model": "vit_small_patch16_224 at 224 px, random weights, 10 classes", "runtime": "onnxruntime",
-            "schedule": args.schedule, "int8_unmerged_x": {f"b{b}": round(ratio[("int8@ort", b)], 3) for b in BATCHES},
+            "schedule": args.schedule, "int8_unmerged_x": {f"b{b}": round(x[("int8@ort", b)], 3) for b in BATCHES},
             "exported_without_verification": unverified, "rows": rows, "timing": timing}
 
 
@@ -218,9 +205,10 @@ def sweep(args: argparse.Namespace) -> dict:
         rows.append({"r": r, "top1": top1, "top1_after_recovery": recovered,
                      "tokens_last_block": merging["tokens_per_block"][-1] if merging else None,
                      "per_block": merging["per_block"] if merging else None})
-    timing = time_variants(paths, args.threads, args.rounds, meta.img_size)
+    timing = time_variants(paths, args.threads, ["r0"], args.rounds, meta.img_size)
     for row in rows:
-        row["latency_ms"] = timing[f"r{row['r']}"]["latency_ms"]
+        row["latency_ms"] = timing["variants"][f"r{row['r']}"]["median_ms"]
+        row["x_vs_r0"] = {str(b): ratio(timing, f"r{row['r']}", "r0", b) for b in BATCHES}
     print(tabulate([(r["r"], f"{100 * r['top1']:.2f}",
                      f"{100 * r['top1_after_recovery']:.2f}" if r["top1_after_recovery"] is not None else "",
                      r["tokens_last_block"], r["latency_ms"]["1"], r["latency_ms"]["32"]) for r in rows],
@@ -247,16 +235,12 @@ def main() -> None:
     args = parser.parse_args()
     if not args.speed and not args.artifact and not args.curve:
         parser.error("pass --speed, --curve KEEPS, --artifact A, or several")
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     for kind, run in (("speed", speed if args.speed else None), ("speed_curve", speed_curve if args.curve else None),
                       ("sweep", sweep if args.artifact else None)):
         if run is None:
             continue
-        record = {"benchmark": f"merge_{kind}", "date": time.strftime("%Y-%m-%d"), "command": command,
-                  "hardware": hardware(args.threads), **run(args)}
         suffix = "".join(f"_{part}" for part in (args.schedule if args.schedule != "constant" else "", args.tag) if part)
-        out = HERE / "results" / f"merge_{kind}_cpu{suffix}.json"
-        out.write_text(json.dumps(record, indent=2) + "\n")
+        out = write_record(f"merge_{kind}_cpu{suffix}", {"threads": args.threads, **run(args)})
         print(f"wrote {out}")
 
 

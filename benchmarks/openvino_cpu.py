@@ -2,65 +2,80 @@
 
 Speed and size: vit_small_patch16_224 at 224 px (random weights, 10 classes; INT8 calibrated with
 ``vitcompress qat --epochs 0`` on `shapes`, as benchmarks/export_ort.py does), every variant timed in the same
-run, in interleaved rounds, each with ``--threads`` threads, against vitcompress's best FP32 ONNX on ONNX Runtime:
-  - fp32-ort       FP32, ONNX Runtime's fused graph, on ONNX Runtime (the baseline)
+run by vitcompress's timing method (vitcompress/timing.py), each with ``--threads`` threads, against three FP32
+baselines, (a) fp32-ort, (b) fp32-ov, (c) fp32-ov-f32; every variant is bracketed by (b), the headline baseline:
+  - fp32-ort       FP32, ONNX Runtime's fused graph, on ONNX Runtime (baseline a)
+  - fp32-std       FP32, the standard-ops graph (what a plain torch.onnx.export gives), on ONNX Runtime
   - int8-ort       vitcompress's INT8 fused graph (QAttention, MatMulIntegerToFloat) on ONNX Runtime
   - ort-dynamic    ONNX Runtime's own ``quantize_dynamic`` of the FP32 standard graph, on ONNX Runtime
-  - fp32-ov        vitcompress's FP32 IR on OpenVINO, in the arithmetic OpenVINO picks (bf16 on AMX CPUs)
+  - fp32-ov        vitcompress's FP32 IR on OpenVINO, in the arithmetic OpenVINO picks (bf16 on CPUs with AMX or
+                   AVX-512 BF16: the fastest FP32 a user gets there; baseline b)
+  - fp32-ov-f32    the same IR held to FP32 arithmetic (``INFERENCE_PRECISION_HINT f32``; baseline c)
   - nncf-ov        NNCF's own post-training INT8 of that IR (300 calibration images), on OpenVINO
   - int8-ov        vitcompress's INT8 IR (``export --format openvino``: QAT's scales) on OpenVINO
 Accuracy (``--qat ARTIFACT``, optional): a QAT artifact's INT8 IR on OpenVINO, scored on its whole test split
 against the QAT model in PyTorch.
 
-Usage:  python benchmarks/openvino_cpu.py [--threads 2] [--rounds 12] [--qat runs/x-int8] [--accuracy-only]
+The table gives each variant's ratio against each baseline and against the fastest of them at each batch (the
+ratio of medians; the interquartile range of the per-round ratios is in the record).
+
+Usage:  python benchmarks/openvino_cpu.py [--threads 2] [--rounds 8] [--qat runs/x-int8] [--accuracy-only] [--tag T]
 Needs:  pip install -e '.[compare]' (NNCF)
-Writes: benchmarks/results/openvino_cpu.json, with the hardware (CPU flags included) and the command.
+Writes: benchmarks/results/openvino_cpu[_T].json, with every round, the hardware (CPU flags included), the command
+and the commit.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import statistics
-import sys
-import time
 from pathlib import Path
 
-import onnxruntime
-from export_ort import speed_artifacts
+from merge_sweep import unmerged_variants, write_unverified
+from records import write_record
 from tabulate import tabulate
-from timing import BATCHES, ratio_per_round, time_variants
+from timing import BATCHES, time_variants
 
 from vitcompress.artifact import load_model
 from vitcompress.augment import BatchTransform
 from vitcompress.bench import cpu_flags, cpu_name
 from vitcompress.config import ExportConfig
+from vitcompress.errors import UserError
 from vitcompress.export.exporter import export
 from vitcompress.export.onnx_runtime import run_in_batches
 from vitcompress.export.verify import torch_logits, verification_set
 from vitcompress.runtimes.openvino_backend import OpenVINOModel
+from vitcompress.timing import ratio
 
-HERE = Path(__file__).resolve().parent
-BASELINE = "fp32-ort"
+# The FP32 baselines every variant is bracketed by and compared with: (a) ONNX Runtime's FP32, (b) OpenVINO's
+# default arithmetic for an FP32 model (bf16 on CPUs with AMX or AVX-512 BF16: the fastest FP32 a user gets there),
+# (c) OpenVINO held to FP32 arithmetic.
+BASELINES = {"fp32-ort": "(a) FP32 on ONNX Runtime", "fp32-ov": "(b) OpenVINO default",
+             "fp32-ov-f32": "(c) OpenVINO f32"}
+BRACKET = "fp32-ov"  # timed on either side of every variant: the baseline the docs' headline figures use
 CALIBRATION_IMAGES = 300
 
 
-def exports(artifacts: dict[str, Path], work: Path) -> dict[str, Path]:
-    """The model file of each variant that vitcompress exports (and of ONNX Runtime's and NNCF's own INT8)."""
-    made = {}
+def exports(artifacts: dict[str, Path], work: Path) -> tuple[dict[str, Path], list[str]]:
+    """The model file of each variant that vitcompress exports (and of ONNX Runtime's and NNCF's own INT8), and the
+    exports written without verification (random weights give near-tied logits: see merge_sweep.export_all)."""
+    made, unverified = {}, []
     for name, (source, fmt, target) in {"fp32-ort": ("fp32", "onnx", "ort"), "int8-ort": ("int8", "onnx", "ort"),
                                         "fp32-std": ("fp32", "onnx", "standard"), "fp32-ov": ("fp32", "openvino", "auto"),
                                         "int8-ov": ("int8", "openvino", "auto")}.items():
         out = work / name
-        export(ExportConfig(src=str(artifacts[source]), out=str(out), format=fmt, target=target, verify_size=32, force=True,
-                            quiet=True))
         made[name] = out / ("model.xml" if fmt == "openvino" else "model.onnx")
-    made["ort-dynamic"] = ort_dynamic(made.pop("fp32-std"), work)
+        try:
+            export(ExportConfig(src=str(artifacts[source]), out=str(out), format=fmt, target=target, verify_size=32,
+                                force=True, quiet=True))
+        except UserError:
+            if target == "standard":
+                raise
+            write_unverified(artifacts[source], made[name])
+            unverified.append(name)
+    made["ort-dynamic"] = ort_dynamic(made["fp32-std"], work)
     made["nncf-ov"] = nncf_ptq(made["fp32-ov"], work)
-    return made
+    return made, unverified
 
 
 def ort_dynamic(fp32_standard: Path, work: Path) -> Path:
@@ -109,53 +124,60 @@ def accuracy(qat_artifact: Path, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--qat", default="", help="QAT artifacts (comma list) to score on their whole test split")
     parser.add_argument("--work", default="runs/openvino-bench")
     parser.add_argument("--accuracy-only", action="store_true",
                         help="score the --qat artifacts only; write results/openvino_cpu_accuracy.json")
+    parser.add_argument("--tag", default="", help="written to results/openvino_cpu[_TAG].json")
     args = parser.parse_args()
     work = Path(args.work)
-    import openvino
-
     # scored first: one full run (2026-12-06) died with a segfault in OpenVINO when scoring came after the timing
     accuracies = [accuracy(Path(p), work) for p in args.qat.split(",") if p]
     if args.accuracy_only:
-        record = {"benchmark": "openvino_cpu accuracy", "date": time.strftime("%Y-%m-%d"),
-                  "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-                  "hardware": {"processor": cpu_name(), "cpu_flags": cpu_flags(), "openvino": openvino.__version__},
-                  "accuracy": accuracies}
-        (HERE / "results" / "openvino_cpu_accuracy.json").write_text(json.dumps(record, indent=2) + "\n")
+        out = write_record("openvino_cpu_accuracy", {"accuracy": accuracies})
         print(json.dumps(accuracies, indent=2))
+        print(f"wrote {out}")
         return
-    paths = exports(speed_artifacts(work), work)
-    timing = time_variants(paths, args.threads, args.rounds)
-    ratios = {f"{v} vs {BASELINE} b{b}": ratio_per_round(timing, BASELINE, v, str(b)) for v in timing if v != BASELINE
-              for b in BATCHES}
-    ours_vs = {f"int8-ov vs {v} b{b}": ratio_per_round(timing, v, "int8-ov", str(b)) for v in ("nncf-ov", "fp32-ov")
-               for b in BATCHES}
-    record = {"benchmark": "openvino_cpu", "date": time.strftime("%Y-%m-%d"),
-              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-              "hardware": {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(),
-                           "cpu_count": os.cpu_count(), "threads": args.threads, "onnxruntime": onnxruntime.__version__,
-                           "openvino": openvino.__version__},
-              "model": "vit_small_patch16_224 at 224 px, random weights, 10 classes", "timing": timing,
-              "speedup_per_round": {**ratios, **ours_vs},
-              "size_vs_fp32_onnx": {n: round(t["size_bytes"] / timing[BASELINE]["size_bytes"], 3) for n, t in timing.items()},
-              "accuracy": accuracies}
-    out = HERE / "results" / "openvino_cpu.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    rows = [(n, t["arithmetic"], t["latency_ms"]["1"], t["latency_ms"]["32"],
-             statistics.median(ratios[f"{n} vs {BASELINE} b1"]) if n != BASELINE else 1.0,
-             statistics.median(ratios[f"{n} vs {BASELINE} b32"]) if n != BASELINE else 1.0,
-             record["size_vs_fp32_onnx"][n]) for n, t in timing.items()]
-    print(f"{cpu_name()} ({', '.join(cpu_flags())}), {args.threads} threads")
-    print(tabulate(rows, headers=("variant", "arithmetic", "b1 ms", "b32 ms", "b1 x", "b32 x", "size x")))
-    print(tabulate([(k, v, statistics.median(v)) for k, v in ours_vs.items()], headers=("ours", "per round", "median")))
+    paths, unverified = exports(unmerged_variants(work), work)
+    paths["fp32-ov-f32"] = paths["fp32-ov"]
+    baselines = [BRACKET, *(b for b in BASELINES if b != BRACKET)]
+    timing = time_variants(paths, args.threads, baselines, args.rounds, precisions={"fp32-ov-f32": "f32"})
+    table = speed_table(timing)
+    out = write_record("openvino_cpu" + (f"_{args.tag}" if args.tag else ""),
+                       {"threads": args.threads, "model": "vit_small_patch16_224 at 224 px, random weights, 10 classes",
+                        "baselines": BASELINES, "exported_without_verification": unverified, "table": table,
+                        "timing": timing, "accuracy": accuracies})
+    print(f"{cpu_name()} ({', '.join(cpu_flags())}), {args.threads} threads; written without verification: {unverified}")
+    headers = ["variant", "arithmetic", "b1 ms", "b32 ms", "size x"] + [
+        f"b{b} vs {k}" for b in BATCHES for k in (*BASELINES, "fastest FP32")]
+    print(tabulate([[r["variant"], r["arithmetic"], r["ms"]["1"], r["ms"]["32"], r["size_x"]]
+                    + [r["x"][str(b)][k] for b in BATCHES for k in (*BASELINES, "fastest FP32")] for r in table],
+                   headers=headers))
     for a in accuracies:
         print(f"{a['artifact']}: PyTorch {a['top1_qat_torch']:.4f}, OpenVINO INT8 ({a['arithmetic']}) "
               f"{a['top1_int8_openvino']:.4f}, agreement {a['top1_agreement']:.4f} on {a['images']} images")
     print(f"wrote {out}")
+
+
+def speed_table(timing: dict) -> list[dict]:
+    """A row per variant: its arithmetic, medians, size against FP32 ONNX, and its ratio against each baseline and
+    against the fastest FP32 runtime at each batch (the ratio of medians, IQR of the per-round ratios beside it)."""
+    variants = timing["variants"]
+    fastest = {b: min(BASELINES, key=lambda name: variants[name]["median_ms"][str(b)]) for b in BATCHES}
+    rows = []
+    for name, v in variants.items():
+        per_batch: dict[str, dict] = {}
+        for b in BATCHES:
+            cells = {k: ratio(timing, name, k, b) for k in BASELINES}
+            cells["fastest FP32"] = cells[fastest[b]]
+            cells["fastest FP32 is"] = fastest[b]
+            cells["iqr vs fastest"] = (timing["ratios"][name][fastest[b]][str(b)]["iqr"] if name != fastest[b]
+                                       else [1.0, 1.0])
+            per_batch[str(b)] = cells
+        rows.append({"variant": name, "arithmetic": v["arithmetic"], "ms": v["median_ms"],
+                     "size_x": round(v["size_bytes"] / variants["fp32-ort"]["size_bytes"], 3), "x": per_batch})
+    return rows
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import REPO, TINY, run_cli, write_image_folder
 from vitcompress.bench_report import add_speedups, report_table
+from vitcompress.timing import TimingMethod, compare, local_timer
 
 
 def _one_line_error(capsys: pytest.CaptureFixture) -> str:
@@ -119,7 +120,17 @@ def test_every_row_is_compared_with_the_baseline_on_its_own_backend() -> None:
     records = [_record("fp32", "ort-cpu", 1.0, True), _record("fp32", "triton", 7.0, True),
                _record("int8", "ort-cpu", 0.5, False), _record("int8", "triton", 3.5, False),
                _record("int8", "openvino", 0.25, False)]
-    results = {"records": records}
+    clock = [0.0]
+
+    def model(ms: float):
+        def run() -> None:
+            clock[0] += ms / 1000
+
+        return local_timer({8: run}, lambda: clock[0])
+
+    timers = {f"{r['variant']} on {r['backend']}": model(r["p50_ms"]) for r in records}
+    timing = compare(timers, ["fp32 on ort-cpu", "fp32 on triton"], [8], TimingMethod(rounds=3))
+    results = {"records": records, "timing": timing}
     add_speedups(results)
     assert [r["speedup"] for r in records] == [1.0, 1.0, 2.0, 2.0, 4.0]  # the baseline on Triton read 0.14x before
     assert records[3]["speedup_against"] == "fp32 on triton"

@@ -40,6 +40,7 @@ from vitcompress.locks import refuse_if_live
 from vitcompress.progress import progress_bar
 from vitcompress.runtimes import RUNTIMES, Runtime
 from vitcompress.sources import ModelSource, open_source
+from vitcompress.timing import TimingMethod, compare, local_timer
 
 ACCURACY_BATCH = 32  # images per call when scoring accuracy
 STAGING_SUFFIX = ".tmp-bench"
@@ -75,9 +76,10 @@ def bench(cfg: BenchConfig) -> BenchResult:
     skipped = [{"variant": NO_VARIANT, "backend": name, "reason": RUNTIMES[name].nothing_to_run()}
                for name in cfg.backend_names() if name not in planned]  # asked for, so listed, never dropped
     predictions: dict[tuple[str, str], np.ndarray] = {}
-    steps = sum(len(cfg.batch_sizes()) for _ in plan)
+    steps = sum(len(cfg.batch_sizes()) for _ in plan) + cfg.rounds
+    kept: dict[str, tuple[MeasuringWorker, list[int]]] = {}  # "VARIANT on BACKEND": its open runtime, its batches
     with progress_bar(total=steps, desc="bench", unit="point", quiet=cfg.quiet, leave=True) as progress, \
-            handed_to_processes(images, cfg) as images:
+            handed_to_processes(images, cfg) as images, contextlib.ExitStack() as workers:
         for source, backend in plan:
             reason = RUNTIMES[backend].unavailable(source)
             if reason:
@@ -90,8 +92,9 @@ def bench(cfg: BenchConfig) -> BenchResult:
                 skipped.append({"variant": source.label, "backend": backend, "reason": f"batch {batch} is above the "
                                 f"engine's profile maximum {source.max_batch}: rebuild it with export --batch ...,{batch}"})
                 progress.update(1)
+            worker = workers.enter_context(MeasuringWorker(cfg.in_process, f"{source.label} on {backend}"))
             try:
-                measured = (_measure if cfg.in_process else _measure_in_fresh_process)(source, backend, batches, cfg, images)
+                measured = worker.call(_measure, worker.key, source, backend, batches, cfg, images)
             except UserError as exc:  # a runtime that fails to start here (e.g. Triton from the wrong Python)
                 skipped.append({"variant": source.label, "backend": backend, "reason": str(exc)})
                 continue
@@ -101,6 +104,8 @@ def bench(cfg: BenchConfig) -> BenchResult:
             skipped += measured["skipped"]
             if measured["predictions"] is not None:
                 predictions[(source.label, backend)] = measured["predictions"]
+            kept[worker.key] = (worker, [r["batch"] for r in measured["records"] if r["mode"] == "batch"])
+        timing = _compare(kept, baseline.label, cfg, progress)
     if not records:
         reasons = "; ".join(f"{s['variant']} on {s['backend']}: {s['reason']}" for s in skipped if s["variant"] != NO_VARIANT)
         raise UserError(f"no backend could run any of the models here ({reasons or 'none of them applies'})",
@@ -109,7 +114,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
     results = {"command": command_line("bench", cfg, positional=("srcs",)),
                "config": asdict(cfg), "baseline": baseline.label, "data": images.source if images.labels is not None else None,
                "hardware": hardware(), "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-               "records": records, "skipped": skipped}
+               "records": records, "skipped": skipped, "timing": timing}
     from vitcompress.bench_report import write_report
 
     with staged_directory(out, STAGING_SUFFIX) as staging:
@@ -136,26 +141,50 @@ def _baseline(sources: list[ModelSource], named: str | None) -> ModelSource:
     return next((s for s in sources if s.precision == "fp32"), sources[0])
 
 
-def _measure_in_fresh_process(source: ModelSource, backend: str, batches: list[int], cfg: BenchConfig,
-                              images: EvalImages) -> dict[str, Any]:
-    """:func:`_measure` in a new Python process: the peak memory it reports is then the variant's own, not
-    what earlier variants left to the allocator, and a runtime that crashes takes only that process down.
+class MeasuringWorker:
+    """Where one variant x backend is measured and then kept open for the timing rounds: a new Python process (unless
+    ``in_process``), so that the peak memory it reports is the variant's own, not what earlier variants left to the
+    allocator, and a runtime that crashes takes only that process down.
 
-    The process runs in a process group of its own, so a terminal's Ctrl-C reaches this one alone, which hands it
-    on: the measuring process then stops its runtime in order (a Triton server: its clients first, then the model,
-    then the server; interrupted together, the server waited a second per check for the client to hang up) and is
-    ended once it has, without the second and a half a Python process with torch takes to exit.
+    The process runs in a process group of its own, so a terminal's Ctrl-C reaches bench alone, which hands it on:
+    the measuring process then stops its runtime in order (a Triton server: its clients first, then the model, then
+    the server; interrupted together, the server waited a second per check for the client to hang up) and is ended
+    once it has, without the second and a half a Python process with torch takes to exit.
     """
-    own_group = getattr(os, "setpgrp", None)  # POSIX; elsewhere the process shares the terminal's Ctrl-C
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=own_group) as pool:
+
+    def __init__(self, in_process: bool, key: str) -> None:
+        self.key = key
+        self.pool: ProcessPoolExecutor | None = None
+        if not in_process:
+            own_group = getattr(os, "setpgrp", None)  # POSIX; elsewhere the process shares the terminal's Ctrl-C
+            self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=own_group)
+            self.pid = self.pool.submit(os.getpid).result()
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` in the worker."""
+        if self.pool is None:
+            return function(*args)
         try:
-            pid = pool.submit(os.getpid).result()
-            return _result_handing_on_ctrl_c(pool.submit(_measure, source, backend, batches, cfg, images), pid)
+            return _result_handing_on_ctrl_c(self.pool.submit(function, *args), self.pid)
         except BrokenProcessPool:
-            raise UserError(f"the process measuring {source.label} on {backend} died (a crash in the runtime, or, "
-                            "from Python, a script whose bench call is not under `if __name__ == \"__main__\":`, "
-                            "which the new process imports again)",
+            self.pool = None
+            raise UserError(f"the process measuring {self.key} died (a crash in the runtime, or, from Python, a "
+                            "script whose bench call is not under `if __name__ == \"__main__\":`, which the new "
+                            "process imports again)",
                             "guard the call so, pass in_process=True (--in-process), or skip that backend") from None
+
+    def timer(self, batch: int, calls: int) -> list[float]:
+        """Milliseconds of ``calls`` calls of the kept runtime at ``batch``, timed inside the worker."""
+        return self.call(_time_kept, self.key, batch, calls)
+
+    def __enter__(self) -> MeasuringWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(UserError):
+            self.call(_close_kept, self.key)
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def _result_handing_on_ctrl_c(measuring: Future, pid: int) -> dict[str, Any]:
@@ -171,11 +200,12 @@ def _result_handing_on_ctrl_c(measuring: Future, pid: int) -> dict[str, Any]:
         raise
 
 
-def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchConfig,
+def _measure(key: str, source: ModelSource, backend: str, batches: list[int], cfg: BenchConfig,
              images: EvalImages) -> dict[str, Any]:
     """Latency at each batch, the peak memory that loading and running the model at those batches took, and then
     (outside that peak: scoring reads every test image) accuracy. A batch the device has no memory for is listed
-    as skipped, and the others are measured."""
+    as skipped, and the others are measured. The runtime stays open under ``key`` for the timing rounds
+    (:func:`_time_kept`) until :func:`_close_kept`."""
     transform = BatchTransform(source.img_size, source.mean, source.std)
     stored = images.stored()
     sample = transform.eval_pixels(stored[: max(batches, default=1)])  # what latency is timed on
@@ -201,12 +231,14 @@ def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchCo
                   "precision": runtime.precision(source), "kind": source.kind, "file_bytes": source.file_bytes,
                   "params": source.params, "macs": source.macs}
         records = []
+        timed_inputs = {}
         for batch in batches:
             inputs = source.prepare(_repeat_to(sample, batch))
             times = unless_out_of_memory(f"batch {batch}", lambda inputs=inputs: time_calls(
                 lambda: runtime.run(inputs), cfg.warmup, cfg.min_iters, cfg.max_seconds))
             if times is None:
                 continue
+            timed_inputs[batch] = inputs
             stats = latency_stats(times)
             records.append({**common, "mode": "batch", "batch": batch, "concurrency": 1, **stats,
                             "throughput_ips": round(batch * 1000 / stats["mean_ms"], 2)})
@@ -218,9 +250,45 @@ def _measure(source: ModelSource, backend: str, batches: list[int], cfg: BenchCo
             lambda: _accuracy(runtime, source, transform, stored, images.labels)) or ({}, None)
         for record in records:
             record.update(peak_memory_bytes=peak, memory_kind=kind, **accuracy)
-    finally:
+    except BaseException:
         runtime.close()
+        raise
+    _KEPT[key] = (runtime, timed_inputs)
     return {"records": records, "predictions": predicted, "skipped": skipped}
+
+
+_KEPT: dict[str, tuple[Runtime, dict[int, Any]]] = {}  # the measuring process's open runtimes, by variant x backend
+
+
+def _time_kept(key: str, batch: int, calls: int) -> list[float]:
+    runtime, inputs = _KEPT[key]
+    return local_timer({batch: partial(runtime.run, inputs[batch])})(batch, calls)
+
+
+def _close_kept(key: str) -> None:
+    runtime, _ = _KEPT.pop(key, (None, None))
+    if runtime is not None:
+        runtime.close()
+
+
+def _compare(kept: dict[str, tuple[MeasuringWorker, list[int]]], baseline: str, cfg: BenchConfig,
+             progress: Any) -> dict[str, Any]:
+    """Every measured variant x backend timed against the baseline on each backend it ran on, by the timing method
+    (vitcompress/timing.py), bracketed by the baseline on its own backend where there is one; at each batch that all
+    of them ran; an empty dict when nothing ran."""
+    if not kept:
+        return {}
+    batches = [b for b in cfg.batch_sizes() if all(b in ran for _, ran in kept.values())]
+    baselines = [key for key in kept if key.startswith(f"{baseline} on ")] or [next(iter(kept))]
+    on_backend = {key.split(" on ")[-1]: key for key in baselines}
+    bracket_of = {key: on_backend.get(key.split(" on ")[-1], baselines[0]) for key in kept}  # its own backend's
+
+    def step(message: str) -> None:
+        progress.set_postfix_str(f"timing {message}")
+        progress.update(1)
+
+    method = TimingMethod(rounds=cfg.rounds, seconds_per_timing=min(0.5, cfg.max_seconds))
+    return compare({key: worker.timer for key, (worker, _) in kept.items()}, baselines, batches, method, step, bracket_of)
 
 
 def _peak_memory(runtime: Runtime, rss_before: int | None) -> tuple[int | None, str]:

@@ -14,28 +14,44 @@ from vitcompress.fsutil import atomic_file
 from vitcompress.plots import save_latency_png, save_pareto_png
 
 CSV_FIELDS = ("variant", "backend", "device", "precision", "mode", "batch", "concurrency", "p50_ms", "p90_ms", "p99_ms",
-              "mean_ms", "std_ms", "iters", "throughput_ips", "speedup", "top1", "f1_macro", "agreement",
+              "mean_ms", "std_ms", "iters", "throughput_ips", "speedup", "speedup_iqr", "top1", "f1_macro", "agreement",
               "peak_memory_bytes", "memory_kind", "file_bytes", "params", "macs", "baseline", "path")
 
 
-SPEEDUP_NOTE = ("vs baseline: the baseline's p50 over the row's, at the same batch on the same backend (so the "
+SPEEDUP_NOTE = ("vs baseline: how many times faster than the baseline at the same batch on the same backend (the "
+                "ratio of medians over interleaved rounds that bracket the row by the baseline, docs/bench.md; the "
                 "baseline's own rows read 1.00x); * where the baseline did not run on that backend: against its first one")
 
 
 def add_speedups(results: dict[str, Any]) -> None:
-    """``speedup``: the baseline's p50 over this record's, at the same batch, on the same backend: a runtime is
-    compared with itself, never one runtime's row with another's (Triton's HTTP round trip against ONNX Runtime in
-    process read 0.14x for the baseline itself). Where the baseline did not run on that backend, against its first
-    backend (``speedup_against`` names the row compared with)."""
+    """``speedup``: how many times faster this record ran than the baseline at the same batch, on the same backend,
+    from the timing rounds (``results["timing"]``, :func:`vitcompress.timing.compare`), with ``speedup_iqr``: a
+    runtime is compared with itself, never one runtime's row with another's (Triton's HTTP round trip against ONNX
+    Runtime in process read 0.14x for the baseline itself). Where the baseline did not run on that backend, against
+    its first backend (``speedup_against`` names the row compared with)."""
+    timing = results["timing"]
     base = [r for r in results["records"] if r["baseline"] and r["mode"] == "batch"]
     for record in results["records"]:
         if record["mode"] != "batch":
             continue
         same = [b for b in base if b["batch"] == record["batch"]]
         ref = next((b for b in same if b["backend"] == record["backend"]), same[0] if same else None)
-        record["speedup"] = round(ref["p50_ms"] / record["p50_ms"], 3) if ref else None
-        record["speedup_against"] = f"{ref['variant']} on {ref['backend']}" if ref else None
-        record["speedup_other_backend"] = ref is not None and ref["backend"] != record["backend"]
+        mine, against = timing_key(record), timing_key(ref) if ref else None
+        compared = (ref is not None and str(record["batch"]) in timing.get("calls_per_timing", {})
+                    and mine in timing["variants"])
+        if not compared:
+            record.update(speedup=None, speedup_iqr=None, speedup_against=None, speedup_other_backend=False)
+            continue
+        cell = timing["ratios"][mine].get(against, {}).get(str(record["batch"]))
+        record["speedup"] = cell["ratio"] if cell else 1.0
+        record["speedup_iqr"] = cell["iqr"] if cell else [1.0, 1.0]
+        record["speedup_against"] = against
+        record["speedup_other_backend"] = ref["backend"] != record["backend"]
+
+
+def timing_key(record: dict[str, Any]) -> str:
+    """The name a record's variant x backend has in the timing rounds."""
+    return f"{record['variant']} on {record['backend']}"
 
 
 def report_table(results: dict[str, Any], fmt: str = "simple") -> str:
@@ -111,7 +127,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
 def _speedup(record: dict[str, Any]) -> str:
     if not record.get("speedup"):
         return "-"
-    return f"{record['speedup']:.2f}x" + ("*" if record.get("speedup_other_backend") else "")
+    low, high = record["speedup_iqr"]
+    spread = "" if record["baseline"] and not record.get("speedup_other_backend") else f" ({low:.2f}-{high:.2f})"
+    return f"{record['speedup']:.2f}x" + ("*" if record.get("speedup_other_backend") else "") + spread
 
 
 def _megabytes(value: int | None) -> str:

@@ -143,9 +143,10 @@ HELP = {
     "eval_size": "test images for accuracy, a seeded sample (0: the whole test split of --data)",
     "baseline": "the FP32 reference among the SRCs (default: the first FP32 one)",
     "threads": "intra-op threads for CPU runtimes (0: the runtime's default, usually one per core)",
-    "warmup": "untimed calls before timing",
-    "min_iters": "timed calls at least, per batch size",
-    "max_seconds": "no new timed calls after this many seconds, per batch size",
+    "warmup": "untimed calls before timing each variant's latency distribution (p50/p90/p99)",
+    "min_iters": "timed calls at least, per batch size, for the latency distribution",
+    "max_seconds": "no new timed calls after this many seconds, per batch size, for the latency distribution",
+    "rounds": "interleaved timing rounds behind each speed-up against the baseline (docs/bench.md: the timing method)",
     "concurrency": "parallel clients for the triton backend",
     "requests": "requests per concurrency level for the triton backend (also bounded to 60 s)",
     "in_process": "measure every variant in this process instead of a fresh one each (for a debugger; peak memory "

@@ -510,6 +510,7 @@ class BenchConfig:
     warmup: int = 3
     min_iters: int = 10
     max_seconds: float = 3.0
+    rounds: int = 5
     concurrency: str = "1,4,16"
     requests: int = 200
     in_process: bool = False
@@ -528,6 +529,7 @@ class BenchConfig:
         require(self.threads >= 0, f"--threads {self.threads} must not be negative", "pass 0 for the runtime's default")
         require(self.warmup >= 0 and self.min_iters >= 1 and self.max_seconds > 0 and self.requests >= 1,
                 "--warmup, --min-iters, --max-seconds and --requests must be positive", "pass e.g. 3, 10, 3 and 200")
+        require(self.rounds >= 1, f"--rounds {self.rounds} must be at least 1", "pass e.g. 5")
 
     def backend_names(self) -> list[str]:
         return list(BENCH_BACKENDS) if self.backends == "auto" else [b.strip() for b in self.backends.split(",") if b.strip()]
