@@ -14,25 +14,18 @@ Writes: benchmarks/results/attention_int8_ort_cpu.json (hardware and command ins
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from records import write_record
 
-from vitcompress.bench import cpu_flags, cpu_name
 from vitcompress.export.onnx_runtime import ort_session
-from vitcompress.latency import median_ms
+from vitcompress.timing import TimingMethod, compare, local_timer, ratio
 
-HERE = Path(__file__).resolve().parent
 BATCH, HEADS, HEAD_DIM, SCALE = 32, 6, 64, 0.125
 
 
@@ -96,21 +89,14 @@ def main() -> None:
     calls = {"mha_fp32": lambda: mha.run(None, {"q": q, "k": k, "v": v, "bias": tiled})[0],
              "int8_ops": lambda: int8.run(None, {"q": q, "k": k, "v": v, "bias": bias})[0]}
     error = float(np.abs(calls["mha_fp32"]() - calls["int8_ops"]()).max())
-    rounds: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(args.rounds):
-        for name, call in calls.items():
-            rounds[name].append(median_ms(call, warmup=1, min_iters=5, max_seconds=1))
-    ms = {name: statistics.median(v) for name, v in rounds.items()}
-    print(f"MultiHeadAttention FP32 {ms['mha_fp32']:.1f} ms, INT8 ops {ms['int8_ops']:.1f} ms, "
-          f"largest difference {error:.3f}")
-    record = {"benchmark": "attention_int8_ort", "date": time.strftime("%Y-%m-%d"),
-              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-              "hardware": {"processor": cpu_name(), "cpu_flags": cpu_flags(), "threads": args.threads,
-                           "onnxruntime": ort.__version__},
-              "shape": {"batch": BATCH, "tokens": args.tokens, "heads": HEADS, "head_dim": HEAD_DIM},
-              "median_ms": ms, "rounds_ms": rounds, "largest_output_difference": error}
-    out = HERE / "results" / "attention_int8_ort_cpu.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    timing = compare({name: local_timer({BATCH: call}) for name, call in calls.items()}, ["mha_fp32"], [BATCH],
+                     TimingMethod(rounds=args.rounds))
+    ms = {name: v["median_ms"][str(BATCH)] for name, v in timing["variants"].items()}
+    print(f"MultiHeadAttention FP32 {ms['mha_fp32']:.1f} ms, INT8 ops {ms['int8_ops']:.1f} ms "
+          f"({ratio(timing, 'int8_ops', 'mha_fp32', BATCH):.2f}x), largest difference {error:.3f}")
+    out = write_record("attention_int8_ort_cpu", {
+        "threads": args.threads, "shape": {"batch": BATCH, "tokens": args.tokens, "heads": HEADS, "head_dim": HEAD_DIM},
+        "timing": timing, "largest_output_difference": error})
     print(f"wrote {out}")
 
 

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
+from records import write_record
 from tabulate import tabulate
 
 from vitcompress.cli import main as vitcompress
@@ -79,16 +76,10 @@ def main() -> None:
                         **{k: pruning[k] for k in ("top1_before", "top1_after_surgery", "top1_after_recovery",
                                                      "heads_after", "mlp_after", "before", "after")}})
     base_meta = json.loads((base / "vitcompress.json").read_text())
-    record = {"benchmark": "prune_cifar", "date": time.strftime("%Y-%m-%d"),
-              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-              "hardware": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-              "base": {"artifact": str(base), "recipe": base_meta["recipe"], "top1": base_meta["metrics"]["top1"]},
-              "base_commands": ["vitcompress " + " ".join(c) for c in commands], "runs": records}
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    path = HERE / "results" / f"prune_cifar_{device}{args.tag}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = write_record(f"prune_cifar_{device}{args.tag}", {
+        "base": {"artifact": str(base), "recipe": base_meta["recipe"], "top1": base_meta["metrics"]["top1"]},
+        "base_commands": ["vitcompress " + " ".join(c) for c in commands], "runs": records})
     rows = [(r["criterion"], r["heads"], r["mlp"], f"{100 * r['top1_before']:.2f}", f"{100 * r['top1_after_surgery']:.2f}",
              f"{100 * r['top1_after_recovery']:.2f}", f"{r['after']['params'] / r['before']['params']:.3f}",
              f"{r['before']['latency_ms']['1'] / r['after']['latency_ms']['1']:.2f}x",

@@ -33,15 +33,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
+from records import write_record
 from tabulate import tabulate
 
-from vitcompress.bench import cpu_flags, cpu_name
 from vitcompress.cli import main as vitcompress
 
 HERE = Path(__file__).resolve().parent
@@ -117,15 +114,10 @@ def main() -> None:
     done = {(r["shape"], r["criterion"], r["method"]) for r in records}
     records = [r for r in earlier.get("runs", []) if (r["shape"], r["criterion"], r["method"]) not in done] + records
     commands = commands or {k: v for k, v in earlier.get("base", {}).items() if k in ("command", "seconds")}
-    record = {"benchmark": "prune_recovery", "date": time.strftime("%Y-%m-%d"),
-              "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "hardware": {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(),
-                           "cpu_count": os.cpu_count()},
-              "base": {"path": str(base), "top1": base_meta["metrics"]["top1"],
-                       "epochs": base_meta["metrics"].get("epochs_run"), "train": base_meta["recipe"].get("train"),
-                       **commands},
-              "runs": records}
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(record_path.stem, {
+        "base": {"path": str(base), "top1": base_meta["metrics"]["top1"], "epochs": base_meta["metrics"].get("epochs_run"),
+                 "train": base_meta["recipe"].get("train"), **commands},
+        "runs": records})
     base_top1 = base_meta["metrics"]["top1"]
     print(tabulate([(r["shape"], r["criterion"], r["method"], f"{100 * r['top1_after_recovery']:.2f}",
                      f"{100 * (r['top1_after_recovery'] - base_top1):+.2f}",

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
+from records import write_record
 from tabulate import tabulate
 
 from vitcompress.cli import main as vitcompress
@@ -56,15 +53,8 @@ def main() -> None:
         records.append({"source": src, "kind": "qat", "method": args.qat_method,
                         **run(["qat", src, "--calib-method", args.qat_method, "--epochs", str(args.qat_epochs),
                                "--batch-size", "128", "--amp", "bf16", "--out", str(out), "--force", "--quiet"])})
-    record = {"benchmark": "qat_cifar", "date": time.strftime("%Y-%m-%d"),
-              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-              "hardware": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-              "runs": records}
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    path = HERE / "results" / f"qat_cifar_{device}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = write_record(f"qat_cifar_{device}", {"runs": records})
     rows = [(Path(r["source"]).name, r["kind"], r["method"], f"{100 * r['top1_fp32']:.2f}",
              f"{100 * r['top1_ptq']:.2f}", "-" if r["top1_qat"] is None else f"{100 * r['top1_qat']:.2f}",
              f"{100 * ((r['top1_qat'] if r['top1_qat'] is not None else r['top1_ptq']) - r['top1_fp32']):+.2f}")

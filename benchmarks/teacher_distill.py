@@ -1,35 +1,35 @@
 """DeiT-style training with a teacher (``finetune --teacher``) on CIFAR-10, in one run: a CNN teacher, the student
-alone, and the same student (same epochs, seed and data) taught by the teacher.
+alone, and the same student (same epochs, seed and data) taught by the teacher, for each of ``--seeds``. The teacher
+and every student train on the same ``--train-subset`` images, so the gain is the teacher's, not more data's.
 
 Teacher: a timm CNN trained here by ``vitcompress finetune`` (default resnet18 at 32 px). Student: a
 deit_tiny_distilled-shaped ViT at 32 px (4 px patches, 192 wide, 3 heads, ``--depth`` blocks), whose distillation
 token learns from the teacher (``--distill``, hard by default, as DeiT) and class token from the labels.
 
-Artifacts already in ``--work`` (from an earlier run) are reused; each one's record (its recipe, training time and
-score) goes into the results. Delete ``--work`` to train them again.
+Artifacts already in ``--work`` (from an earlier run) are reused when they trained on the same subset; each one's
+record (its recipe, training time and score) and the command that makes it go into the results. Delete ``--work`` to
+train them again.
 
-Usage:  python benchmarks/teacher_distill.py [--data PATH] [--teacher-epochs 8] [--student-epochs 5] [--train-subset N]
-Writes: benchmarks/results/teacher_distill_cpu[_soft].json (top-1 of all three, training times, hardware, commands).
+Usage:  python benchmarks/teacher_distill.py [--data PATH] [--teacher-epochs 8] [--student-epochs 5]
+        [--train-subset 15000] [--seeds 0,1,2] [--distill soft]
+Writes: benchmarks/results/teacher_distill_cpu[_soft].json (top-1 of all, the gain per seed with mean and sd,
+training times, every command, the commit and the CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
-import time
+import statistics
 from pathlib import Path
 
+from records import write_record
 from tabulate import tabulate
 
-from vitcompress.bench import cpu_flags, cpu_name
 from vitcompress.cli import main as vitcompress
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
-COMMON = ["--img-size", "32", "--batch-size", "128", "--amp", "bf16", "--quiet", "--seed", "0"]
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.xz"
+COMMON = ["--img-size", "32", "--batch-size", "128", "--amp", "bf16", "--quiet"]
 
 
 def run(args: list[str]) -> None:
@@ -56,37 +56,50 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--student-epochs", type=int, default=5)
     parser.add_argument("--depth", type=int, default=6, help="student blocks (deit_tiny has 12)")
-    parser.add_argument("--train-subset", type=int, default=0, help="training images (0: all 45,000)")
+    parser.add_argument("--train-subset", type=int, default=15000,
+                        help="training images of the teacher and of every student (0: all 45,000)")
     parser.add_argument("--distill", default="hard", choices=("hard", "soft"))
+    parser.add_argument("--seeds", default="0,1,2", help="a student alone and a taught one per seed")
     args = parser.parse_args()
     work, data = Path(args.work), ["--data", f"folder:{args.data}", "--train-subset", str(args.train_subset)]
     teacher = work / "teacher"
-    teacher_cmd = ["finetune", "--model", args.teacher_model, *COMMON, *data, "--lr", "2e-3", "--drop-path", "0",
-                   "--epochs", str(args.teacher_epochs), "--out", str(teacher), "--force"]
-    student = ["finetune", "--model", "deit_tiny_distilled_patch16_224", "--patch-size", "4", "--model-kwargs",
-               f"depth={args.depth}", *COMMON, *data, "--lr", "1e-3", "--epochs", str(args.student_epochs), "--force"]
-    commands = {"teacher": teacher_cmd,
-                "student_alone": [*student, "--out", str(work / "student_alone")],
-                "student_with_teacher": [*student, "--teacher", str(teacher), "--distill", args.distill,
-                                         "--out", str(work / "student_with_teacher")]}
+    common = [*COMMON, *data]
+    commands = {"teacher": ["finetune", "--model", args.teacher_model, *common, "--seed", "0", "--lr", "2e-3",
+                            "--drop-path", "0", "--epochs", str(args.teacher_epochs), "--out", str(teacher), "--force"]}
+    for seed in args.seeds.split(","):
+        student = ["finetune", "--model", "deit_tiny_distilled_patch16_224", "--patch-size", "4", "--model-kwargs",
+                   f"depth={args.depth}", *common, "--seed", seed, "--lr", "1e-3", "--epochs", str(args.student_epochs),
+                   "--force"]
+        commands[f"student_alone_seed{seed}"] = [*student, "--out", str(work / f"student_alone_seed{seed}")]
+        commands[f"student_with_teacher_seed{seed}"] = [*student, "--teacher", str(teacher), "--distill", args.distill,
+                                                        "--out", str(work / f"student_with_teacher_seed{seed}")]
     runs = {}
     for name, cmd in commands.items():
-        reused = (work / name / "vitcompress.json").is_file()  # made by an earlier run (same --work)
+        reused = (work / name / "vitcompress.json").is_file()  # made by an earlier run (same --work): checked below
         if not reused:
             run(cmd)
-        runs[name] = {**recorded_run(work / name), "reused": reused,
-                      "command": None if reused else "vitcompress " + " ".join(cmd)}
-    scores = {name: run_record["top1"] for name, run_record in runs.items()}
-    gain = scores["student_with_teacher"] - scores["student_alone"]
-    print(tabulate([(name, f"{100 * value:.2f}") for name, value in scores.items()], headers=("model", "top-1 %")))
-    print(f"teacher's gain: {100 * gain:+.2f} points")
-    record = {"benchmark": "teacher_distill", "date": time.strftime("%Y-%m-%d"),
-              "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "hardware": {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(),
-                           "cpu_count": os.cpu_count()},
-              "top1": scores, "gain_points": round(100 * gain, 2), "runs": runs, "args": vars(args)}
-    out = HERE / "results" / f"teacher_distill_cpu{'' if args.distill == 'hard' else '_' + args.distill}.json"
-    out.write_text(json.dumps(record, indent=1) + "\n")
+        runs[name] = {**recorded_run(work / name), "reused": reused, "command": "vitcompress " + " ".join(cmd)}
+        if runs[name]["train_subset"] != args.train_subset:
+            raise SystemExit(f"{work / name} was trained on another subset: delete it or pass another --work")
+    seeds = args.seeds.split(",")
+    alone = [runs[f"student_alone_seed{s}"]["top1"] for s in seeds]
+    taught = [runs[f"student_with_teacher_seed{s}"]["top1"] for s in seeds]
+    gains = [100 * (t - a) for t, a in zip(taught, alone, strict=True)]
+
+    def mean_sd(values: list[float]) -> str:
+        return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
+
+    print(tabulate([("teacher", f"{100 * runs['teacher']['top1']:.2f}"),
+                    ("student alone", mean_sd([100 * a for a in alone])),
+                    ("student with teacher", mean_sd([100 * t for t in taught]))],
+                   headers=("model", f"top-1 %, mean ± sd over seeds {args.seeds}")))
+    print(f"teacher's gain: {mean_sd(gains)} points")
+    out = write_record(f"teacher_distill_cpu{'' if args.distill == 'hard' else '_' + args.distill}",
+                       {"seeds": seeds, "top1": {"teacher": runs["teacher"]["top1"], "student_alone": alone,
+                                                 "student_with_teacher": taught},
+                        "gain_points": {"per_seed": [round(g, 2) for g in gains], "mean": round(statistics.fmean(gains), 2),
+                                        "sd": round(statistics.stdev(gains), 2) if len(gains) > 1 else 0.0},
+                        "runs": runs, "args": vars(args)})
     print(f"wrote {out}")
 
 

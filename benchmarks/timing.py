@@ -26,7 +26,20 @@ def runner(path: Path, threads: int, precision: str | None = None) -> tuple[Call
 
         model = OpenVINOModel(str(path), threads, precision)
         return model.run, model.arithmetic
-    return ort_runner(ort_session(path, threads=threads)), "as the graph says (fp32, int8)"
+    return ort_runner(ort_session(path, threads=threads)), onnx_arithmetic(path)
+
+
+def onnx_arithmetic(path: Path) -> str:
+    """What ONNX Runtime computes a graph in: ``int8 + fp32`` where it has integer kernels (ours, or what
+    ``quantize_dynamic`` makes), else ``fp32`` (ONNX Runtime's CPU provider runs float32 as written)."""
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+    return "int8 + fp32" if ops & INTEGER_OPS else "fp32"
+
+
+INTEGER_OPS = {"QAttention", "MatMulIntegerToFloat", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
+               "QLinearMatMul", "QLinearConv", "ConvInteger", "QuantizeLinear"}
 
 
 def time_variants(paths: Mapping[str, Path], threads: int, baselines: Sequence[str], rounds: int, size: int = 224,

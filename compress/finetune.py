@@ -60,16 +60,22 @@ def _finetune(cfg: FinetuneConfig, img_size: int, ctx: DistContext) -> StageResu
     if cfg.drop_path:
         kwargs.setdefault("drop_path_rate", cfg.drop_path)
     model = create_model(cfg.model, kwargs, pretrained=cfg.pretrained)
+    initialised = None
     if cfg.init_checkpoint:
-        load_init_checkpoint(model, cfg.init_checkpoint)
+        keys = load_init_checkpoint(model, cfg.init_checkpoint)
+        initialised = {"loaded": len(keys["loaded"]), "resampled": keys["resampled"], "new": keys["new"]}
+        if ctx.is_main and not cfg.train.quiet:
+            print(f"{cfg.init_checkpoint}: {initialised['loaded']} tensors loaded, resampled to this model: "
+                  f"{', '.join(keys['resampled']) or 'none'}, new: {', '.join(keys['new']) or 'none'}", flush=True)
     data_cfg = resolve_data_config({}, model=model)
     transform = BatchTransform(img_size, data_cfg["mean"], data_cfg["std"], cfg.train.augment)
     with staging_guard(staging, ctx.is_main, config=cfg):
-        return _train_and_publish(cfg, ctx, model, data, transform, kwargs, out, staging)
+        return _train_and_publish(cfg, ctx, model, data, transform, kwargs, out, staging, initialised)
 
 
 def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, data: DataSplits,
-                       transform: BatchTransform, kwargs: dict[str, Any], out: Path, staging: Path) -> StageResult:
+                       transform: BatchTransform, kwargs: dict[str, Any], out: Path, staging: Path,
+                       initialised: dict[str, Any] | None) -> StageResult:
     distill = _distillation(cfg, model, data, transform)
     trainer = Trainer(model, data, cfg.train, transform, ctx, staging, distill=distill)
     try:
@@ -95,7 +101,8 @@ def _train_and_publish(cfg: FinetuneConfig, ctx: DistContext, model: nn.Module, 
                  "stopped_early": fit.stopped_early, "train_images_per_s": round(fit.images_per_second, 2),
                  "train_seconds": round(fit.seconds, 2), "train_wall_seconds": round(fit.wall_seconds, 2),
                  "time_budget": cfg.train.time_budget or None, "world_size": ctx.world_size,
-                 "device": _device_name(ctx.device), "wall_seconds_this_run": round(time.time() - started, 2)},
+                 "device": _device_name(ctx.device), "wall_seconds_this_run": round(time.time() - started, 2),
+                 "init_checkpoint": initialised},
     )
     publish_artifact(staging, out, final, meta, ctx,
                      also=lambda folder: save_confusion_png(test["confusion_matrix"], data.classes, folder / "confusion.png",

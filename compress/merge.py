@@ -17,8 +17,8 @@ from vitcompress.compress.recovery import (
     fine_tune_in_place,
     load_source_data,
     make_teacher,
-    measure,
     progress_label,
+    size_and_speed,
 )
 from vitcompress.compress.token_merging import (
     apply_merging,
@@ -70,7 +70,6 @@ def _merge(cfg: MergeConfig, ctx: DistContext) -> StageResult:
     with staging_guard(staging, ctx.is_main, resumable=cfg.finetune_epochs > 0, config=cfg):
         teacher = make_teacher(model, cfg.kd, cfg.finetune_epochs)  # the unmerged model
         top1_before = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring unmerged"))["top1"]
-        before = measure(model, ctx, meta.img_size)
         merging = describe(per_block, patch_tokens(model), int(model.num_prefix_tokens), cfg.prop_attn, cfg.schedule)
         apply_merging(model, merging)
         test = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring merged"))
@@ -79,7 +78,7 @@ def _merge(cfg: MergeConfig, ctx: DistContext) -> StageResult:
             fine_tune_in_place(model, teacher, cfg.kd, data, transform, ctx, staging, cfg.train, resume=cfg.resume)
             test = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring recovered"))
             top1_recovered = test["top1"]
-        after = measure(model, ctx, meta.img_size)
+        before, after = size_and_speed(load_model(cfg.src, ctx.device)[0], model, ctx, meta.img_size)
         report = {"top1_before": top1_before, "top1_merged": top1_merged, "top1_after_recovery": top1_recovered,
                   "finetune_epochs": cfg.finetune_epochs, "before": before, "after": after, "device": str(ctx.device)}
         new_meta = ArtifactMeta(

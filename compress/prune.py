@@ -26,8 +26,9 @@ from vitcompress.compress.recovery import (
     fine_tune_in_place,
     load_source_data,
     make_teacher,
-    measure,
     progress_label,
+    size,
+    size_and_speed,
 )
 from vitcompress.compress.scoring import score_blocks
 from vitcompress.compress.surgery import (
@@ -151,7 +152,7 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
     else:
         before_top1 = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring unpruned"))["top1"]
         parent_val = _parent_val_top1(cfg, model, data, transform, ctx)
-        before = measure(model, ctx, meta.img_size)
+        before = size(model, meta.img_size)
         steps, first = [], 1
     stop_at = parent_val - cfg.recover_until / 100 if parent_val is not None else None
     fits: list[FitResult] = []
@@ -173,7 +174,7 @@ def _prune_and_publish(cfg: PruneConfig, model: nn.Module, meta: ArtifactMeta, d
                                            resume=resuming, stop_at_val_top1=stop_at))
             test = evaluate(model, data.test, transform, ctx, progress=progress_label(cfg.train, "scoring recovered"))
             steps[-1].top1_after_recovery = test["top1"]
-    after = measure(model, ctx, meta.img_size)
+    before, after = size_and_speed(load_model(cfg.src, ctx.device)[0], model, ctx, meta.img_size)
     pruning = {
         "criterion": cfg.criterion, "ranking": cfg.ranking, "iterative": cfg.iterative,
         "heads_ratio": cfg.heads, "mlp_ratio": cfg.mlp,

@@ -20,8 +20,9 @@ from vitcompress.datasets.imageset import DataSplits
 from vitcompress.datasets.torchvision_catalog import data_dir_for
 from vitcompress.distributed import DistContext
 from vitcompress.errors import require
-from vitcompress.latency import torch_latency_ms
+from vitcompress.latency import torch_runs
 from vitcompress.models import count_macs, count_params
+from vitcompress.timing import TimingMethod, compare, local_timer
 from vitcompress.train import BEST_WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, FitResult, Trainer
 
 
@@ -138,9 +139,25 @@ def derive_recovery(train: TrainConfig, finetune_epochs: int | None, meta: Artif
 
 
 LATENCY_BATCHES = (1, 64)
+STAGE_TIMING = TimingMethod(rounds=3, seconds_per_timing=0.2, warmup_seconds=3.0)  # a stage's own check, kept short
 
 
-def measure(model: nn.Module, ctx: DistContext, img_size: int) -> dict[str, Any]:
-    """Size and torch latency of ``model`` on this device."""
-    return {"params": count_params(model), "macs": count_macs(model, img_size),
-            "latency_ms": {str(b): torch_latency_ms(model, img_size, b, ctx.device, max_seconds=0.5) for b in LATENCY_BATCHES}}
+def size(model: nn.Module, img_size: int) -> dict[str, Any]:
+    """Parameters and MACs per image of ``model``."""
+    return {"params": count_params(model), "macs": count_macs(model, img_size)}
+
+
+def size_and_speed(parent: nn.Module, child: nn.Module, ctx: DistContext, img_size: int
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Size and torch latency of a stage's input and output (``before``, ``after``), timed against each other by the
+    timing method (vitcompress/timing.py) on this device; ``after["speedup"]``: the ratio of medians per batch, with
+    the interquartile range of the per-round ratios."""
+    models = {"parent": parent, "child": child}
+    training = child.training
+    timing = compare({name: local_timer(torch_runs(m.eval(), img_size, LATENCY_BATCHES, ctx.device))
+                      for name, m in models.items()}, ["parent"], LATENCY_BATCHES, STAGE_TIMING)
+    child.train(training)
+    ms = {name: timing["variants"][name]["median_ms"] for name in models}
+    speedup = {str(b): {k: timing["ratios"]["child"]["parent"][str(b)][k] for k in ("ratio", "iqr")} for b in LATENCY_BATCHES}
+    return ({**size(parent, img_size), "latency_ms": ms["parent"]},
+            {**size(child, img_size), "latency_ms": ms["child"], "speedup": speedup})

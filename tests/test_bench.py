@@ -38,7 +38,7 @@ def onnx_export(shapes_artifact: Path, tmp_path_factory: pytest.TempPathFactory)
 
 def small_bench(srcs: list[Path], out: Path, **options) -> BenchConfig:
     defaults = {"batch": "1,3", "data": "shapes", "eval_size": 96, "warmup": 1, "min_iters": 3, "max_seconds": 0.2,
-                "quiet": True}
+                "rounds": 2, "quiet": True}
     return BenchConfig(srcs=[str(s) for s in srcs], out=str(out), **{**defaults, **options})
 
 
@@ -54,6 +54,12 @@ def test_bench_writes_every_file_with_every_field(tmp_path: Path, shapes_artifac
         for field in LATENCY_FIELDS + MODEL_FIELDS:
             assert record[field] is not None, field
         assert record["p50_ms"] <= record["p99_ms"] and record["iters"] >= 3
+    timing = results["timing"]  # the speed-ups: the timing method's rounds, every variant bracketed by the baseline
+    assert timing["order"] == ["shapes on torch", "onnx on ort-cpu", "shapes on torch"]
+    assert len(timing["variants"]["onnx on ort-cpu"]["rounds_ms"]["3"]) == 2
+    onnx_b3 = next(r for r in records if (r["variant"], r["batch"]) == ("onnx", 3))
+    assert onnx_b3["speedup"] == timing["ratios"]["onnx on ort-cpu"]["shapes on torch"]["3"]["ratio"]
+    assert onnx_b3["speedup_against"] == "shapes on torch" and len(onnx_b3["speedup_iqr"]) == 2
     baseline = [r for r in records if r["baseline"]]
     assert {r["variant"] for r in baseline} == {"shapes"} and all(r["agreement"] == 1.0 for r in baseline)
     assert all(r["agreement"] >= 0.99 for r in records)  # the FP32 ONNX export predicts what PyTorch does

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import run_cli
 from vitcompress.checkpoints import read_state_dict
+from vitcompress.errors import UserError
 from vitcompress.models import create_model, load_init_checkpoint
 
 KW = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}
@@ -112,3 +113,20 @@ def test_an_original_dinov2_checkpoint_with_registers_loads(tmp_path: Path) -> N
     load_init_checkpoint(dst, tmp_path / "dinov2_original.pth")
     for key, value in src.state_dict().items():
         torch.testing.assert_close(dst.state_dict()[key], value, msg=key)
+
+
+def test_a_backbone_checkpoint_says_what_was_loaded_resampled_and_new(tmp_path: Path, shapes_artifact: Path) -> None:
+    state = {k: v for k, v in load_file(str(shapes_artifact / "model.safetensors")).items() if not k.startswith("head.")}
+    save_file(state, str(tmp_path / "backbone.safetensors"))
+    dst = _model(img_size=64, num_classes=3)
+    keys = load_init_checkpoint(dst, tmp_path / "backbone.safetensors")
+    assert keys["new"] == ["head.bias", "head.weight"] and keys["resampled"] == ["pos_embed"]
+    assert len(keys["loaded"]) == len(state) - 1 and "blocks.1.attn.qkv.weight" in keys["loaded"]
+    assert torch.equal(dst.blocks[1].attn.qkv.weight, state["blocks.1.attn.qkv.weight"])
+
+
+def test_a_key_that_matches_nothing_is_refused(tmp_path: Path, shapes_artifact: Path) -> None:
+    state = load_file(str(shapes_artifact / "model.safetensors"))
+    save_file({**state, "blocks.0.adapter.weight": torch.zeros(4)}, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(UserError, match=r"unexpected: 1 \(e\.g\. blocks\.0\.adapter\.weight\)"):
+        load_init_checkpoint(_model(), tmp_path / "extra.safetensors")

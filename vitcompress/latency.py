@@ -42,6 +42,24 @@ def latency_stats(times_ms: list[float]) -> dict[str, float]:
             "mean_ms": round(float(values.mean()), 3), "std_ms": round(float(values.std()), 3), "iters": len(values)}
 
 
+def torch_runs(model: nn.Module, img_size: int, batches: tuple[int, ...], device: torch.device
+               ) -> dict[int, Callable[[], None]]:
+    """One forward pass of ``model`` per batch size (random inputs, no gradients, synchronised on CUDA): what
+    :func:`vitcompress.timing.local_timer` times. The caller puts the model in eval mode."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    inputs = {b: torch.randn(b, 3, img_size, img_size, device=device) for b in batches}
+
+    def run_at(batch: int) -> Callable[[], None]:
+        @torch.no_grad()
+        def forward() -> None:
+            model(inputs[batch])
+            sync()
+
+        return forward
+
+    return {b: run_at(b) for b in batches}
+
+
 @torch.no_grad()
 def torch_latency_ms(model: nn.Module, img_size: int, batch: int, device: torch.device,
                      warmup: int = 3, min_iters: int = 5, max_seconds: float = 3.0) -> float:

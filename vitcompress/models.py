@@ -181,19 +181,25 @@ def meta_model(name: str, model_kwargs: str | dict | None, img_size: int | None,
         return create_model(name, kwargs)
 
 
-def load_init_checkpoint(model: nn.Module, path: str | Path, same_classes: bool = False) -> None:
-    """Load local weights into ``model``; the classifier is re-initialised if its class count differs (refused when
-    ``same_classes``: a teacher's classifier is what it is for).
+def load_init_checkpoint(model: nn.Module, path: str | Path, same_classes: bool = False) -> dict[str, list[str]]:
+    """Load local weights into ``model``; the classifier is re-initialised if its class count differs or the
+    checkpoint has none (a backbone; refused when ``same_classes``: a teacher's classifier is what it is for).
 
     The weights first go through the converter timm applies to the model's own pretrained weights
     (:func:`_timm_checkpoint_filter`): original DINOv2, OpenAI CLIP or OpenCLIP layouts, and patch
     and position embeddings resampled to the model's patch and grid size, so a checkpoint trained at
     224px with 16px patches can start a 32px run with 4px patches.
+
+    Returns which of the model's tensors were ``loaded`` as they were, ``resampled`` to the model's shape, and
+    ``new`` (left as initialised: the classifier).
     """
-    state = _timm_checkpoint_filter(model, read_state_dict(path), path)
+    raw = read_state_dict(path)
+    shapes = {key: tuple(tensor.shape) for key, tensor in raw.items()}
+    state = _timm_checkpoint_filter(model, raw, path)
     own = model.state_dict()
     head_keys = _classifier_keys(model)
-    resized = []
+    backbone_only = not same_classes and not head_keys & set(state)
+    resized = sorted(head_keys) if backbone_only else []  # the classifier starts fresh
     for key in list(state):
         if key in own and state[key].shape != own[key].shape:
             if key in head_keys:
@@ -216,6 +222,8 @@ def load_init_checkpoint(model: nn.Module, path: str | Path, same_classes: bool 
         raise UserError(f"checkpoint {path} does not match model {type(model).__name__} ({detail})",
                         "pass weights saved from the same --model and --model-kwargs")
     model.load_state_dict(state, strict=False)
+    resampled = sorted(k for k in state if k in shapes and shapes[k] != tuple(own[k].shape))
+    return {"loaded": sorted(k for k in state if k not in resampled), "resampled": resampled, "new": sorted(resized)}
 
 
 def _timm_checkpoint_filter(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:

@@ -167,11 +167,14 @@ def prune_table(pruning: dict[str, Any]) -> str:
 
 
 def _latency_rows(before: dict[str, Any], after: dict[str, Any], device: str) -> list[tuple[str, str, str, str]]:
-    """Torch latency before and after a stage (``recovery.measure``'s), one row per batch size."""
+    """Torch latency before and after a stage (``recovery.size_and_speed``'s), one row per batch size: the medians
+    and the speed-up by the timing method (the ratio of medians, the per-round interquartile range in brackets)."""
     rows = []
     for batch, ms in before["latency_ms"].items():
-        new = after["latency_ms"][batch]
-        rows.append((f"latency b{batch} ({device})", f"{ms:.2f} ms", f"{new:.2f} ms", f"{ms / new:.2f}x faster"))
+        speedup = after["speedup"][batch]
+        low, high = speedup["iqr"]
+        rows.append((f"latency b{batch} ({device})", f"{ms:.2f} ms", f"{after['latency_ms'][batch]:.2f} ms",
+                     f"{speedup['ratio']:.2f}x faster ({low:.2f}-{high:.2f})"))
     return rows
 
 
