@@ -77,7 +77,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
                for name in cfg.backend_names() if name not in planned]  # asked for, so listed, never dropped
     predictions: dict[tuple[str, str], np.ndarray] = {}
     steps = sum(len(cfg.batch_sizes()) for _ in plan) + cfg.rounds
-    kept: dict[str, tuple[MeasuringWorker, list[int]]] = {}  # "VARIANT on BACKEND": its open runtime, its batches
+    kept: dict[str, Kept] = {}  # "VARIANT on BACKEND": its open runtime, for the timing rounds
     with progress_bar(total=steps, desc="bench", unit="point", quiet=cfg.quiet, leave=True) as progress, \
             handed_to_processes(images, cfg) as images, contextlib.ExitStack() as workers:
         for source, backend in plan:
@@ -104,7 +104,8 @@ def bench(cfg: BenchConfig) -> BenchResult:
             skipped += measured["skipped"]
             if measured["predictions"] is not None:
                 predictions[(source.label, backend)] = measured["predictions"]
-            kept[worker.key] = (worker, [r["batch"] for r in measured["records"] if r["mode"] == "batch"])
+            kept[worker.key] = Kept(worker, source.label, backend,
+                                    [r["batch"] for r in measured["records"] if r["mode"] == "batch"])
         timing = _compare(kept, baseline.label, cfg, progress)
     if not records:
         reasons = "; ".join(f"{s['variant']} on {s['backend']}: {s['reason']}" for s in skipped if s["variant"] != NO_VARIANT)
@@ -271,24 +272,33 @@ def _close_kept(key: str) -> None:
         runtime.close()
 
 
-def _compare(kept: dict[str, tuple[MeasuringWorker, list[int]]], baseline: str, cfg: BenchConfig,
-             progress: Any) -> dict[str, Any]:
+@dataclass
+class Kept:
+    """A variant x backend whose runtime stays open in its worker for the timing rounds, and the batches it ran."""
+
+    worker: MeasuringWorker
+    variant: str
+    backend: str
+    batches: list[int]
+
+
+def _compare(kept: dict[str, Kept], baseline: str, cfg: BenchConfig, progress: Any) -> dict[str, Any]:
     """Every measured variant x backend timed against the baseline on each backend it ran on, by the timing method
     (vitcompress/timing.py), bracketed by the baseline on its own backend where there is one; at each batch that all
     of them ran; an empty dict when nothing ran."""
-    if not kept:
+    batches = [b for b in cfg.batch_sizes() if all(b in k.batches for k in kept.values())]
+    if not kept or not batches:
         return {}
-    batches = [b for b in cfg.batch_sizes() if all(b in ran for _, ran in kept.values())]
-    baselines = [key for key in kept if key.startswith(f"{baseline} on ")] or [next(iter(kept))]
-    on_backend = {key.split(" on ")[-1]: key for key in baselines}
-    bracket_of = {key: on_backend.get(key.split(" on ")[-1], baselines[0]) for key in kept}  # its own backend's
+    baselines = [key for key, k in kept.items() if k.variant == baseline] or [next(iter(kept))]
+    on_backend = {kept[key].backend: key for key in baselines}
+    bracket_of = {key: on_backend.get(k.backend, baselines[0]) for key, k in kept.items()}  # its own backend's
 
     def step(message: str) -> None:
         progress.set_postfix_str(f"timing {message}")
         progress.update(1)
 
     method = TimingMethod(rounds=cfg.rounds, seconds_per_timing=min(0.5, cfg.max_seconds))
-    return compare({key: worker.timer for key, (worker, _) in kept.items()}, baselines, batches, method, step, bracket_of)
+    return compare({key: k.worker.timer for key, k in kept.items()}, baselines, batches, method, step, bracket_of)
 
 
 def _peak_memory(runtime: Runtime, rss_before: int | None) -> tuple[int | None, str]:
