@@ -44,10 +44,12 @@ def speed_table(record: dict) -> str:
                      f"| {x['1']['fp32-ort']:.2f}x / {x['32']['fp32-ort']:.2f}x "
                      f"| {x['1']['fp32-ov-f32']:.2f}x / {x['32']['fp32-ov-f32']:.2f}x | {row['size_x']:.2f}x |")
     fastest = {b: VARIANT_NAMES[record["table"][0]["x"][b]["fastest FP32 is"]] for b in ("1", "32")}
-    lines += ["", f"Fastest FP32 here: {fastest['1']} at batch 1, {fastest['32']} at batch 32. Ratios are ratios of "
-              "medians over interleaved rounds (docs/bench.md), the interquartile range of the per-round ratios in "
-              "brackets. Exports marked unverified in the record: "
-              f"{', '.join(record['exported_without_verification']) or 'none'}."]
+    where = (f"{fastest['1']}, at both batch sizes" if fastest["1"] == fastest["32"]
+             else f"{fastest['1']} at batch 1, {fastest['32']} at batch 32")
+    lines += ["", f"Fastest FP32 here: {where}. Each figure is the ratio of the medians over interleaved rounds "
+              "(docs/bench.md); in brackets the interquartile range of the per-round ratios, which a ratio of medians "
+              "can fall just outside. Exports written without verification (random weights give near-tied logits; "
+              f"the record lists them): {', '.join(record['exported_without_verification']) or 'none'}."]
     return "\n".join(lines)
 
 
@@ -65,14 +67,14 @@ def generated() -> dict[str, str]:
 
 
 def marked(name: str) -> re.Pattern[str]:
-    return re.compile(rf"(<!-- headlines:{name} -->\n)(.*?)(\n<!-- /headlines:{name} -->)", re.DOTALL)
+    return re.compile(rf"(<!-- headlines:{name} -->)(.*?)(<!-- /headlines:{name} -->)", re.DOTALL)
 
 
 def stale(files: tuple[Path, ...] = SHOWN_IN) -> list[str]:
     """The tables that some file shows otherwise than the records give them (``file: table``)."""
     tables = generated()
     return [f"{path.name}: {name}" for path in files for name, text in tables.items()
-            if (found := marked(name).search(path.read_text())) and found.group(2) != text]
+            if (found := marked(name).search(path.read_text())) and found.group(2) != f"\n{text}\n"]
 
 
 def main() -> None:
@@ -86,7 +88,7 @@ def main() -> None:
     for path in SHOWN_IN:
         text = path.read_text()
         for name, table in generated().items():
-            text = marked(name).sub(lambda m, table=table: m.group(1) + table + m.group(3), text)
+            text = marked(name).sub(lambda m, table=table: f"{m.group(1)}\n{table}\n{m.group(3)}", text)
         path.write_text(text)
         print(f"wrote {path}")
 

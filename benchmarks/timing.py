@@ -22,10 +22,11 @@ def runner(path: Path, threads: int, precision: str | None = None) -> tuple[Call
     """A call of the model file in the runtime its suffix names (``.xml``: OpenVINO, in the arithmetic ``precision``
     asks for or, by default, OpenVINO's own choice), and the arithmetic it runs in."""
     if path.suffix == ".xml":
-        from vitcompress.runtimes.openvino_backend import OpenVINOModel
+        from vitcompress.runtimes.openvino_backend import OpenVINOModel, openvino_core
 
         model = OpenVINOModel(str(path), threads, precision)
-        return model.run, model.arithmetic
+        ops = {op.get_type_name() for op in openvino_core().read_model(str(path)).get_ops()}
+        return model.run, ("int8 + " if "FakeQuantize" in ops else "") + model.arithmetic
     return ort_runner(ort_session(path, threads=threads)), onnx_arithmetic(path)
 
 

@@ -66,9 +66,10 @@ def export(cfg: ExportConfig) -> ExportResult:
     if needs_engine(cfg):
         require(target == "standard", "a TensorRT engine is built from the standard graph, not --target ort",
                 "drop --target or pass --target standard")
-        from vitcompress.export.tensorrt import tensorrt
+        from vitcompress.export.tensorrt import require_cuda_device, tensorrt
 
         tensorrt()  # the install hint, before any work
+        require_cuda_device()
     out = check_output_dir(cfg.out, cfg.force)
     model, meta = load_model(cfg.src)
     data = verification_set(meta, cfg.verify_data, cfg.verify_size, cfg.data_dir, cfg.cache_dir, quiet=cfg.quiet)

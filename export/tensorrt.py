@@ -35,6 +35,17 @@ def tensorrt() -> Any:
     return trt
 
 
+def require_cuda_device() -> None:
+    """One line where TensorRT is installed but no CUDA device is visible: an engine is built on the GPU it runs on."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("TensorRT is installed, but no CUDA device is visible here (torch.cuda.is_available() is "
+                        "False), and an engine is built on the GPU it will run on",
+                        "run this export on the machine with the NVIDIA GPU and its driver, or export --format onnx "
+                        "--target standard here and build the engine there (trtexec --onnx=model.onnx)")
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """How to build one engine: the ONNX file, its input, the batch profile and the builder's limits."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +254,18 @@ def test_tensorrt_without_tensorrt_says_how_to_install(tmp_path: Path, shapes_ar
     assert run_cli("export", shapes_artifact, "--format", "tensorrt", "--out", tmp_path / "engine") == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "TensorRT is not installed" in err and "vitcompress[tensorrt]" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_tensorrt_without_a_gpu_is_one_line_before_any_work(tmp_path: Path, shapes_artifact: Path,
+                                                            capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT installed (a stand-in module here) but no CUDA device: refused before the ONNX export, not after it."""
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run_cli("export", shapes_artifact, "--format", "tensorrt", "--out", tmp_path / "engine") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no CUDA device is visible" in err and "--target standard" in err
     assert not any(tmp_path.iterdir())
 
 

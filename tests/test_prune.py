@@ -184,7 +184,7 @@ def test_recovery_with_distillation_learns(tmp_path: Path, shapes_artifact: Path
     meta = json.loads((tmp_path / "rec" / "vitcompress.json").read_text())
     pruning = meta["metrics"]["pruning"]
     assert meta["stage"] == "prune" and meta["model"]["heads_per_block"] == [1, 1]
-    assert pruning["top1_after_recovery"] > 0.2  # chance is 0.1
+    assert pruning["top1_after_recovery"] > pruning["top1_after_surgery"]  # recovery recovered something
     assert pruning["top1_after_recovery"] == meta["metrics"]["top1"]
     assert set(pruning["before"]["latency_ms"]) == {"1", "64"}
     assert meta["parent"]["sha256"]

@@ -159,7 +159,10 @@ class MeasuringWorker:
         if not in_process:
             own_group = getattr(os, "setpgrp", None)  # POSIX; elsewhere the process shares the terminal's Ctrl-C
             self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=own_group)
-            self.pid = self.pool.submit(os.getpid).result()
+            try:
+                self.pid = self.pool.submit(os.getpid).result()
+            except BrokenProcessPool:
+                raise self._died() from None
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
         """``function(*args)`` in the worker."""
@@ -169,10 +172,12 @@ class MeasuringWorker:
             return _result_handing_on_ctrl_c(self.pool.submit(function, *args), self.pid)
         except BrokenProcessPool:
             self.pool = None
-            raise UserError(f"the process measuring {self.key} died (a crash in the runtime, or, from Python, a "
-                            "script whose bench call is not under `if __name__ == \"__main__\":`, which the new "
-                            "process imports again)",
-                            "guard the call so, pass in_process=True (--in-process), or skip that backend") from None
+            raise self._died() from None
+
+    def _died(self) -> UserError:
+        return UserError(f"the process measuring {self.key} died (a crash in the runtime, or, from Python, a script "
+                         "whose bench call is not under `if __name__ == \"__main__\":`, which the new process "
+                         "imports again)", "guard the call so, pass in_process=True (--in-process), or skip that backend")
 
     def timer(self, batch: int, calls: int) -> list[float]:
         """Milliseconds of ``calls`` calls of the kept runtime at ``batch``, timed inside the worker."""
