@@ -53,17 +53,40 @@ def speed_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+SPREAD_RECORDS = (SPEED_RECORD, "openvino_cpu_repeat1.json", "archive/openvino_cpu_run_0423d8f.json")
+
+
+def spread_table(records: list[dict]) -> str:
+    """How far apart repeated runs of the speed table are: each variant's ratio against the fastest FP32 in every
+    run, and the largest distance of a run from their mean."""
+    names = ", ".join(f"`{name}` (commit `{r['commit'][:7]}`)" for name, r in zip(SPREAD_RECORDS, records, strict=True))
+    lines = [f"{len(records)} runs of `python benchmarks/openvino_cpu.py` on the same machine: {names}.", "",
+             "| variant | b1 vs fastest FP32, each run | b1 spread | b32 vs fastest FP32, each run | b32 spread |",
+             "|---|---|---|---|---|"]
+    for row in records[0]["table"]:
+        cells = []
+        for batch in ("1", "32"):
+            values = [next(r for r in rec["table"] if r["variant"] == row["variant"])["x"][batch]["fastest FP32"]
+                      for rec in records]
+            mean = sum(values) / len(values)
+            cells += [" / ".join(f"{v:.2f}x" for v in values), f"±{100 * max(abs(v - mean) for v in values) / mean:.0f} %"]
+        lines.append(f"| {VARIANT_NAMES.get(row['variant'], row['variant'])} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def _headline(cells: dict) -> str:
     low, high = cells["iqr vs fastest"]
     return f"{cells['fastest FP32']:.2f}x ({low:.2f}-{high:.2f})"
 
 
-TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {"cpu-speed": (SPEED_RECORD, speed_table)}
+TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
+    "cpu-speed": ((SPEED_RECORD,), speed_table), "cpu-speed-spread": (SPREAD_RECORDS, lambda *r: spread_table(list(r)))}
 
 
 def generated() -> dict[str, str]:
     """Each headline table as its records give it."""
-    return {name: render(json.loads((RESULTS / record).read_text())) for name, (record, render) in TABLES.items()}
+    return {name: render(*(json.loads((RESULTS / record).read_text()) for record in records))
+            for name, (records, render) in TABLES.items()}
 
 
 def marked(name: str) -> re.Pattern[str]:
