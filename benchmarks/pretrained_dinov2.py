@@ -88,6 +88,8 @@ def timm_state_dict(graph_model: ModelProto) -> dict[str, torch.Tensor]:
                 state[f"blocks.{block}.{MATRIX[role]}"] = tensor.T.contiguous()
         elif node.name.startswith("/backbone/embeddings/") and tensor.dim() == 3:
             position["cls" if tensor.shape[1] == 1 else "patches"] = tensor  # (1, 1, D) and (1, H*W, D)
+        elif node.name.startswith("/backbone/embeddings/") and tensor.dim() == 4 and tensor.shape[0] == 1:
+            position["patches"] = tensor.flatten(2).transpose(1, 2)  # the grid already folded to (1, D, H, W)
     for block, parts in qkv.items():
         for kind in ("weight", "bias"):
             state[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts[kind][role] for role in QKV]).contiguous()

@@ -42,11 +42,13 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     base = Path(args.base) if args.base else work / "base"
-    base_command = None
+    cmd = ["finetune", *BASE_MODEL, "--data", f"folder:{args.data}", "--epochs", str(args.base_epochs),
+           "--out", str(base), "--quiet"]
+    base_command: dict = {"command": "vitcompress " + " ".join(cmd)} if not args.base else {}
     if not (base / "vitcompress.json").is_file():
-        cmd = ["finetune", *BASE_MODEL, "--data", f"folder:{args.data}", "--epochs", str(args.base_epochs),
-               "--out", str(base), "--quiet"]
-        base_command = {"command": "vitcompress " + " ".join(cmd), "seconds": run(cmd)}
+        base_command["seconds"] = run(cmd)
+    elif base_command:
+        base_command["made_by_an_earlier_run"] = True  # the same command, cut off after the base and run again
     seeds = [int(s) for s in args.seeds.split(",")]
     runs: dict[str, list[dict]] = {}
     for method in args.methods.split(","):
@@ -69,8 +71,9 @@ def main() -> None:
     test_summary = {"per_seed": dict(zip(seeds, test, strict=True)), **mean_sd(test),
                     "drop_points": mean_sd([100 * (base_top1 - t) for t in test])}
     out = write_record("prune_defaults_cpu", {
-        "base": {"path": str(base), "test_top1": base_top1, "val_top1": base_meta["metrics"].get("val_top1"),
-                 "recipe": base_meta["recipe"].get("train"), **(base_command or {})},
+        "base": {"path": str(base), "test_top1": base_top1, "val_top1": base_meta["metrics"].get("best_val_top1"),
+                 "recipe": base_meta["recipe"].get("train"),
+                 "train_wall_seconds": base_meta["metrics"].get("train_wall_seconds"), **base_command},
         "shape": args.shape, "seeds": seeds, "runs": runs, "validation_top1": validation, "chosen": chosen,
         "test_top1_of_chosen": test_summary})
     print(tabulate([(m, f"{100 * v['mean']:.2f} ± {100 * v['sd']:.2f}", "<- chosen" if m == chosen else "")

