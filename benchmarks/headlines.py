@@ -74,13 +74,36 @@ def spread_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PRUNE_RECORD = "prune_defaults_cpu.json"
+
+
+def prune_table(record: dict) -> str:
+    """Prune's recovery recipe chosen on validation: each candidate's validation top-1 over the seeds, and the test
+    top-1 of the choice alone against the unpruned base."""
+    base, test = record["base"], record["test_top1_of_chosen"]
+    seeds = ", ".join(str(s) for s in record["seeds"])
+    lines = [f"Half the heads of the converged CIFAR-10 ViT (test top-1 {100 * base['test_top1']:.2f} %), "
+             f"`--recover-until 1.0`, seeds {seeds}; {record['hardware']['cpu']}, commit `{record['commit'][:7]}`. "
+             f"Record `benchmarks/results/{PRUNE_RECORD}`, made by `{record['command']}`.", "",
+             "| recovery method | validation top-1, mean ± sd | |", "|---|---|---|"]
+    for method, v in record["validation_top1"].items():
+        mark = "**chosen**" if method == record["chosen"] else ""
+        lines.append(f"| `{method}` | {100 * v['mean']:.2f} ± {100 * v['sd']:.2f} % | {mark} |")
+    per_seed = ", ".join(f"{100 * t:.2f}" for t in test["per_seed"].values())
+    lines += ["", f"`{record['chosen']}` on the test split, read once after the choice: **{100 * test['mean']:.2f} ± "
+              f"{100 * test['sd']:.2f} %** (seeds: {per_seed}), **{test['drop_points']['mean']:.2f} ± "
+              f"{test['drop_points']['sd']:.2f} points** below the unpruned base."]
+    return "\n".join(lines)
+
+
 def _headline(cells: dict) -> str:
     low, high = cells["iqr vs fastest"]
     return f"{cells['fastest FP32']:.2f}x ({low:.2f}-{high:.2f})"
 
 
 TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
-    "cpu-speed": ((SPEED_RECORD,), speed_table), "cpu-speed-spread": (SPREAD_RECORDS, lambda *r: spread_table(list(r)))}
+    "cpu-speed": ((SPEED_RECORD,), speed_table), "cpu-speed-spread": (SPREAD_RECORDS, lambda *r: spread_table(list(r))),
+    "prune-defaults": ((PRUNE_RECORD,), prune_table)}
 
 
 def generated() -> dict[str, str]:
