@@ -1,5 +1,5 @@
 """Exported models (ONNX Runtime or OpenVINO) timed by vitcompress's one timing method (vitcompress/timing.py):
-warm-up until stable, equal calls per timing, interleaved rounds with every variant bracketed by the baselines,
+warm-up until stable, equal calls per timing, interleaved rounds with every variant bracketed by its baseline,
 ratios of medians with the per-round interquartile range beside them."""
 
 from __future__ import annotations

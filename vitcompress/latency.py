@@ -60,19 +60,11 @@ def torch_runs(model: nn.Module, img_size: int, batches: tuple[int, ...], device
     return {b: run_at(b) for b in batches}
 
 
-@torch.no_grad()
 def torch_latency_ms(model: nn.Module, img_size: int, batch: int, device: torch.device,
                      warmup: int = 3, min_iters: int = 5, max_seconds: float = 3.0) -> float:
     """Median milliseconds of one forward pass at ``batch`` (random inputs, eval mode)."""
     was_training = model.training
-    model.eval()
-    x = torch.randn(batch, 3, img_size, img_size, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def forward() -> None:
-        model(x)
-        sync()
-
+    forward = torch_runs(model.eval(), img_size, (batch,), device)[batch]
     latency = median_ms(forward, warmup, min_iters, max_seconds)
     model.train(was_training)
     return latency
